@@ -1,0 +1,116 @@
+"""Heads (G1-G2) and losses (G3-G7) against values worked by hand."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from heads import CorrespondenceHeads, repeat_kv
+from losses import depth_loss, frame_pairs, gasp_losses, info_nce, sample_points, token_depth, total_loss
+
+
+def test_svd_init_is_normalised_projection_on_top_query_directions():
+    torch.manual_seed(0)
+    d_q, d, r = 64, 48, 16
+    w_q = [torch.randn(d_q, d) for _ in range(3)]
+    heads = CorrespondenceHeads(3, d_q, r)
+    heads.init_from_query_projections(w_q, "qk")
+    q = torch.randn(3, 10, d_q)
+    for l in range(3):
+        U = torch.linalg.svd(w_q[l], full_matrices=False).U
+        want = F.normalize(F.gelu(q[l] @ U[:, :r]), dim=-1)  # W2 = [I_r | 0] keeps the top r directions
+        torch.testing.assert_close(heads(q)[l], want, atol=1e-5, rtol=1e-5)
+
+
+def test_svd_init_hidden_input_reads_x_through_sigma_v():
+    torch.manual_seed(0)
+    w_q = torch.randn(32, 24)
+    heads = CorrespondenceHeads(1, 24, 8)
+    heads.init_from_query_projections([w_q], "hidden")
+    x = torch.randn(1, 5, 24)
+    U, S, Vh = torch.linalg.svd(w_q, full_matrices=False)
+    want = F.normalize(F.gelu(x[0] @ (S[:8, None] * Vh[:8]).T / S[0]), dim=-1)
+    torch.testing.assert_close(heads(x)[0], want, atol=1e-5, rtol=1e-5)
+    assert torch.linalg.matrix_norm(heads.w1[0], ord=2) <= 1 + 1e-5
+
+
+def test_repeat_kv_maps_query_head_to_its_group():
+    k = torch.arange(2 * 3).float().view(1, 6)  # 2 kv heads of size 3
+    out = repeat_kv(k, num_heads=4, head_dim=3).view(4, 3)
+    assert out[0].tolist() == out[1].tolist() == [0, 1, 2]
+    assert out[2].tolist() == out[3].tolist() == [3, 4, 5]
+
+
+def test_sample_points_bilinear_on_token_grid():
+    emb = torch.zeros(1, 1, 2, 3, 2)  # (L, F, h, w, r), token_px 10
+    emb[0, 0, 0, 0] = torch.tensor([1.0, 0.0])
+    emb[0, 0, 0, 1] = torch.tensor([0.0, 1.0])
+    uv = torch.tensor([[[5.0, 5.0], [10.0, 5.0], [15.0, 5.0]]])  # centre of token 0, midway, centre of token 1
+    out = sample_points(emb, uv, token_px=10)[0, 0]
+    torch.testing.assert_close(out[0], torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(out[1], torch.tensor([1.0, 1.0]) / math.sqrt(2))
+    torch.testing.assert_close(out[2], torch.tensor([0.0, 1.0]))
+
+
+def test_info_nce_worked_example():
+    e = torch.eye(2)[None, None]  # (L=1, P=1, N=2, r=2)
+    far = torch.tensor([[[0.0, 0.0], [100.0, 0.0]]])  # 10 tokens apart
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    loss = info_nce(e, e, far, valid, token_px=10, tau=1.0)
+    assert math.isclose(loss.item(), math.log(1 + math.exp(-1)), rel_tol=1e-6)  # -log(e / (e + 1))
+    near = torch.tensor([[[0.0, 0.0], [5.0, 0.0]]])  # half a token apart: not negatives of each other
+    assert info_nce(e, e, near, valid, token_px=10, tau=1.0).item() == 0.0
+    swapped = torch.eye(2).flip(0)[None, None]  # matches the wrong track
+    assert info_nce(e, swapped, far, valid, token_px=10, tau=1.0) > loss
+
+
+def test_depth_loss_worked_example_and_ordering():
+    ea = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)  # (L, P, N, r)
+    tb = torch.eye(2).view(1, 1, 2, 2)  # (L, P, T, r)
+    Db = torch.tensor([[2.0, 4.0]])
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    p = math.e / (math.e + 1)
+    d_hat = 2 * p + 4 * (1 - p)
+    want = abs(2 - d_hat) / (2 + d_hat + 1e-6)
+    got = depth_loss(ea, tb, Db, torch.tensor([[2.0]]), valid, tau=1.0)
+    assert math.isclose(got.item(), want, rel_tol=1e-5)
+    sharp = depth_loss(ea, tb, Db, torch.tensor([[2.0]]), valid, tau=0.1)  # more mass on the right token
+    wrong = depth_loss(ea, tb, Db, torch.tensor([[4.0]]), valid, tau=0.1)  # mass on the wrong depth
+    assert sharp < got < wrong
+
+
+def test_token_depth_is_median_of_valid_pixels():
+    depth = torch.tensor([[1.0, 2.0, 0.0, 0.0], [3.0, float("nan"), 0.0, -1.0]])[None]  # (1, 2, 4), token_px 2
+    out = token_depth(depth, token_px=2)
+    assert out.shape == (1, 1, 2)
+    assert out[0, 0, 0].item() == 2.0  # median of {1, 2, 3}
+    assert out[0, 0, 1].item() == 0.0  # no valid pixel
+
+
+def _sample(Fr=3, N=5, h=4, w=4, px=10, visible=True, depth=1.0):
+    g = torch.Generator().manual_seed(0)
+    return {"tracks": torch.rand(Fr, N, 2, generator=g) * px * w,
+            "visible": torch.full((Fr, N), visible),
+            "track_depth": torch.full((Fr, N), 2.0),
+            "depth": torch.full((Fr, h * px, w * px), depth),
+            "anchor": 1}
+
+
+def test_no_nan_with_zero_visible_tracks_or_all_invalid_depth():
+    for sample in (_sample(visible=False), _sample(depth=0.0)):
+        e_q = F.normalize(torch.randn(2, 3, 4, 4, 8), dim=-1).requires_grad_()
+        e_k = F.normalize(torch.randn(2, 3, 4, 4, 8), dim=-1).requires_grad_()
+        corr, depth = gasp_losses(e_q, e_k, sample, token_px=10)
+        loss = total_loss(torch.tensor(1.0), corr, depth)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(e_q.grad).all() and torch.isfinite(e_k.grad).all()
+    assert depth.sum().item() == 0.0
+
+
+def test_pairs_put_the_later_frame_first():
+    assert frame_pairs(4, anchor=2).tolist() == [[2, 0], [2, 1], [3, 2]]
+
+
+def test_total_loss_is_lm_plus_weighted_layer_means():
+    got = total_loss(torch.tensor(1.0), torch.tensor([1.0, 3.0]), torch.tensor([0.5, 0.5]), 0.3, 1.0)
+    assert math.isclose(got.item(), 1.0 + 0.3 * 2.0 + 0.5, rel_tol=1e-6)
