@@ -1,0 +1,412 @@
+"""eval.py against the official scorers' worked examples (research/benchmarks.md), on small fixtures
+written in each benchmark's released format. The end-to-end run with a tiny random-init model is slow."""
+
+import io
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eval as E
+
+MCA_Q = ("If I am standing by the refrigerator and facing the washer, is the stove to my left, right, or back? "
+         "An object is to my back if I would have to turn at least 135 degrees in order to face it.")
+REL = ["A. Back", "B. Right", "C. Left"]
+VSI_ROWS = [  # id, dataset, scene, question_type, question, options, ground_truth
+    (0, "scannet", "scene0050_01", "object_counting", "How many chair(s) are in this room?", None, "4"),
+    (1, "scannet", "scene0050_01", "object_rel_direction_easy", MCA_Q, REL, "B"),
+    (2, "scannet", "scene0050_01", "object_rel_direction_medium", MCA_Q, REL, "A"),
+    (3, "arkitscenes", "41069025", "object_rel_direction_medium", MCA_Q, REL, "C"),
+    (4, "arkitscenes", "41069025", "object_rel_direction_hard", MCA_Q, REL, "A"),
+    (5, "arkitscenes", "41069025", "route_planning", "How do I get to the door?",
+     ["A. Turn Back, Turn Left", "B. Turn Left, Turn Right"], "A"),
+    (6, "scannetpp", "09c1414f1b", "room_size_estimation", "What is the size of this room (in square meters)? "
+     "If multiple rooms are shown, estimate the size of the combined space.", None, "29.0"),
+    (7, "scannetpp", "09c1414f1b", "obj_appearance_order", "Which order?",
+     ["A. microwave, blanket, plant, trash can", "B. plant, microwave, blanket, trash can"], "A"),
+]
+# id -> prediction and its official score: MRA 0.6; "A." passes fuzzy_matching, "(C)" does not; 30 vs 29 -> 1.0
+VSI_PREDS = {0: "3", 1: "B", 2: "A.", 3: "(C)", 4: "A", 5: "B", 6: "30"}
+
+
+def png(value: int, size=(8, 8)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((*size, 3), value, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def vsi_root(tmp_path, frames=40):
+    """test.jsonl + one folder of pre-extracted frames per scene, frame i filled with value i."""
+    root = tmp_path / "VSI-Bench"
+    root.mkdir()
+    keys = ("id", "dataset", "scene_name", "question_type", "question", "options", "ground_truth")
+    write_jsonl(root / "test.jsonl", [dict(zip(keys, r), pruned=False) for r in VSI_ROWS])
+    for _, dataset, scene, *_ in VSI_ROWS:
+        (root / dataset / scene).mkdir(parents=True, exist_ok=True)
+        for i in range(frames):
+            (root / dataset / scene / f"{i:05d}.png").write_bytes(png(i))
+    return root
+
+
+AA_ROWS = [  # index, category, number of views, options, answer
+    (0, "camera_pose_estimation", 2, ("View 2 is left of View 1", "right", "behind"), "A"),
+    (1, "camera_pose_estimation", 2, ("View 2 is left of View 1", "right", "behind"), "B"),
+    (2, "counting", 2, ("2", "3", "4"), "B"),
+    (3, "manipulation", 3, ("up", "down", "left"), "C"),
+    (4, "relative_direction", 3, ("up", "down", "left"), "A"),
+]
+AA_PREDS = {0: "A", 1: "A", 2: "3", 3: "I think C", 4: "A or B"}  # hits: 1, 0, 1, 1, 0
+
+
+def aa_root(tmp_path):
+    root = tmp_path / "All-Angles-Bench"
+    rows = []
+    for index, category, views, (a, b, c), answer in AA_ROWS:
+        paths = [f"0001_fencing/cam{v:02d}/{index:05d}.jpg" for v in range(1, views + 1)]
+        for p in paths:
+            (root / p).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((16, 24, 3), 40 * index, np.uint8)).save(root / p)
+        rows.append(dict(index=index, folder="0001_fencing", category=category, pair_idx=index ^ 1,
+                         sourced_dataset="EgoHumans", image_path=paths, question=f"How many people in View {index}?",
+                         A=a, B=b, C=c, answer=answer))
+    (root / "data.json").write_text(json.dumps(rows))
+    return root
+
+
+MV_PROMPT = ("The images are frames from a video. The video is shooting a static scene. The camera is either moving "
+             "clockwise (left) or counter-clockwise (right) around the object. The first image is from the beginning "
+             "of the video and the second image is from the end. Is the camera moving left or right when shooting the "
+             "video? Select from the following options.\n(A) left\n(B) right")
+BLINK_ROWS = {  # subtask: [(prompt, choices, answer, images, prediction)]
+    "Spatial_Relation": [("Is the car beneath the cat?\nSelect from the following choices.\n(A) yes\n(B) no",
+                          ["yes", "no"], "(A)", 1, "A"),
+                         ("Is the cat on the car?\nSelect from the following choices.\n(A) yes\n(B) no",
+                          ["yes", "no"], "(B)", 1, "The answer is (B).")],  # needs the GPT fallback
+    "Multi-view_Reasoning": [(MV_PROMPT, ["left", "right"], "(B)", 2, "(B)"),
+                             (MV_PROMPT, ["left", "right"], "(B)", 2, "(A) maybe\n\nSo (B)")],
+    "Jigsaw": [("Which piece fits?\nSelect from the following choices.\n(A) the first\n(B) the second",
+                ["the first", "the second"], "(B)", 3, "(A)")],
+}
+
+
+def blink_root(tmp_path):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    root = tmp_path / "BLINK"
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    for subtask, rows in BLINK_ROWS.items():
+        (root / subtask).mkdir(parents=True)
+        cols = dict(idx=[f"val_{subtask}_{n}" for n in range(1, len(rows) + 1)],
+                    question=[r[0].split("\n")[0] for r in rows], prompt=[r[0] for r in rows],
+                    choices=[r[1] for r in rows], answer=[r[2] for r in rows], sub_task=[subtask] * len(rows))
+        table = pa.table(cols)
+        for k in range(1, 5):
+            imgs = [dict(bytes=png(10 * k), path=f"{k}.png") if k <= r[3] else None for r in rows]
+            table = table.append_column(f"image_{k}", pa.array(imgs, type=image))
+        pq.write_table(table.append_column("explanation", pa.array([""] * len(rows))),
+                       root / subtask / "val-00000-of-00001.parquet")
+    (root / "test.jsonl").write_text("")  # stray files beside the subtask folders are ignored
+    return root
+
+
+def blink_preds():
+    return {f"val_{s}_{n}": r[4] for s, rows in BLINK_ROWS.items() for n, r in enumerate(rows, 1)}
+
+
+def write_preds(path, preds):
+    return write_jsonl(path, [{"id": k, "prediction": v} for k, v in preds.items()])
+
+
+def cli(capsys, *argv):
+    """Run eval.py's CLI; returns the captured (out, err)."""
+    E.main([str(a) for a in argv])
+    return capsys.readouterr()
+
+
+# ----------------------------------------------------------------------------- official worked examples
+
+@pytest.mark.parametrize("pred, gt, score", [
+    ("3", "4", 0.6), ("3.", "4", 0.6), ("3 chairs", "4", 0.6), ("three", "4", 0.0), (" 3", "4", 0.0),
+    ("-3", "4", 0.0), ("nan", "4", 0.0), ("2", "2.3", 0.8), ("2.5", "2.3", 0.9), ("80", "69", 0.7),
+    ("50", "29.0", 0.0), ("12", "10", 0.6), ("1.2", "1.0", 0.7), ("1.1", "1.0", 0.9)])
+def test_vsi_mean_relative_accuracy(pred, gt, score):
+    # 12 vs 10: relative error 0.2 > 1 - 0.8 = 0.19999999999999996, so linspace + `<=` gives 0.6, not 0.7
+    item = dict(id=0, category="object_counting", prompt="", answer=gt)
+    assert E.score_item("vsibench", item, pred)["score"] == score
+
+
+@pytest.mark.parametrize("pred, hit", [
+    ("B", 1), ("B.", 1), ("b", 1), ("B. left", 1), ("B\n", 1),
+    ("(B)", 0), ("B,", 0), ("Answer: B", 0), ("The answer is B", 0), (" B", 0)])
+def test_vsi_fuzzy_matching(pred, hit):
+    assert E.score_item("vsibench", dict(id=0, category="route_planning", prompt="", answer="B"), pred)["score"] == hit
+
+
+@pytest.mark.parametrize("pred, letter", [
+    ("A", "A"), ("(B)", "B"), ("**B**", "B"), ("The answer is B.", "B"), ("I think C", "C"), ("Option: C)", "C"),
+    ("3", "B"), ("A or B", "Z"), ("b", "Z"), ("A person is holding 3 balls", "A"),
+    ("Cannot determine the answer", "Z")])
+def test_allangles_can_infer(pred, letter):
+    item = dict(id=0, category="counting", prompt="", answer="B", options={"A": "2", "B": "3", "C": "4"})
+    line = E.score_item("allangles", item, pred)
+    assert (line["extracted"], line["score"]) == (letter, float(letter == "B"))
+
+
+@pytest.mark.parametrize("pred, choice", [
+    ("A", "(A)"), ("(B)", "(B)"), ("E", "(E)"), ("I choose (A) because", "(A)"), ("(A)\n\nFinal: (B)", "(B)"),
+    ("(A) or (B)", None), ("The answer is (B).", None), ("A.", None), ("B\n", None)])
+def test_blink_analyze_answer(pred, choice):
+    item = dict(id="val_Spatial_Relation_1", category="Spatial_Relation", prompt="", answer="(A)",
+                choices=["yes", "no"])
+    line = E.score_item("blink", item, pred)
+    assert (line["extracted"], line["score"]) == (choice, float(choice == "(A)"))
+
+
+def test_malformed_predictions_score_zero(tmp_path, capsys):
+    root = vsi_root(tmp_path, frames=1)
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"id": 1, "prediction": null}\n{"id": 2, "prediction": 7}\nnot json\n[1, 2]\n'
+                     '{"id": 4}\n{"id": 5, "prediction": "A"}\n{"id": 0, "prediction": "4"')  # torn last line
+    cap = cli(capsys, "score", "--benchmark", "vsibench", "--data", root, "--predictions", preds)
+    s = json.loads(cap.out)
+    assert s["n"] == 4 and s["malformed"] == 3  # ids 1, 2, 4 score 0; id 5 is right
+    assert s["categories"] == {"route_planning": 100.0, "object_rel_direction": 0.0}
+    assert all(f"p.jsonl:{n}: not a JSON object" in cap.err for n in (3, 4, 7))
+
+
+# ----------------------------------------------------------------------------- prompts, character for character
+
+def test_vsi_prompts(tmp_path):
+    items = {it["id"]: it for it in E.load_vsibench(vsi_root(tmp_path, frames=1))}
+    assert items[0]["prompt"] == ("These are frames of a video.\nHow many chair(s) are in this room?\n"
+                                  "Please answer the question using a single word or phrase.")
+    assert items[1]["prompt"] == ("These are frames of a video.\n" + MCA_Q + "\nOptions:\nA. Back\nB. Right\nC. Left\n"
+                                  "Answer with the option's letter from the given choices directly.")
+
+
+def test_allangles_prompt_and_images(tmp_path):
+    root = aa_root(tmp_path)
+    item = E.load_allangles(root)[2]
+    assert item["prompt"] == ("Question: How many people in View 2?\nOptions:\nA. 2\nB. 3\nC. 4\n"
+                              "Please select the correct answer from the options above. \n")
+    assert item["images"] == [str(root / "0001_fencing/cam01/00002.jpg"), str(root / "0001_fencing/cam02/00002.jpg")]
+    assert [im.size for im in E.visuals(E.load_allangles(root)[3], 32)] == [(24, 16)] * 3
+
+
+def test_blink_prompts_and_images(tmp_path):
+    items = {it["id"]: it for it in E.load_blink(blink_root(tmp_path))}
+    assert items["val_Multi-view_Reasoning_1"]["prompt"] == MV_PROMPT
+    assert items["val_Jigsaw_1"]["prompt"] == E.BLINK_DISCLAIMER + BLINK_ROWS["Jigsaw"][0][0]
+    frames = E.visuals(items["val_Multi-view_Reasoning_2"], 32)
+    assert [np.asarray(f)[0, 0, 0] for f in frames] == [10, 20]  # image_1, image_2 in order, nulls dropped
+
+
+# ----------------------------------------------------------------------------- aggregation, CLI
+
+def test_vsibench_score_aggregation(tmp_path, capsys):
+    root = vsi_root(tmp_path, frames=1)
+    preds = write_preds(tmp_path / "p.jsonl", {str(k): v for k, v in VSI_PREDS.items()})  # str ids match too
+    s = json.loads(cli(capsys, "score", "--benchmark", "vsibench", "--data", root, "--predictions", preds).out)
+    rel = (1 + 0.5 + 1) / 3  # unweighted mean of easy/medium/hard (pooled over items would be 3/4)
+    assert s["categories"] == pytest.approx({"object_counting": 60.0, "room_size_estimation": 100.0,
+                                             "route_planning": 0.0, "object_rel_direction": 100 * rel})
+    assert list(s["categories"])[-1] == "object_rel_direction"
+    assert s["overall"] == pytest.approx(100 * (0.6 + 1.0 + 0.0 + rel) / 4)  # each question type equal
+    assert s["n"] == 7 and s["counts"]["object_rel_direction"] == 4 and s["malformed"] == 0
+    one = json.loads(cli(capsys, "score", "--benchmark", "vsibench", "--data", root, "--predictions", preds,
+                         "--categories", "object_rel_direction", "object_counting").out)
+    assert set(one["categories"]) == {"object_counting", "object_rel_direction"} and one["n"] == 5
+
+
+def test_allangles_micro_overall(tmp_path, capsys):
+    root = aa_root(tmp_path)
+    s = json.loads(cli(capsys, "score", "--benchmark", "allangles", "--data", root,
+                       "--predictions", write_preds(tmp_path / "p.jsonl", AA_PREDS)).out)
+    assert s["categories"] == {"camera_pose_estimation": 50.0, "counting": 100.0, "manipulation": 100.0,
+                               "relative_direction": 0.0}
+    assert s["overall"] == pytest.approx(60.0)  # 3 of 5 items; the mean of categories would be 62.5
+
+
+def test_blink_macro_overall_and_unresolved(tmp_path, capsys):
+    root = blink_root(tmp_path)
+    s = json.loads(cli(capsys, "score", "--benchmark", "blink", "--data", root,
+                       "--predictions", write_preds(tmp_path / "p.jsonl", blink_preds())).out)
+    assert s["categories"] == {"Jigsaw": 0.0, "Multi-view_Reasoning": 100.0, "Spatial_Relation": 50.0}
+    assert s["overall"] == pytest.approx(50.0)  # mean of subtasks; 3 of 5 items would be 60
+    assert s["unresolved"] == {"Jigsaw": 0, "Multi-view_Reasoning": 0, "Spatial_Relation": 1}
+
+
+def test_table_paper_layout(tmp_path, capsys):
+    root = vsi_root(tmp_path, frames=1)
+    a = write_preds(tmp_path / "base.jsonl", VSI_PREDS)
+    b = write_preds(tmp_path / "gasp.jsonl", {k: ["4", "B", "A", "C", "A", "A", "29"][k] for k in VSI_PREDS})
+    out = cli(capsys, "table", "--benchmark", "vsibench", "--data", root, "--predictions", a, b).out.splitlines()
+    assert out[0] == "**VSI-Bench**"
+    assert out[2] == "| Method | Obj. Count | Route | Rel. Dir. | Room Size | Overall |"
+    assert out[3] == "|---|---|---|---|---|---|"
+    assert out[4] == "| base | 60.0 | 0.0 | 83.3 | 100.0 | 60.8 |"
+    assert out[5] == "| gasp | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 |"
+
+
+def test_errors_name_the_problem(tmp_path, capsys):
+    root = vsi_root(tmp_path, frames=1)
+    preds = write_preds(tmp_path / "p.jsonl", VSI_PREDS)
+    score = ("score", "--benchmark", "vsibench", "--data", root, "--predictions", preds)
+    with pytest.raises(SystemExit, match="'object_count'.*object_counting"):
+        cli(capsys, *score, "--categories", "object_count")
+    with pytest.raises(SystemExit, match="id '99' is not in the vsibench data"):
+        cli(capsys, *score[:-1], write_preds(tmp_path / "q.jsonl", {99: "3"}))
+    rows = [json.loads(line) for line in (root / "test.jsonl").read_text().splitlines()]
+    write_jsonl(root / "test.jsonl", rows[:1] + [dict(rows[1], question_type="object_height")])
+    with pytest.raises(SystemExit, match="row 1: unknown question_type 'object_height'"):
+        cli(capsys, *score)
+    write_jsonl(root / "test.jsonl", [{k: v for k, v in rows[0].items() if k != "ground_truth"}])
+    with pytest.raises(SystemExit, match="missing field 'ground_truth'"):
+        cli(capsys, *score)
+    with pytest.raises(SystemExit, match="no test.jsonl"):
+        cli(capsys, "score", "--benchmark", "vsibench", "--data", tmp_path, "--predictions", preds)
+    with pytest.raises(SystemExit):
+        E.main(["score", "--benchmark", "scannet", "--data", str(root), "--predictions", str(preds)])
+    assert "eval.py score: error: argument --benchmark: invalid choice: 'scannet'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cmd", ["run", "score", "table"])
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        E.main([cmd, "--help"])
+    assert e.value.code == 0 and "--benchmark" in capsys.readouterr().out
+
+
+def test_limit_is_per_category(tmp_path):
+    items = E.load_vsibench(vsi_root(tmp_path, frames=1))
+    picked = E.select("vsibench", items, ["object_rel_direction", "room_size_estimation"], limit=1)
+    assert [it["id"] for it in picked] == [1, 2, 4, 6]
+
+
+# ----------------------------------------------------------------------------- frames and optional formats
+
+def test_frame_folder_sampling(tmp_path):
+    root = vsi_root(tmp_path, frames=40)
+    frames = E.visuals(E.load_vsibench(root)[0], 32)
+    assert [int(f[0, 0, 0]) for f in frames] == np.linspace(0, 39, 32, dtype=int).tolist()
+    (tmp_path / "unpadded").mkdir()
+    for i in range(12):
+        (tmp_path / "unpadded" / f"frame_{i}.png").write_bytes(png(i))
+    assert [int(f[0, 0, 0]) for f in E.read_frames(str(tmp_path / "unpadded"), 12)] == list(range(12))
+
+
+def test_missing_media_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.mp4 nor a frame folder .*missing/"):
+        E.check_media([dict(id=0, video=str(tmp_path / "scannet" / "missing"))])
+    items = E.load_allangles(aa_root(tmp_path))
+    (tmp_path / "All-Angles-Bench/0001_fencing/cam02/00003.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="item 3: image .*cam02/00003.jpg not found"):
+        E.check_media(items)
+
+
+def test_mp4_sampling(tmp_path):
+    av = pytest.importorskip("av")
+    container = av.open(str(tmp_path / "scene.mp4"), "w")
+    stream = container.add_stream("mpeg4", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    for i in range(40):
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 6 * i, np.uint8), format="rgb24")
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    frames = E.read_frames(str(tmp_path / "scene"), 8)
+    assert np.abs(np.array([f.mean() for f in frames]) - 6 * np.linspace(0, 39, 8, dtype=int)).max() < 6
+
+
+def test_vsibench_parquet(tmp_path):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    root = vsi_root(tmp_path, frames=1)
+    rows = [json.loads(line) for line in (root / "test.jsonl").read_text().splitlines()]
+    pq.write_table(pa.Table.from_pylist(rows), root / "test-00000-of-00001.parquet")
+    from_jsonl = E.load_vsibench(root)
+    (root / "test.jsonl").unlink()
+    assert E.load_vsibench(root) == from_jsonl == E.load_vsibench(root / "test-00000-of-00001.parquet")
+
+
+# ----------------------------------------------------------------------------- generation
+
+def fake_model(answers, fail_after=None):
+    """A stand-in (vlm, processor) with the model.load contract, answering `answers[prompt]`."""
+    calls, batch = [], []
+
+    class Processor:
+        tokenizer = SimpleNamespace(batch_decode=lambda ids, skip_special_tokens: [f" {answers[p]}\n" for p in batch])
+
+        def __call__(self, frames, prompts):
+            calls.append([len(f) for f in frames])
+            batch[:] = prompts
+            return {"input_ids": torch.zeros(len(prompts), 2, dtype=torch.long)}
+
+    def generate(input_ids, **kw):
+        if fail_after is not None and len(calls) > fail_after:
+            raise KeyboardInterrupt  # the run is interrupted mid-way
+        assert kw["do_sample"] is False and kw["max_new_tokens"] == 2048  # All-Angles' official length
+        return torch.cat([input_ids, torch.ones(len(input_ids), 1, dtype=torch.long)], 1)
+
+    return SimpleNamespace(device="cpu", generate=generate), Processor(), calls
+
+
+def test_run_writes_as_it_goes_and_resumes(tmp_path):
+    items = E.load_allangles(aa_root(tmp_path))
+    answers = {it["prompt"]: AA_PREDS[it["id"]] for it in items}
+    out = tmp_path / "runs" / "aa.jsonl"
+    vlm, processor, calls = fake_model(answers, fail_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        E.run("allangles", items, out, lambda: (vlm, processor), batch_size=2)
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [0, 1]
+    assert calls == [[2, 2], [2]]  # batches hold items with equal image counts
+    with out.open("a") as f:
+        f.write('{"id": 2, "predic')  # a torn last line
+    vlm, processor, calls = fake_model(answers)
+    E.run("allangles", items, out, lambda: (vlm, processor), batch_size=2)
+    assert calls == [[2], [3, 3]]  # only what was left
+    lines = [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
+    assert sorted(x["id"] for x in lines) == [0, 1, 2, 3, 4]
+    assert set(lines[0]) == {"id", "benchmark", "category", "prompt", "prediction", "extracted", "answer", "score"}
+    assert {x["id"]: x["score"] for x in lines} == {0: 1.0, 1: 0.0, 2: 1.0, 3: 1.0, 4: 0.0}
+    assert {x["id"]: x["prediction"] for x in lines} == AA_PREDS  # decoded text stripped
+    E.run("allangles", items, out, lambda: pytest.fail("nothing left to do, yet the model was loaded"))
+    assert E.score_file("allangles", items, out)["overall"] == pytest.approx(60.0)
+
+
+@pytest.mark.slow
+def test_end_to_end_tiny_model(tmp_path, capsys):
+    import model
+    ckpt = model.build_tiny(str(tmp_path / "tiny"))
+    roots = {"vsibench": vsi_root(tmp_path, frames=6), "allangles": aa_root(tmp_path)}
+    try:
+        roots["blink"] = blink_root(tmp_path)
+    except pytest.skip.Exception:
+        pass
+    for bench, root in roots.items():
+        out = tmp_path / f"{bench}.jsonl"
+        run = ("run", "--benchmark", bench, "--data", root, "--model", ckpt, "--out", out, "--limit", 1,
+               "--batch-size", 2, "--frames", 4, "--max-new-tokens", 3, "--device", "cpu", "--frame-size", 112)
+        cap = cli(capsys, *run)
+        s, lines = json.loads(cap.out), [json.loads(line) for line in out.read_text().splitlines()]
+        assert s["benchmark"] == bench and s["n"] == len(lines) == sum(s["counts"].values())
+        assert 0 <= s["overall"] <= 100
+        assert all(isinstance(x["prediction"], str) and 0 <= x["score"] <= 1 for x in lines)
+        assert f"| {bench} | " in cap.err  # the one-row table for humans
+        table = cli(capsys, "table", "--benchmark", bench, "--data", root, "--predictions", out).out.splitlines()
+        assert table[2].startswith("| Method | ") and table[2].endswith(" | Overall |")
+        assert len(table) == 5 and table[4].startswith(f"| {bench} | ")
+    single = tmp_path / "single.jsonl"  # batched left-padded generation = one item at a time
+    cli(capsys, "run", "--benchmark", "allangles", "--data", roots["allangles"], "--model", ckpt, "--out", single,
+        "--limit", 1, "--batch-size", 1, "--max-new-tokens", 3, "--device", "cpu", "--frame-size", 112)
+    predictions = lambda f: {x["id"]: x["prediction"] for x in map(json.loads, f.read_text().splitlines())}  # noqa
+    assert predictions(single) == predictions(tmp_path / "allangles.jsonl")
