@@ -33,6 +33,7 @@ from heads import CorrespondenceHeads, repeat_kv
 # H query heads, d_h head size, S sequence length, B batch.
 
 SUPPORTED = ("qwen2_5_vl", "qwen2_vl", "llava_next_video")
+PROMPT = "These are frames of a video."  # the short generic prompt of geometry samples (no answer, no L_LM)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                 "<|image_pad|>", "<|video_pad|>"]
@@ -245,6 +246,20 @@ def find_module(model: nn.Module, suffix: str) -> nn.Module:
 
 def llm_layers(model: nn.Module) -> nn.ModuleList:
     return find_module(model, "language_model.layers")
+
+
+def parse_layers(spec: str, num_layers: int) -> list[int]:
+    """'all' | '10-18' (half-open, as the paper's "layers 10-18") | '0,4,8' -> layer indices."""
+    if spec == "all":
+        return list(range(num_layers))
+    if "-" in spec:
+        lo, hi = map(int, spec.split("-"))
+        ids = list(range(lo, min(hi, num_layers)))
+    else:
+        ids = [int(x) for x in spec.split(",")]
+    if not ids or min(ids) < 0 or max(ids) >= num_layers:
+        raise ValueError(f"--layers {spec!r}: the model has layers 0..{num_layers - 1}")
+    return ids
 
 
 def text_config(model: nn.Module):
