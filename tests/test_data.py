@@ -1,0 +1,445 @@
+"""data.py against geometry worked by hand: closed-form plane tracks, round trips, occlusion, the
+OpenGL -> OpenCV conversion, COLMAP's depth format, bad inputs, the sample contract, synthetic scenes."""
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rotation(rng, degrees):
+    """A random rotation by at most `degrees` (Rodrigues)."""
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    a = np.radians(rng.uniform(-degrees, degrees))
+    S = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(a) * S + (1 - np.cos(a)) * S @ S
+
+
+def pose(R, t):
+    m = np.eye(4)
+    m[:3, :3], m[:3, 3] = R, t
+    return m
+
+
+def write_scene(root, c2w_cv, K, size, depths, image_dir="images"):
+    """A scene on disk in DL3DV layout; poses written as nerfstudio/OpenGL (columns y, z negated by hand)."""
+    root = Path(root)
+    (root / image_dir).mkdir(parents=True)
+    (root / "depths").mkdir()
+    H, W = size
+    frames = []
+    for k, (m, d) in enumerate(zip(c2w_cv, depths)):
+        name = f"frame_{k + 1:05d}"
+        Image.fromarray(np.full((H, W, 3), 20 * k % 255, np.uint8)).save(root / image_dir / f"{name}.png")
+        np.save(root / "depths" / f"{name}.npy", np.asarray(d, np.float32))
+        gl = np.array(m, float)
+        gl[:3, 1:3] *= -1
+        frames.append({"file_path": f"images/{name}.png", "transform_matrix": gl.tolist()})
+    meta = {"camera_model": "OPENCV", "w": W, "h": H, "fl_x": K[0, 0], "fl_y": K[1, 1], "cx": K[0, 2],
+            "cy": K[1, 2], "frames": frames}
+    (root / "transforms.json").write_text(json.dumps(meta))
+    return root
+
+
+def flat_scene(tmp_path, n=4, size=(16, 20), name="scene"):
+    K = np.array([[20.0, 0, 10], [0, 20.0, 8], [0, 0, 1]])
+    c2w = [pose(np.eye(3), [0.1 * k, 0, 0]) for k in range(n)]
+    return write_scene(tmp_path / name, c2w, K, size, [np.full(size, 5.0)] * n)
+
+
+# ----------------------------------------------------------------------------- geometry
+
+def ray_depth(K, c2w, size, planes):
+    """z-depth of the nearest plane n·X = c along each pixel-centre ray: (H, W), and the plane id hit."""
+    H, W = size
+    v, u = np.mgrid[:H, :W] + 0.5
+    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)  # camera z = 1
+    d = rays @ c2w[:3, :3].T
+    lam = np.stack([(c - n @ c2w[:3, 3]) / (d @ n) for n, c in planes])  # (P, H, W); lam = z-depth
+    lam[lam <= 0] = np.inf
+    return lam.min(0), lam.argmin(0)
+
+
+def test_plane_tracks_match_homographies():
+    """A floor and a back wall; every track is p_b ~ K_b (R + t nᵀ/c) K_a⁻¹ p_a of the plane it lies on."""
+    rng = np.random.default_rng(0)
+    size = (60, 80)  # H != W, fx != fy, off-centre principal point: transpositions and mixed axes fail
+    K = np.array([[70.0, 0, 43.0], [0, 64.0, 27.5], [0, 0, 1]])
+    planes = [(np.array([0.0, 0, 1]), 8.0), (np.array([0.0, 1, 0]), 1.5)]  # wall z = 8, floor y = 1.5 (y down)
+    c2w = np.stack([pose(rotation(rng, 8), rng.uniform(-0.4, 0.4, 3)) for _ in range(5)])
+    depth = np.stack([ray_depth(K, m, size, planes)[0] for m in c2w])
+    hit = ray_depth(K, c2w[2], size, planes)[1]
+    j, i = np.mgrid[1:60:3, 2:80:3].reshape(2, -1)
+    query = np.stack([i + 0.5, j + 0.5], -1)  # pixel centres, where the depth map is exact
+    Ks = np.repeat(K[None], 5, 0)
+    tracks, track_depth, visible = data.track(query, 2, depth, Ks, c2w, margin=2.0)
+    for b in range(5):
+        expect = np.zeros_like(query)
+        z_expect = np.zeros(len(query))
+        for p, (n, c) in enumerate(planes):
+            Ra, ta, Rb, tb = c2w[2, :3, :3], c2w[2, :3, 3], c2w[b, :3, :3], c2w[b, :3, 3]
+            n_a, c_a = Ra.T @ n, c - n @ ta  # plane in the anchor camera
+            R, t = Rb.T @ Ra, Rb.T @ (ta - tb)  # anchor camera -> target camera
+            Hmg = K @ (R + np.outer(t, n_a) / c_a) @ np.linalg.inv(K)
+            ph = np.c_[query, np.ones(len(query))] @ Hmg.T
+            on = hit[j, i] == p
+            expect[on] = ph[on, :2] / ph[on, 2:]
+            X_a = np.c_[query, np.ones(len(query))] @ np.linalg.inv(K).T * depth[2, j, i][:, None]
+            z_expect[on] = (X_a @ R.T + t)[on, 2]
+        inside = (expect >= 2).all(1) & (expect[:, 0] <= 78) & (expect[:, 1] <= 58)
+        np.testing.assert_allclose(tracks[b][inside], expect[inside], atol=1e-3)
+        np.testing.assert_allclose(track_depth[b][inside], z_expect[inside], rtol=1e-5)
+        assert (visible[b] == (inside | (b == 2))).all()  # concave corner: nothing occluded; anchor row all valid
+        assert inside.mean() > 0.6
+    np.testing.assert_array_equal(tracks[2], query.astype(np.float32))
+
+
+def test_point_behind_an_object_is_invisible():
+    """Wall z = 10, occluder square at z = 5 over x in [0.5, 1.5], |y| <= 0.5. From the anchor at the
+    origin the wall point (0, 0, 10) is in view; from x = 2 the ray to it crosses the occluder."""
+    K = np.array([[50.0, 0, 32.5], [0, 50.0, 32.5], [0, 0, 1]])
+    c2w = np.stack([pose(np.eye(3), [0, 0, 0]), pose(np.eye(3), [2, 0, 0]), pose(np.diag([-1.0, 1, -1]), [0, 0, 0])])
+    depth = []
+    for m in c2w:
+        v, u = np.mgrid[:64, :64] + 0.5
+        d = np.stack([(u - 32.5) / 50, (v - 32.5) / 50, np.ones_like(u)], -1) @ m[:3, :3].T
+        wall, near = (10 - m[2, 3]) / d[..., 2], (5 - m[2, 3]) / d[..., 2]
+        x, y = m[0, 3] + near * d[..., 0], near * d[..., 1]
+        occluded = (near > 0) & (x >= 0.5) & (x <= 1.5) & (abs(y) <= 0.5)
+        z = np.where(occluded, near, wall)  # ray parameter = camera z, as the camera ray has z = 1
+        depth.append(np.where(z > 0, z, 0))  # the third camera looks away: no depth there
+    depth = np.stack(depth)
+    query = np.array([[32.5, 32.5], [22.5, 32.5]])  # rays to (0, 0, 10) and (-2, 0, 10)
+    tracks, track_depth, visible = data.track(query, 0, depth, np.repeat(K[None], 3, 0), c2w)
+    assert visible[0].all()
+    assert not visible[1, 0] and visible[1, 1]  # hidden behind the square / in plain view
+    np.testing.assert_allclose(tracks[1, 0], [32.5 - 50 * 2 / 10, 32.5], atol=1e-4)  # still projected
+    np.testing.assert_allclose(track_depth[1], [10, 10], rtol=1e-6)
+    assert depth[1, 32, 22] == pytest.approx(5)  # what hides it
+    assert not visible[2].any() and (tracks[2] == -1).all() and (track_depth[2] == 0).all()  # behind camera 3
+
+
+@pytest.mark.parametrize("dist", [None, np.array([-0.12, 0.03, 1e-3, -5e-4])])
+def test_unproject_project_round_trip(dist):
+    rng = np.random.default_rng(1)
+    K = np.array([[310.0, 0, 150.3], [0, 290.0, 121.7], [0, 0, 1]])
+    c2w = pose(rotation(rng, 180), rng.normal(size=3))
+    uv, z = rng.uniform(0, 300, (50, 2)), rng.uniform(0.5, 20, 50)
+    X_w = data.cam_to_world(data.unproject(uv, z, K, dist), c2w)
+    uv2, z2 = data.project(data.world_to_cam(X_w, c2w), K, dist)
+    np.testing.assert_allclose(uv2, uv, atol=1e-6)
+    np.testing.assert_allclose(z2, z, rtol=1e-12)
+    X = data.unproject(np.array([[150.3 + 310, 121.7]]), np.array([2.0]), K)  # one focal length right
+    np.testing.assert_allclose(X, [[2.0, 0, 2.0]])
+
+
+def test_distortion_matches_the_opencv_formula():
+    # r² = 0.05, radial = 1 + 0.1·0.05 + 0.01·0.0025 = 1.005025
+    # x' = 0.1·1.005025 + 2·0.001·0.1·0.2 + 0.002·(0.05 + 0.02) = 0.1006825
+    # y' = 0.2·1.005025 + 0.001·(0.05 + 0.08) + 2·0.002·0.1·0.2 = 0.201215
+    dist = np.array([0.1, 0.01, 0.001, 0.002])
+    out = data.distort(np.array([0.1, 0.2]), dist)
+    np.testing.assert_allclose(out, [0.1006825, 0.201215], atol=1e-12)
+    np.testing.assert_allclose(data.undistort(out, dist), [0.1, 0.2], atol=1e-10)
+
+
+def test_visibility_thresholds():
+    """Inside by the margin, in front, and |z - D| <= 0.05 min(z, D): 1.049 passes, 1.052 fails
+    (it would pass with 0.05 max(z, D) = 0.0526)."""
+    uv = np.array([[4.0, 4.0], [3.9, 10], [10, 16.1], [10, 10], [10, 10], [10, 10], [10, 10]])
+    z = np.array([1.0, 1.0, 1.0, 1.0, 1.0, -1.0, 1.0])
+    d = np.array([1.0, 1.0, 1.0, 1.049, 1.052, -1.0, 0.0])
+    np.testing.assert_array_equal(data.visibility(uv, z, d, (20, 30), margin=4),
+                                  [True, False, False, True, False, False, False])
+
+
+def test_opengl_to_opencv():
+    gl = np.eye(4)  # nerfstudio camera at the origin looking down world -z, y up
+    cv = data.gl_to_cv(gl)
+    np.testing.assert_array_equal(cv[:3, :3], np.diag([1.0, -1, -1]))
+    np.testing.assert_array_equal(data.gl_to_cv(cv), gl)
+    K = np.array([[100.0, 0, 50], [0, 100.0, 50], [0, 0, 1]])
+    uv, z = data.project(data.world_to_cam(np.array([[0.0, 1, -2]]), cv), K)  # in front, above the axis
+    assert z[0] == pytest.approx(2) and uv[0, 1] < 50  # OpenCV: positive depth, above = smaller v
+
+
+def test_load_scene_converts_poses_and_sorts_frames(tmp_path):
+    rng = np.random.default_rng(2)
+    c2w = [pose(rotation(rng, 90), rng.normal(size=3)) for _ in range(3)]
+    root = write_scene(tmp_path / "s", c2w, np.array([[20.0, 0, 10], [0, 22.0, 8], [0, 0, 1]]), (16, 20),
+                       [np.ones((16, 20))] * 3)
+    meta = json.loads((root / "transforms.json").read_text())
+    meta["frames"] = meta["frames"][::-1]  # COLMAP-id order, not frame order
+    (root / "transforms.json").write_text(json.dumps(meta))
+    scene = data.load_scene(root)
+    np.testing.assert_allclose(scene.c2w, np.stack(c2w), atol=1e-12)
+    np.testing.assert_array_equal(scene.frame_index, [1, 2, 3])
+    assert scene.size == (16, 20) and len(scene) == 3
+    assert scene.image(2)[0, 0, 0] == 40  # frame_00003 has grey 2·20
+
+
+# ----------------------------------------------------------------------------- COLMAP depth
+
+def write_colmap_array(path, array):
+    """COLMAP's scripts/python/read_write_dense.py::write_array, transcribed."""
+    height, width = array.shape[:2]
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    with open(path, "w") as fid:
+        fid.write(str(width) + "&" + str(height) + "&" + str(channels) + "&")
+    with open(path, "ab") as fid:
+        array_trans = np.transpose(array, (1, 0)) if array.ndim == 2 else np.transpose(array, (1, 0, 2))
+        data_1d = array_trans.reshape(-1, order="F").tolist()
+        fid.write(struct.pack("<" + "f" * len(data_1d), *data_1d))
+
+
+def test_colmap_depth_reader(tmp_path):
+    depth = np.arange(35, dtype=np.float32).reshape(5, 7) / 3
+    write_colmap_array(tmp_path / "a.bin", depth)
+    np.testing.assert_array_equal(data.read_colmap_array(tmp_path / "a.bin"), depth)
+    assert data.read_colmap_array(tmp_path / "a.bin", header_only=True) == (5, 7)
+    normals = np.random.default_rng(0).random((4, 6, 3)).astype(np.float32)
+    write_colmap_array(tmp_path / "n.bin", normals)
+    np.testing.assert_array_equal(data.read_colmap_array(tmp_path / "n.bin"), normals)
+    (tmp_path / "hand.bin").write_bytes(b"3&2&1&" + np.arange(6, dtype="<f4").tobytes())  # 2 rows, 3 columns
+    np.testing.assert_array_equal(data.read_colmap_array(tmp_path / "hand.bin"), [[0, 1, 2], [3, 4, 5]])
+    (tmp_path / "short.bin").write_bytes(b"3&2&1&" + np.arange(5, dtype="<f4").tobytes())
+    with pytest.raises(ValueError, match="short.bin.*3x2x1"):
+        data.read_colmap_array(tmp_path / "short.bin")
+    (tmp_path / "junk.bin").write_bytes(b"not a depth map")
+    with pytest.raises(ValueError, match="junk.bin.*width&height"):
+        data.read_colmap_array(tmp_path / "junk.bin")
+
+
+def test_scene_reads_colmap_depth_and_resizes_it(tmp_path):
+    root = flat_scene(tmp_path, n=2)
+    (root / "depths" / "frame_00002.npy").unlink()
+    maps = root / "dense" / "stereo" / "depth_maps"
+    maps.mkdir(parents=True)
+    half = np.arange(80, dtype=np.float32).reshape(8, 10)  # half the image resolution
+    write_colmap_array(maps / "frame_00002.png.geometric.bin", half)
+    scene = data.load_scene(root)
+    assert scene.depth_files[1].name == "frame_00002.png.geometric.bin"
+    np.testing.assert_array_equal(scene.depth(1), np.repeat(np.repeat(half, 2, 0), 2, 1))  # nearest
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_missing_or_malformed_transforms(tmp_path):
+    with pytest.raises(FileNotFoundError, match="transforms.json"):
+        data.load_scene(tmp_path)
+    (tmp_path / "transforms.json").write_text("{ not json")
+    with pytest.raises(ValueError, match="transforms.json: malformed JSON"):
+        data.load_scene(tmp_path)
+    (tmp_path / "transforms.json").write_text('{"fl_x": 1}')
+    with pytest.raises(ValueError, match="frames"):
+        data.load_scene(tmp_path)
+
+
+def test_missing_intrinsics_and_image(tmp_path):
+    root = flat_scene(tmp_path)
+    meta = json.loads((root / "transforms.json").read_text())
+    del meta["fl_x"]
+    (root / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="fl_x"):
+        data.load_scene(root)
+    root = flat_scene(tmp_path, name="b")
+    (root / "images" / "frame_00003.png").unlink()
+    with pytest.raises(FileNotFoundError, match="frame_00003.png: missing image"):
+        data.load_scene(root)
+
+
+def test_missing_and_wrong_size_depth(tmp_path):
+    root = flat_scene(tmp_path)
+    np.save(root / "depths" / "frame_00002.npy", np.ones((16, 16), np.float32))  # images are 16 x 20
+    with pytest.raises(ValueError, match="frame_00002.npy: depth is"):
+        data.load_scene(root)
+    np.save(root / "depths" / "frame_00002.npy", np.ones((16, 20, 2), np.float32))
+    with pytest.raises(ValueError, match="frame_00002.npy: depth must be a 2-D"):
+        data.load_scene(root)
+    (root / "depths" / "frame_00002.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="no depth for 1 of 4 frames"):
+        data.load_scene(root)
+
+
+def test_nan_inf_negative_depth_is_zeroed_and_counted(tmp_path):
+    root = flat_scene(tmp_path)
+    d = np.full((16, 20), 5.0, np.float32)
+    d[0, :3], d[1, :2], d[2, :4] = np.nan, np.inf, -1
+    np.save(root / "depths" / "frame_00001.npy", d)
+    scene = data.load_scene(root)
+    out = scene.depth(0)
+    assert scene.invalid_depth == 9 and np.isfinite(out).all()
+    assert (out[:3] == 0).sum() == 9 and (out[3:] == 5).all()
+    s = data.make_sample(scene, np.random.default_rng(0), 4, grids=(20,), contiguous=True, anchor=0)
+    q = s["tracks"][0].astype(int)
+    bad = ~np.isfinite(d) | (d < 0)
+    bad = bad[q[:, 1], q[:, 0]]  # queries on pixels with invalid depth
+    assert bad.any() and not s["visible"][:, bad].any() and s["visible"][0, ~bad].all()
+
+
+def test_singular_pose(tmp_path):
+    root = flat_scene(tmp_path)
+    meta = json.loads((root / "transforms.json").read_text())
+    meta["frames"][1]["transform_matrix"] = np.zeros((4, 4)).tolist()
+    (root / "transforms.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="frame images/frame_00002.png: transform_matrix is not a rigid"):
+        data.load_scene(root)
+
+
+def test_too_few_frames(tmp_path):
+    scene = data.load_scene(flat_scene(tmp_path, n=3))
+    with pytest.raises(ValueError, match="has 3 frames, the sample asks for 5"):
+        data.make_sample(scene, np.random.default_rng(0), 5)
+    index = np.arange(0, 210, 10)  # frames 10 apart: at most 4 others on each side within +-48
+    ids, a = data.choose_frames(index, np.random.default_rng(0), 9)
+    assert len(ids) == 9 and np.abs(index[ids] - index[ids[a]]).max() <= 48
+    with pytest.raises(ValueError, match="other frames within"):
+        data.choose_frames(index, np.random.default_rng(0), 10)
+
+
+def test_dataset_skips_broken_scenes(tmp_path, capsys):
+    flat_scene(tmp_path, name="good")
+    flat_scene(tmp_path, name="short", n=2)
+    (flat_scene(tmp_path, name="noimage") / "images" / "frame_00001.png").unlink()
+    ds = data.SceneDataset(tmp_path, size=(16, 20), num_frames=3, grids=(2,))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(ds.scenes) == 1 and ds.scenes[0].path.endswith("good")
+    assert len(err) == 3 and "noimage" in err[0] and "short" in err[1] and "skipped 2 of 3" in err[2]
+    assert ds[5]["frames"].shape == (3, 16, 20, 3)
+    with pytest.raises(FileNotFoundError, match="python data.py synth"):
+        data.SceneDataset(tmp_path / "short")
+
+
+# ----------------------------------------------------------------------------- samples
+
+def test_query_grid_is_cell_centres():
+    np.testing.assert_array_equal(data.query_grid((4, 8), (1, 2)), [[4, 2], [2, 1], [6, 1], [2, 3], [6, 3]])
+    assert data.query_grid((336, 336)).shape == (640, 2)
+
+
+def test_resize_nearest_picks_the_pixel_under_each_centre():
+    d = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(data.resize_nearest(d, (4, 3)), [[0, 1, 2], [0, 1, 2], [3, 4, 5], [3, 4, 5]])
+    np.testing.assert_array_equal(data.resize_nearest(np.arange(4.0).reshape(1, 4), (1, 2)), [[1, 3]])
+    np.testing.assert_array_equal(data.resize_nearest(np.arange(4.0).reshape(4, 1), (2, 1)), [[1], [3]])
+
+
+def test_resizing_scales_tracks_and_intrinsics(tmp_path):
+    """A fronto-parallel plane seen from cameras moving in x and y: at any size the tracks are the
+    full-size tracks times (W'/W, H'/H), and K scales the same way."""
+    size, K = (16, 20), np.array([[20.0, 0, 9.0], [0, 22.0, 8.5], [0, 0, 1]])
+    c2w = [pose(np.eye(3), [0.3 * k, -0.2 * k, 0]) for k in range(4)]
+    scene = data.load_scene(write_scene(tmp_path / "s", c2w, K, size, [np.full(size, 5.0)] * 4))
+    full = data.make_sample(scene, np.random.default_rng(0), 4, grids=(3,))
+    small = data.make_sample(scene, np.random.default_rng(0), 4, size=(8, 30), grids=(3,))
+    scale = np.array([30 / 20, 8 / 16], np.float32)
+    np.testing.assert_allclose(small["tracks"], full["tracks"] * scale, atol=1e-4)
+    np.testing.assert_allclose(small["K"][:, :2, :2], full["K"][:, :2, :2] * scale[:, None], rtol=1e-6)
+    np.testing.assert_allclose(full["tracks"][1] - full["tracks"][0], np.tile([-20 * 0.3 / 5, 22 * 0.2 / 5], (9, 1)), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    data.make_synthetic(root, 2, seed=3, num_frames=12, size=192)
+    return root
+
+
+def test_sample_contract(synth):
+    scene = data.load_scene(synth / "scene_0000", (64, 64))
+    s = data.make_sample(scene, np.random.default_rng(0), 6, grids=(4, 8), window=5)
+    assert set(s) == {"frames", "depth", "K", "c2w", "frame_index", "tracks", "track_depth", "visible", "anchor", "scene"}
+    shapes = dict(frames=(6, 64, 64, 3), depth=(6, 64, 64), K=(6, 3, 3), c2w=(6, 4, 4), frame_index=(6,),
+                  tracks=(6, 80, 2), track_depth=(6, 80), visible=(6, 80))
+    dtypes = dict(frames=np.uint8, depth=np.float32, K=np.float32, c2w=np.float32, frame_index=np.int64,
+                  tracks=np.float32, track_depth=np.float32, visible=np.bool_)
+    for k in shapes:
+        assert s[k].shape == shapes[k] and s[k].dtype == dtypes[k], k
+    a = s["anchor"]
+    assert (np.diff(s["frame_index"]) > 0).all() and np.abs(s["frame_index"] - s["frame_index"][a]).max() <= 5
+    np.testing.assert_array_equal(s["tracks"][a], data.query_grid((64, 64), (4, 8)))
+    np.testing.assert_allclose(s["K"][0, 0, 0], json.loads((synth / "scene_0000" / "transforms.json").read_text())["fl_x"] * 64 / 192, rtol=1e-6)
+    c = data.make_sample(scene, np.random.default_rng(0), 6, contiguous=True)
+    assert c["anchor"] == 0 and (np.diff(c["frame_index"]) == 1).all()
+
+
+def test_synthetic_tracks_follow_the_texture(synth):
+    """Images, depth and poses agree: colours at tracked points match; shuffled points do not."""
+    scene = data.load_scene(synth / "scene_0001", (96, 96))  # downsampled from 192 px: anti-aliased
+    s = data.make_sample(scene, np.random.default_rng(1), 8, grids=(24,))
+    a = s["anchor"]
+    diffs, shuffled = [], []
+    for f in range(8):
+        vis = s["visible"][f] & s["visible"][a]
+        p, q = s["tracks"][f][vis].astype(int), s["tracks"][a][vis].astype(int)
+        c_f, c_a = s["frames"][f][p[:, 1], p[:, 0]].astype(float), s["frames"][a][q[:, 1], q[:, 0]].astype(float)
+        diffs.append(np.abs(c_f - c_a).mean())
+        shuffled.append(np.abs(c_f - np.roll(c_a, 5, 0)).mean())
+    assert s["visible"].mean() > 0.5
+    assert np.mean(diffs) < 0.35 * np.mean(shuffled)
+
+
+def test_synthetic_scene_files_and_determinism(synth, tmp_path):
+    root = synth / "scene_0000"
+    meta = json.loads((root / "transforms.json").read_text())
+    assert meta["frames"][0]["file_path"] == "images/frame_00001.png" and meta["camera_model"] == "OPENCV"
+    assert Image.open(root / "images_2" / "frame_00001.png").size == (96, 96)
+    assert np.load(root / "depths" / "frame_00001.npy").dtype == np.float32
+    assert data.load_scene(root, (96, 96)).image_files[0].parent.name == "images_2"
+    assert data.load_scene(root, (97, 90)).image_files[0].parent.name == "images"
+    boxes = meta["synthetic"]["boxes"]
+    twins = [b for b in boxes if [c["texture"] for c in boxes].count(b["texture"]) > 1]
+    eye = data.load_scene(root).c2w[0, :3, 3]
+    assert len(twins) == 2 and twins[0]["half"] == twins[1]["half"]
+    assert abs(np.linalg.norm(np.array(twins[0]["centre"]) - eye) - np.linalg.norm(np.array(twins[1]["centre"]) - eye)) > 1.0
+    again = data.synth_scene(tmp_path / "again", 3, num_frames=1, size=192)
+    assert (again / "images" / "frame_00001.png").read_bytes() == (root / "images" / "frame_00001.png").read_bytes()
+    other = data.synth_scene(tmp_path / "other", 4, num_frames=1, size=192)
+    assert (other / "images" / "frame_00001.png").read_bytes() != (root / "images" / "frame_00001.png").read_bytes()
+    stamp = (root / "transforms.json").stat().st_mtime_ns
+    data.make_synthetic(synth, 2, seed=3, num_frames=12, size=192)  # complete: nothing rewritten
+    assert (root / "transforms.json").stat().st_mtime_ns == stamp
+
+
+def test_dataset_is_deterministic_and_worker_safe(synth):
+    ds = data.SceneDataset(synth, size=(48, 48), num_frames=(3, 6), grids=(4,), window=4, seed=7, length=4)
+    again = data.SceneDataset(synth, size=(48, 48), num_frames=(3, 6), grids=(4,), window=4, seed=7, length=4)
+    assert len(ds) == 4 and ds[1]["scene"] != ds[2]["scene"]
+    np.testing.assert_array_equal(ds[3]["tracks"], again[3]["tracks"])
+    assert not np.array_equal(ds[0]["frame_index"], ds[2]["frame_index"]) or ds[0]["anchor"] != ds[2]["anchor"]
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+    for i, item in enumerate(loader):
+        np.testing.assert_array_equal(item["tracks"].numpy(), ds[i]["tracks"])
+        np.testing.assert_array_equal(item["frames"].numpy(), ds[i]["frames"])
+
+
+def test_command_line(synth, tmp_path, capsys):
+    for args in ([], ["synth"], ["show"]):
+        with pytest.raises(SystemExit) as e:
+            data.main(args + ["--help"])
+        assert e.value.code == 0 and "usage" in capsys.readouterr().out
+    data.main(["synth", "--out", str(tmp_path), "--scenes", "1", "--frames", "3", "--size", "32"])
+    assert (tmp_path / "scene_0000" / "transforms.json").is_file()
+    out = tmp_path / "fig.png"
+    data.main(["show", "--scene", str(synth / "scene_0000"), "--out", str(out), "--frames", "3", "--stride", "4",
+               "--size", "64"])
+    assert Image.open(out).size == (3 * 72 + 8, 2 * 72 + 22)
+
+
+@pytest.mark.slow
+def test_default_synthetic_scene_renders_and_runs_as_a_script(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "data.py"), "synth", "--out", str(tmp_path), "--scenes", "1",
+                    "--frames", "24"], check=True, capture_output=True)
+    scene = data.load_scene(tmp_path / "scene_0000", (336, 336))
+    s = data.make_sample(scene, np.random.default_rng(0), 16)
+    assert s["tracks"].shape == (16, 640, 2) and s["visible"].mean() > 0.5
