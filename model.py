@@ -289,14 +289,20 @@ class GASP(nn.Module):
         self.heads = CorrespondenceHeads(len(self.layer_ids), d_in, r)
         q_weights = [getattr(a.q_proj, "base_layer", a.q_proj).weight for a in attn]  # base weight under LoRA
         self.heads.init_from_query_projections(q_weights, head_input)
-        self._pos = None  # (T,) visual positions of the current sample
+        self._pos = None  # (T,) visual positions of the current sample; kept for checkpoint recomputation
         self._cap = None  # {"q": [...], "k": [...]} while a GASP forward runs
+        # A forward that does not come through GASP.forward clears _pos, so the hooks stay idle.
+        find_module(vlm, "language_model").register_forward_pre_hook(self._clear_stale)
         for j, i in enumerate(self.layer_ids):
             if head_input == "qk":
                 attn[j].q_proj.register_forward_hook(self._hook("q", j))
                 attn[j].k_proj.register_forward_hook(self._hook("k", j))
             else:
                 blocks[i].input_layernorm.register_forward_hook(self._hook("q", j))
+
+    def _clear_stale(self, module, args):
+        if self._cap is None:
+            self._pos = None
 
     def _hook(self, side: str, j: int):
         def hook(module, args, out):
@@ -367,11 +373,12 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def native_qk(vlm: nn.Module, inputs: dict, token_map: torch.Tensor, fn, layers=None):
+def native_qk(vlm: nn.Module, inputs: dict, token_map: torch.Tensor, fn, layers=None, run=None):
     """G8 input: for every layer l (or those listed), call fn(l, q, k) with the layer's own
     q (F, h*w, H, d_h) and k (F, h*w, H, d_h) of the visual tokens, rotary / M-RoPE applied exactly as
     its attention does, keys repeated over query heads (GQA). Called inside the forward, one layer at
-    a time, so no (layers x tokens x tokens) tensor is ever held."""
+    a time, so no (layers x tokens x tokens) tensor is ever held. `run` replaces the plain forward
+    (e.g. a GASP forward, so the heads are read in the same pass); its result is returned."""
     blocks, tc = llm_layers(vlm), text_config(vlm)
     H = tc.num_attention_heads
     d_h = tc.hidden_size // H
@@ -401,7 +408,7 @@ def native_qk(vlm: nn.Module, inputs: dict, token_map: torch.Tensor, fn, layers=
         handles.append(blocks[l].self_attn.q_proj.register_forward_hook(on_q))
         handles.append(blocks[l].self_attn.k_proj.register_forward_hook(on_k(l)))
     try:
-        return vlm(**inputs, use_cache=False)
+        return run() if run is not None else vlm(**inputs, use_cache=False)
     finally:
         for hd in handles:
             hd.remove()

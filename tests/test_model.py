@@ -140,3 +140,14 @@ def test_frame_size_gives_whole_tokens(tiny):
     assert M.frame_size(cfg, 336) == (336, 336) and M.frame_size(cfg, 440) == (448, 448)
     cfg = transformers.AutoConfig.from_pretrained(tiny["llava_next_video"])
     assert M.frame_size(cfg, 999) == (224, 224)
+
+
+def test_plain_forward_after_gasp_forward_ignores_stale_positions(tiny):
+    vlm, proc = M.load(tiny["qwen2_5_vl"])
+    gasp = M.GASP(vlm, r=16)
+    _, inp, tmap = _inputs(proc, F=3)
+    gasp(inp, tmap)
+    _, short, _ = _inputs(proc, F=1)
+    with torch.no_grad():
+        vlm(**short)  # shorter sequence: stale (F=3) positions would index out of range
+    assert gasp._pos is None
