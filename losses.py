@@ -52,7 +52,8 @@ def info_nce(ea: torch.Tensor, eb: torch.Tensor, uv_b: torch.Tensor, valid: torc
              token_px: float, tau: float) -> torch.Tensor:
     """G4 per layer. ea, eb (L, P, N, r) anchor / target point embeddings; uv_b (P, N, 2) target
     pixels; valid (P, N) track visible in both frames. Returns (L,); 0 when nothing is valid."""
-    logits = torch.einsum("lpnr,lpmr->lpnm", ea, eb) / tau  # (L, P, N, N)
+    N = ea.shape[2]
+    logits = torch.einsum("lpnr,lpmr->lpnm", ea / tau, eb)  # (L, P, N, N); 1/τ on the small side
     # C_i = {i} ∪ {k : ||p_k^b - p_i^b|| > 1 token}, over valid tracks only.
     # Assumption: the near-positive mask (tracks within a token are not negatives) is ours.
     dist = torch.cdist(uv_b.float(), uv_b.float()) / token_px  # (P, N, N) in tokens
@@ -60,8 +61,9 @@ def info_nce(ea: torch.Tensor, eb: torch.Tensor, uv_b: torch.Tensor, valid: torc
     # The diagonal always stays, so every row has a finite logit and no NaN reaches the gradient.
     cand = ((dist > 1) & valid[:, None, :] & valid[:, :, None]) | eye  # (P, N, N)
     logits = logits.masked_fill(~cand, float("-inf"))
-    pos = logits.diagonal(dim1=-2, dim2=-1)  # (L, P, N)
-    nll = torch.logsumexp(logits, dim=-1) - pos  # (L, P, N)
+    # -log softmax at the diagonal = logsumexp_k∈C_i - <e_i^a, e_i^b>/τ; fused, so only one (L, P, N, N) is kept.
+    target = torch.arange(N, device=logits.device).repeat(logits.shape[0] * logits.shape[1])
+    nll = F.cross_entropy(logits.flatten(0, 2), target, reduction="none").view(ea.shape[:3])  # (L, P, N)
     return masked_mean(nll, valid)
 
 
@@ -85,7 +87,7 @@ def depth_loss(ea: torch.Tensor, tb: torch.Tensor, Db: torch.Tensor, d: torch.Te
     # Assumption: tokens without valid depth are left out of the softmax (DESIGN.md G5 is silent).
     # A frame with no valid token keeps its full softmax (finite, no NaN) and contributes nothing.
     valid = valid & (d > 0) & any_ok
-    logits = torch.einsum("lpnr,lptr->lpnt", ea, tb) / tau  # (L, P, N, T)
+    logits = torch.einsum("lpnr,lptr->lpnt", ea / tau, tb)  # (L, P, N, T)
     logits = logits.masked_fill(~(tok_ok | ~any_ok)[None, :, None, :], float("-inf"))
     A = torch.softmax(logits, dim=-1)  # A_ij
     d_hat = torch.einsum("lpnt,pt->lpn", A, Db.to(A.dtype))  # soft-argmax depth

@@ -209,7 +209,7 @@ def tiny_config(kind: str = "qwen2_5_vl", tokenizer=None, layers: int = 4, hidde
         return transformers.LlavaNextVideoConfig(text_config=text, vision_config=vision,
                                                  video_token_index=tid("<video>"), image_token_index=tid("<image>"))
     section = [hidden // heads // 8, hidden // heads // 8 * 3 // 2, hidden // heads // 8 * 3 // 2]  # sums to d_h/2
-    text.update(rope_parameters=dict(rope_type="default", mrope_section=section, rope_theta=10000.0),
+    text.update(rope_parameters=dict(rope_type="default", mrope_section=section, rope_theta=1e6),
                 bos_token_id=tid("<|endoftext|>"), eos_token_id=tid("<|im_end|>"), pad_token_id=tid("<|endoftext|>"))
     ids = dict(image_token_id=tid("<|image_pad|>"), video_token_id=tid("<|video_pad|>"),
                vision_start_token_id=tid("<|vision_start|>"), vision_end_token_id=tid("<|vision_end|>"))

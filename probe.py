@@ -103,7 +103,9 @@ def load_for_probe(path: str, device: str = "cpu"):
     vlm, proc = M.load(cfg["model"], device, size=(cfg["size"], cfg["size"]))
     vlm = M.freeze_and_lora(vlm, cfg["lora_rank"])
     gasp = M.GASP(vlm, M.parse_layers(cfg["layers"], len(M.llm_layers(vlm))), cfg["head_input"], cfg["head_dim"])
-    gasp.load_state_dict(ckpt["model"])
+    unexpected = gasp.load_state_dict(ckpt["model"], strict=False).unexpected_keys  # frozen weights come from cfg["model"]
+    if unexpected:
+        raise ValueError(f"{ckpt_file}: weights {unexpected[:3]}... do not fit {cfg['model']} with these settings")
     return gasp.vlm.eval(), proc, gasp.to(device).eval()
 
 
@@ -120,9 +122,10 @@ def run_probe(vlm, proc, samples, gasp=None, tau: float = 0.07, device="cpu", de
         def on_layer(l, q, k):
             native[l].append(match(q, k, sample, proc.token_px, proc.grid, q.shape[-1] ** -0.5))
 
-        M.native_qk(vlm, inputs, tmap, on_layer)
+        run = (lambda: gasp(inputs, tmap)) if gasp is not None else None  # heads read in the same forward
+        out = M.native_qk(vlm, inputs, tmap, on_layer, run=run)
         if gasp is not None:
-            _, e_q, e_k = gasp(inputs, tmap)  # (L, F, h, w, r)
+            _, e_q, e_k = out  # (L, F, h, w, r)
             for j in range(e_q.shape[0]):
                 q, k = e_q[j].flatten(1, 2)[:, :, None].float(), e_k[j].flatten(1, 2)[:, :, None].float()
                 heads[j].append(match(q, k, sample, proc.token_px, proc.grid, 1 / tau))
