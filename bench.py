@@ -150,8 +150,8 @@ def bench_config(name: str, spec: dict, scene_dir: str, sample_ms: dict, repeats
     def gasp_step():
         gasp.zero_grad(set_to_none=True)
         with amp:
-            out, e_q, e_k = gasp(inputs, tmap)
-            corr, depth = gasp_losses(e_q.float(), e_k.float(), geo, proc.token_px)  # full objective
+            out, e_q, e_k = gasp(inputs, tmap, geo["anchor"])  # heads on the frames the pairs read, as train.py
+            corr, depth = gasp_losses(e_q.float(), e_k.float(), geo, proc.token_px, q_offset=geo["anchor"])
             loss = total_loss(out.loss, corr, depth)
         loss.backward()
 

@@ -102,18 +102,18 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def gasp_losses(e_q: torch.Tensor, e_k: torch.Tensor, sample: dict, token_px: int, tau: float = 0.07,
-                with_depth: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                with_depth: bool = True, q_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """G3-G5 for one sample, all supervised layers at once.
 
-    e_q, e_k (L, F, h, w, r): head embeddings of every visual token, q side and k side.
+    e_q (L, F_q, h, w, r), e_k (L, F_k, h, w, r): head embeddings of the visual tokens, q side and k side;
+    e_q[:, i] is frame q_offset + i, e_k[:, i] is frame i (GASP.forward with anchor: q_offset = anchor).
     sample: the data contract (torch tensors): tracks (F, N, 2), visible (F, N), track_depth (F, N),
     depth (F, H, W), anchor. Returns per-layer L_corr (L,) and L_depth (L,).
     """
-    L, Fr, h, w, r = e_q.shape
-    pairs = frame_pairs(Fr, int(sample["anchor"])).to(e_q.device)  # (P, 2)
-    a, b = pairs[:, 0], pairs[:, 1]
     tracks, visible = sample["tracks"], sample["visible"]
-    pq = sample_points(e_q[:, a], tracks[a], token_px)  # (L, P, N, r) anchor side
+    pairs = frame_pairs(tracks.shape[0], int(sample["anchor"])).to(e_q.device)  # (P, 2)
+    a, b = pairs[:, 0], pairs[:, 1]
+    pq = sample_points(e_q[:, a - q_offset], tracks[a], token_px)  # (L, P, N, r) anchor side
     pk = sample_points(e_k[:, b], tracks[b], token_px)  # (L, P, N, r) target side
     valid = visible[a] & visible[b]  # (P, N)
     corr = info_nce(pq, pk, tracks[b], valid, token_px, tau)

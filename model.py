@@ -289,7 +289,7 @@ class GASP(nn.Module):
         self.heads = CorrespondenceHeads(len(self.layer_ids), d_in, r)
         q_weights = [getattr(a.q_proj, "base_layer", a.q_proj).weight for a in attn]  # base weight under LoRA
         self.heads.init_from_query_projections(q_weights, head_input)
-        self._pos = None  # (T,) visual positions of the current sample; kept for checkpoint recomputation
+        self._pos = None  # {"q": (T_q,), "k": (T_k,)} visual positions read; kept for checkpoint recomputation
         self._cap = None  # {"q": [...], "k": [...]} while a GASP forward runs
         # A forward that does not come through GASP.forward clears _pos, so the hooks stay idle.
         find_module(vlm, "language_model").register_forward_pre_hook(self._clear_stale)
@@ -308,30 +308,36 @@ class GASP(nn.Module):
         def hook(module, args, out):
             if self._pos is None:
                 return
-            x = out[0, self._pos]  # (T, d): visual tokens of sample 0
+            x = out[0, self._pos[side]]  # (T_side, d): visual tokens of sample 0
             # Checkpoint recomputation in backward repeats the gather (same saved tensors) but finds _cap = None.
             if self._cap is not None:
                 self._cap[side][j] = x
         return hook
 
-    def forward(self, inputs: dict, token_map: torch.Tensor):
-        """inputs: one sample (batch 1) from Processor; token_map (F, h, w) sequence positions."""
+    def forward(self, inputs: dict, token_map: torch.Tensor, anchor: int | None = None):
+        """inputs: one sample (batch 1) from Processor; token_map (F, h, w) sequence positions.
+        Returns (stock output, e_q (L, F_q, h, w, r), e_k (L, F_k, h, w, r)). With `anchor`, only what
+        the loss pairs (anchor, f) read is embedded: q side for frames anchor..F-1, k side for frames
+        0..anchor (F + 1 frames instead of 2F); without it, every frame on both sides (the probe)."""
         L, (Fr, h, w) = len(self.layer_ids), token_map.shape
-        self._pos, self._cap = token_map.flatten(), {"q": [None] * L, "k": [None] * L}
+        q_map, k_map = (token_map, token_map) if anchor is None else (token_map[anchor:], token_map[: anchor + 1])
+        if self.head_input == "hidden":  # one capture of x_l serves both sides
+            q_map = k_map = token_map
+        self._pos = {"q": q_map.flatten(), "k": k_map.flatten()}
+        self._cap = {"q": [None] * L, "k": [None] * L}
         try:
             out = self.vlm(**inputs, use_cache=False)
-            q = torch.stack(self._cap["q"])  # (L, T, d_in)
+            q = torch.stack(self._cap["q"])  # (L, T_q, d_in)
             k = repeat_kv(torch.stack(self._cap["k"]), self.num_heads, self.head_dim) \
-                if self.head_input == "qk" else None
+                if self.head_input == "qk" else None  # (L, T_k, d_in)
         finally:
             self._cap = None
-        if k is None:  # hidden input: one embedding serves both sides
-            e_q = e_k = self.heads(q.to(self.heads.w1.dtype))
-        else:
-            e = self.heads(torch.cat([q, k], 1).to(self.heads.w1.dtype))  # (L, 2T, r): one batched call
-            e_q, e_k = e.split(q.shape[1], dim=1)
-        shape = (L, Fr, h, w, -1)
-        return out, e_q.reshape(shape), e_k.reshape(shape)
+        if k is None:  # hidden input: the same embedding, split into the two sides' frames
+            e = self.heads(q.to(self.heads.w1.dtype)).reshape(L, Fr, h, w, -1)
+            return (out, e, e) if anchor is None else (out, e[:, anchor:], e[:, : anchor + 1])
+        e = self.heads(torch.cat([q, k], 1).to(self.heads.w1.dtype))  # (L, T_q + T_k, r): one batched call
+        e_q, e_k = e.split([q.shape[1], k.shape[1]], dim=1)
+        return out, e_q.reshape(L, len(q_map), h, w, -1), e_k.reshape(L, len(k_map), h, w, -1)
 
 
 def freeze_and_lora(vlm: nn.Module, lora_rank: int = 0, train_vision: bool = False) -> nn.Module:

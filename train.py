@@ -256,14 +256,14 @@ def main():
             with sync, autocast:
                 if geometry:
                     tmap = proc.token_map(inputs["input_ids"][0], len(frames))
-                    out, e_q, e_k = net(inputs, tmap)
+                    out, e_q, e_k = net(inputs, tmap, sample["anchor"] if sample is not None else None)
                 else:
                     out = net(**inputs, use_cache=False)
                 lm = out.loss if answer is not None else torch.zeros((), device=device)
                 if sample is not None:
                     s = {n: torch.as_tensor(sample[n], device=device) for n in ("tracks", "visible", "track_depth", "depth")}
-                    corr, depth = gasp_losses(e_q.float(), e_k.float(), {**s, "anchor": sample["anchor"]},
-                                              proc.token_px, cfg.tau, with_depth=cfg.objective == "full")
+                    corr, depth = gasp_losses(e_q.float(), e_k.float(), {**s, "anchor": sample["anchor"]}, proc.token_px,
+                                              cfg.tau, with_depth=cfg.objective == "full", q_offset=sample["anchor"])
                 else:
                     corr = depth = torch.zeros(1, device=device)
                 loss = total_loss(lm, corr, depth, cfg.lambda_c, cfg.lambda_d if cfg.objective == "full" else 0.0)

@@ -114,3 +114,13 @@ def test_pairs_put_the_later_frame_first():
 def test_total_loss_is_lm_plus_weighted_layer_means():
     got = total_loss(torch.tensor(1.0), torch.tensor([1.0, 3.0]), torch.tensor([0.5, 0.5]), 0.3, 1.0)
     assert math.isclose(got.item(), 1.0 + 0.3 * 2.0 + 0.5, rel_tol=1e-6)
+
+
+def test_losses_on_the_anchor_split_equal_losses_on_all_frames():
+    sample = _sample(Fr=4)
+    sample["anchor"] = 2
+    e_q, e_k = F.normalize(torch.randn(2, 4, 4, 4, 8), dim=-1), F.normalize(torch.randn(2, 4, 4, 4, 8), dim=-1)
+    full = gasp_losses(e_q, e_k, sample, token_px=10)
+    split = gasp_losses(e_q[:, 2:], e_k[:, :3], sample, token_px=10, q_offset=2)  # what GASP(anchor=2) returns
+    for a, b in zip(full, split):
+        torch.testing.assert_close(a, b)

@@ -151,3 +151,14 @@ def test_plain_forward_after_gasp_forward_ignores_stale_positions(tiny):
     with torch.no_grad():
         vlm(**short)  # shorter sequence: stale (F=3) positions would index out of range
     assert gasp._pos is None
+
+
+def test_anchor_forward_embeds_only_the_frames_the_pairs_read(tiny):
+    vlm, proc = M.load(tiny["qwen2_5_vl"])
+    gasp = M.GASP(vlm, r=16)
+    _, inp, tmap = _inputs(proc, F=3)
+    with torch.no_grad():
+        _, q_all, k_all = gasp(inp, tmap)
+        _, q_a, k_a = gasp(inp, tmap, anchor=1)
+    torch.testing.assert_close(q_a, q_all[:, 1:])
+    torch.testing.assert_close(k_a, k_all[:, :2])
