@@ -434,19 +434,22 @@ class SceneDataset(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------- synthetic scenes
 
 TEXELS_PER_M = 64.0
+SYNTH_VERSION = 2  # bump when the renderer changes, so stale scenes are re-rendered
 
 
 def _texture(rng, h, w):
     """A locally distinctive texture (h, w, 3) in [0, 1]: colour noise at three scales through a random
     per-surface colour mix, plus high-contrast discs and bars."""
     t = np.zeros((h, w, 3), np.float32)
-    for cell, weight in ((16, 1.0), (6, 0.8), (2, 0.6)):
+    # Assumption: most energy at 2-6 tokens (about 60-200 px at 448 px), little below: finer noise
+    # decorrelates under a few pixels of motion and no grid-aligned token could match it.
+    for cell, weight in ((64, 1.0), (20, 0.5), (6, 0.1)):
         small = (rng.random((h // cell + 2, w // cell + 2, 3)) * 255).astype(np.uint8)
         t += weight * np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), np.float32) / 255
     t = (t - t.mean((0, 1))) / (t.std((0, 1)) + EPS)
     t = np.clip(0.5 + 0.25 * t @ rng.normal(size=(3, 3)) + 0.15 * rng.normal(size=3), 0, 1).astype(np.float32)
-    for _ in range(h * w // 300 + 2):  # ~one shape per 17 x 17 texels
-        y, x, r = rng.random() * h, rng.random() * w, rng.uniform(1.5, 6)
+    for _ in range(h * w // 2000 + 2):  # ~one shape per 45 x 45 texels
+        y, x, r = rng.random() * h, rng.random() * w, rng.uniform(6, 16)
         y0, y1, x0, x1 = int(max(y - r, 0)), int(min(y + r + 1, h)), int(max(x - r, 0)), int(min(x + r + 1, w))
         yy, xx = np.mgrid[y0:y1, x0:x1] + 0.5
         shape = ((yy - y) ** 2 + (xx - x) ** 2 < r * r) if rng.random() < 0.7 else (abs(yy - y) < r / 4)
@@ -579,7 +582,7 @@ def synth_scene(out_dir, seed, num_frames=64, size=448):
                        "colmap_im_id": k + 1})
     meta = {"camera_model": "OPENCV", "w": size, "h": size, "fl_x": f, "fl_y": f, "cx": size / 2, "cy": size / 2,
             "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames,
-            "synthetic": {"seed": seed, "boxes": [dict(centre=c.tolist(), half=h.tolist(), yaw=y, texture=t)
+            "synthetic": {"version": SYNTH_VERSION, "seed": seed, "boxes": [dict(centre=c.tolist(), half=h.tolist(), yaw=y, texture=t)
                                                   for c, h, y, t in boxes[1:]]}}
     (out / "transforms.json.tmp").write_text(json.dumps(meta, indent=1))
     (out / "transforms.json.tmp").replace(out / "transforms.json")
@@ -593,7 +596,8 @@ def make_synthetic(root, n_scenes, seed=0, num_frames=64, size=448):
         out, tf = root / f"scene_{k:04d}", root / f"scene_{k:04d}" / "transforms.json"
         if tf.is_file():
             meta = json.loads(tf.read_text())
-            if (meta["w"], len(meta["frames"]), meta["synthetic"]["seed"]) == (size, num_frames, seed + k):
+            if (meta["w"], len(meta["frames"]), meta["synthetic"]["seed"], meta["synthetic"].get("version")) == \
+                    (size, num_frames, seed + k, SYNTH_VERSION):
                 continue
         synth_scene(out, seed + k, num_frames, size)
     return root
