@@ -78,7 +78,7 @@ class Config:
 
 # Embedded default: settings tuned so a 2-core CPU shows the effect in minutes (the paper's recipe
 # stays the default for any real --model). Assumption: these are demo choices, not the paper's.
-DEMO = dict(steps=600, lr=1e-3, frames="4", size=448, grids="24", head_dim=64, log_every=25, save_every=200,
+DEMO = dict(steps=2500, lr=1e-3, frames="4", size=448, grids="24", head_dim=64, log_every=25, save_every=200,
             preload=True)
 
 

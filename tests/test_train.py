@@ -16,6 +16,7 @@ from PIL import Image
 
 import data
 import model as M
+import probe
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,6 +107,8 @@ def test_sigkill_then_resume_matches_uninterrupted(env):
     w_ref, w_cut = weights(ref), weights(cut)
     for k in w_ref:
         torch.testing.assert_close(w_ref[k], w_cut[k], atol=1e-6, rtol=1e-5)
+    _, _, gasp = probe.load_for_probe(str(ckpt))  # the probe reads the LoRA training checkpoint back
+    torch.testing.assert_close(gasp.heads.w1.detach(), w_cut["heads.w1"])
 
 
 def test_interrupted_save_leaves_last_checkpoint_loadable(tmp_path, monkeypatch):
