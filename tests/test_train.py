@@ -4,6 +4,7 @@ kill-and-resume, atomic checkpoints, stock export."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,11 +41,17 @@ def env(tmp_path_factory):
     return {"tmp": tmp, "scenes": str(scenes), "tiny": tiny, "sft": str(sft)}
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run(env, out, *extra, nproc=1, wait=True):
     args = ["--model", env["tiny"], "--data", env["scenes"], "--out", str(out), "--no-probe", "--size", "112",
             "--frames", "3", "--grids", "8", "--head-dim", "16", "--window", "4", "--log-every", "1", *extra]
     cmd = [sys.executable, "train.py", *args] if nproc == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "29533",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
          "train.py", *args]
     envvars = {**os.environ, "OMP_NUM_THREADS": "1"}
     if not wait:
