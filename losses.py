@@ -20,6 +20,7 @@ soft-argmax as in RAFT (Teed & Deng, arXiv 2003.12039).
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 # Notation: L layers, F frames, (h, w) token grid, T = h*w tokens, N tracks, P frame pairs, r embedding size.
 
@@ -103,7 +104,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def gasp_losses(e_q: torch.Tensor, e_k: torch.Tensor, sample: dict, token_px: int, tau: float = 0.07,
                 with_depth: bool = True, q_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """G3-G5 for one sample, all supervised layers at once.
+    """G3-G5 for one sample, every supervised layer.
 
     e_q (L, F_q, h, w, r), e_k (L, F_k, h, w, r): head embeddings of the visual tokens, q side and k side;
     e_q[:, i] is frame q_offset + i, e_k[:, i] is frame i (GASP.forward with anchor: q_offset = anchor).
@@ -113,16 +114,22 @@ def gasp_losses(e_q: torch.Tensor, e_k: torch.Tensor, sample: dict, token_px: in
     tracks, visible = sample["tracks"], sample["visible"]
     pairs = frame_pairs(tracks.shape[0], int(sample["anchor"])).to(e_q.device)  # (P, 2)
     a, b = pairs[:, 0], pairs[:, 1]
-    pq = sample_points(e_q[:, a - q_offset], tracks[a], token_px)  # (L, P, N, r) anchor side
-    pk = sample_points(e_k[:, b], tracks[b], token_px)  # (L, P, N, r) target side
     valid = visible[a] & visible[b]  # (P, N)
-    corr = info_nce(pq, pk, tracks[b], valid, token_px, tau)
-    if not with_depth:
-        return corr, torch.zeros_like(corr)
-    Db = token_depth(sample["depth"][b], token_px).flatten(1)  # (P, T)
-    tb = e_k[:, b].flatten(2, 3)  # (L, P, T, r)
-    depth = depth_loss(pq, tb, Db, sample["track_depth"][b], valid, tau)
-    return corr, depth
+    Db = token_depth(sample["depth"][b], token_px).flatten(1) if with_depth else None  # (P, T)
+
+    def layer(eq, ek):  # one layer: eq (1, F_q, h, w, r), ek (1, F_k, h, w, r)
+        pq = sample_points(eq[:, a - q_offset], tracks[a], token_px)  # (1, P, N, r) anchor side
+        pk = sample_points(ek[:, b], tracks[b], token_px)  # (1, P, N, r) target side
+        corr = info_nce(pq, pk, tracks[b], valid, token_px, tau)
+        if not with_depth:
+            return corr, torch.zeros_like(corr)
+        return corr, depth_loss(pq, ek[:, b].flatten(2, 3), Db, sample["track_depth"][b], valid, tau)
+
+    # One layer at a time, recomputed in backward: only one layer's (P, N, N) logits live at once.
+    grad = torch.is_grad_enabled() and (e_q.requires_grad or e_k.requires_grad)
+    outs = [checkpoint(layer, e_q[l : l + 1], e_k[l : l + 1], use_reentrant=False) if grad
+            else layer(e_q[l : l + 1], e_k[l : l + 1]) for l in range(e_q.shape[0])]
+    return torch.cat([c for c, _ in outs]), torch.cat([d for _, d in outs])
 
 
 def total_loss(lm: torch.Tensor, corr: torch.Tensor, depth: torch.Tensor,
