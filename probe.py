@@ -92,7 +92,8 @@ def summarize(records: list[dict]) -> dict:
 
 def load_for_probe(path: str, device: str = "cpu"):
     """A stock checkpoint -> (vlm, processor, None); a training checkpoint.pt -> (vlm, processor, GASP)."""
-    ckpt_file = os.path.join(path, "checkpoint.pt") if os.path.isdir(path) else path
+    in_dir = os.path.join(path, "checkpoint.pt")
+    ckpt_file = in_dir if os.path.isfile(in_dir) else path
     if not ckpt_file.endswith(".pt"):
         vlm, proc = M.load(path, device)
         return vlm, proc, None
@@ -176,7 +177,7 @@ def chart(series: dict, title: str, xlabel: str, bars: bool = False, ylim=(0.0, 
         d.text((X(x) - 4, y1 + 4), str(x), fill="black")
     for m, (name, (xs, ys)) in enumerate(series.items()):
         c = COLORS[m % len(COLORS)]
-        d.text((x1 - 150, y0 + 4 + 12 * m), f"— {name}", fill=c)
+        d.text((x1 - 150, y0 + 4 + 12 * m), f"-- {name}", fill=c)
         if bars:
             bw = slot * 0.8 / len(series)
             for x, v in zip(xs, ys):
@@ -212,10 +213,10 @@ def correspondence_figure(vlm, proc, sample, layer: int, device="cpu", size=(520
     s = side / sample["frames"].shape[2]
     da.ellipse((u * s - 5, v * s - 5, u * s + 5, v * s + 5), outline="red", width=3)
     heat = P[qi].view(h, w).numpy()
-    heat = (255 * heat / max(heat.max(), 1e-9)).astype(np.uint8)
+    heat = (255 * ((heat - heat.min()) / max(heat.max() - heat.min(), 1e-12)) ** 2).astype(np.uint8)  # contrast
     heat_img = Image.fromarray(heat).resize((side, side), Image.NEAREST)
-    frame_b = Image.blend(Image.fromarray(sample["frames"][b]).resize((side, side)),
-                          Image.merge("RGB", (heat_img, Image.new("L", heat_img.size), Image.new("L", heat_img.size))), 0.55)
+    dim = Image.fromarray(sample["frames"][b]).resize((side, side)).convert("L").point(lambda p: p // 3).convert("RGB")
+    frame_b = Image.composite(Image.new("RGB", (side, side), (255, 40, 0)), dim, heat_img)  # heat in red on a dimmed frame
     gu, gv = sample["tracks"][b, i] * s
     ImageDraw.Draw(frame_b).ellipse((gu - 5, gv - 5, gu + 5, gv + 5), outline="lime", width=3)
     pred = P.argmax(-1)

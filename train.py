@@ -230,7 +230,8 @@ def main():
         trainable = {n for n, p in raw.named_parameters() if p.requires_grad}
         state = {"model": {n: t for n, t in raw.state_dict().items() if n in trainable},
                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
-                 "step": step, "config": {**dataclasses.asdict(cfg), "size": proc.size[0]}}
+                 "step": step, "config": {**dataclasses.asdict(cfg), "size": proc.size[0],
+                                            "model": os.path.abspath(cfg.model) if os.path.isdir(cfg.model) else cfg.model}}
         atomic_save(state, ckpt_path)
 
     probe_set = None

@@ -81,3 +81,12 @@ def test_plots_are_written_and_not_blank(tmp_path):
     arr = np.asarray(img.convert("L"))
     assert path.stat().st_size > 1000 and (arr < 128).mean() > 0.01
     assert "1.000" in probe.table({"base": {"native": r}})
+
+
+def test_load_for_probe_reads_a_stock_folder(tmp_path):
+    import model as M
+    path = M.build_tiny(str(tmp_path / "tiny"), layers=2, hidden=64)
+    vlm, proc, gasp = probe.load_for_probe(path)
+    assert gasp is None and len(M.llm_layers(vlm)) == 2
+    with pytest.raises(FileNotFoundError, match="no training checkpoint"):
+        probe.load_for_probe(str(tmp_path / "missing.pt"))
