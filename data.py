@@ -615,19 +615,36 @@ def ensure_synthetic(root="data/synthetic", n_train=6, n_val=2, size=448, frames
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 
 
-def read_video(path, num_frames):
-    """num_frames uniformly spaced frames (np.linspace over the decoded frames) of a video file -> (F, H, W, 3) uint8.
-    Needs PyAV (optional dependency: pip install av)."""
+def read_clip(path, num_frames):
+    """num_frames frames at np.linspace(0, n-1, num_frames, dtype=int) of a video file or a folder of
+    images (natural sort: frame_2 before frame_10) -> list of (H, W, 3) uint8. Video files need PyAV
+    (optional dependency: pip install av); only the frames up to the last one asked for are decoded."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted((p for p in path.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")),
+                       key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
+        if not files:
+            raise FileNotFoundError(f"{path}: frame folder holds no .jpg/.png images")
+        return [np.asarray(Image.open(files[i]).convert("RGB"))
+                for i in np.linspace(0, len(files) - 1, num_frames, dtype=int)]
     try:
         import av
-    except ImportError as e:
-        raise ImportError(f"{path}: reading video files needs PyAV: pip install av "
-                          f"(or extract frames into a folder of images)") from e
-    with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    if not frames:
-        raise ValueError(f"{path}: no decodable video frames")
-    return np.stack([frames[i] for i in np.linspace(0, len(frames) - 1, num_frames, dtype=int)])
+    except ImportError:
+        raise ImportError(f"decoding {path} needs the optional package av: pip install av "
+                          f"(or extract its frames into a folder of images)") from None
+    with av.open(str(path)) as c:
+        total = c.streams.video[0].frames or sum(p.size > 0 for p in c.demux(video=0))
+    idx = np.linspace(0, total - 1, num_frames, dtype=int).tolist()
+    got = {}
+    with av.open(str(path)) as c:
+        for i, frame in enumerate(c.decode(video=0)):
+            if i in idx:
+                got[i] = frame.to_ndarray(format="rgb24")
+            if i >= idx[-1]:
+                break
+    if len(got) < len(set(idx)):
+        raise ValueError(f"{path}: the header says {total} frames but fewer decode; re-encode the video")
+    return [got[i] for i in idx]
 
 
 class InstructionDataset:
@@ -661,13 +678,8 @@ class InstructionDataset:
 
     def frames(self, media):
         paths = [self.root / m for m in (media if isinstance(media, list) else [media])]
-        if len(paths) == 1 and paths[0].is_dir():
-            files = sorted(p for p in paths[0].iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-            if not files:
-                raise FileNotFoundError(f"{paths[0]}: frame folder holds no .png/.jpg images")
-            paths = [files[i] for i in np.linspace(0, len(files) - 1, self.num_frames, dtype=int)]
-        elif len(paths) == 1 and paths[0].suffix.lower() in VIDEO_EXTS:
-            return read_video(paths[0], self.num_frames)
+        if len(paths) == 1 and (paths[0].is_dir() or paths[0].suffix.lower() in VIDEO_EXTS):
+            return read_clip(paths[0], self.num_frames)
         for p in paths:
             if not p.is_file():
                 raise FileNotFoundError(f"{p}: missing image or video (paths are relative to {self.root})")

@@ -49,6 +49,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+import data
+
 VSI_REL_DIR = ("object_rel_direction_easy", "object_rel_direction_medium", "object_rel_direction_hard")
 VSI_MCA = VSI_REL_DIR + ("object_rel_distance", "route_planning", "obj_appearance_order")
 VSI_NA = ("object_abs_distance", "object_counting", "object_size_estimation", "room_size_estimation")
@@ -219,28 +221,7 @@ def video_file(base: str) -> Path:
 def read_frames(base: str, n: int) -> tuple:
     """n frames at np.linspace(0, total-1, n, dtype=int), as (H, W, 3) uint8 arrays
     (thinking-in-space llava_onevision.py load_video; decord there, PyAV or a frame folder here)."""
-    path = video_file(base)
-    if path.is_dir():  # natural sort: frame_2 before frame_10
-        files = sorted((p for p in path.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")),
-                       key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
-        if not files:
-            raise FileNotFoundError(f"{path}: frame folder holds no .jpg/.png files")
-        idx = np.linspace(0, len(files) - 1, n, dtype=int)
-        return tuple(np.asarray(Image.open(files[i]).convert("RGB")) for i in idx)
-    av = require("av", "av", f"decoding {path} (or pre-extract its frames into {base}/)")
-    with av.open(str(path)) as c:
-        total = c.streams.video[0].frames or sum(p.size > 0 for p in c.demux(video=0))
-    idx = np.linspace(0, total - 1, n, dtype=int).tolist()
-    got = {}
-    with av.open(str(path)) as c:
-        for i, frame in enumerate(c.decode(video=0)):
-            if i in idx:
-                got[i] = frame.to_ndarray(format="rgb24")
-            if i >= idx[-1]:
-                break
-    if len(got) < len(set(idx)):
-        raise ValueError(f"{path}: the header says {total} frames but fewer decode; re-encode the video")
-    return tuple(got[i] for i in idx)
+    return tuple(data.read_clip(video_file(base), n))
 
 
 def visuals(item: dict, n_frames: int) -> list:
