@@ -135,8 +135,6 @@ def bench_config(name: str, spec: dict, scene_dir: str, sample_ms: dict, repeats
     sample = data.make_sample(scene, np.random.default_rng(0), spec["frames"], proc.size, grids=(8, 24))
     inputs = {k: v.to(device) for k, v in proc([sample["frames"]], [M.PROMPT], ["yes"]).items()}
     tmap = proc.token_map(inputs["input_ids"][0], spec["frames"])
-    geo = {k: torch.as_tensor(sample[k], device=device) for k in ("tracks", "visible", "track_depth", "depth")}
-    geo["anchor"] = sample["anchor"]
 
     sft = M.freeze_and_lora(stock).to(device).train()
     gasp = M.GASP(M.freeze_and_lora(copy.deepcopy(stock)), r=spec["r"]).to(device).train()
@@ -150,8 +148,8 @@ def bench_config(name: str, spec: dict, scene_dir: str, sample_ms: dict, repeats
     def gasp_step():
         gasp.zero_grad(set_to_none=True)
         with amp:
-            out, e_q, e_k = gasp(inputs, tmap, geo["anchor"])  # heads on the frames the pairs read, as train.py
-            corr, depth = gasp_losses(e_q.float(), e_k.float(), geo, proc.token_px, q_offset=geo["anchor"])
+            out, e_q, e_k = gasp(inputs, tmap, sample["anchor"])  # heads on the frames the pairs read, as train.py
+            corr, depth = gasp_losses(e_q.float(), e_k.float(), sample, proc.token_px, q_offset=sample["anchor"])
             loss = total_loss(out.loss, corr, depth)
         loss.backward()
 

@@ -108,14 +108,15 @@ def gasp_losses(e_q: torch.Tensor, e_k: torch.Tensor, sample: dict, token_px: in
 
     e_q (L, F_q, h, w, r), e_k (L, F_k, h, w, r): head embeddings of the visual tokens, q side and k side;
     e_q[:, i] is frame q_offset + i, e_k[:, i] is frame i (GASP.forward with anchor: q_offset = anchor).
-    sample: the data contract (torch tensors): tracks (F, N, 2), visible (F, N), track_depth (F, N),
+    sample: the data contract (numpy or torch): tracks (F, N, 2), visible (F, N), track_depth (F, N),
     depth (F, H, W), anchor. Returns per-layer L_corr (L,) and L_depth (L,).
     """
-    tracks, visible = sample["tracks"], sample["visible"]
+    tracks, visible, track_depth, depth = (torch.as_tensor(sample[k], device=e_q.device)
+                                           for k in ("tracks", "visible", "track_depth", "depth"))
     pairs = frame_pairs(tracks.shape[0], int(sample["anchor"])).to(e_q.device)  # (P, 2)
     a, b = pairs[:, 0], pairs[:, 1]
     valid = visible[a] & visible[b]  # (P, N)
-    Db = token_depth(sample["depth"][b], token_px).flatten(1) if with_depth else None  # (P, T)
+    Db = token_depth(depth[b], token_px).flatten(1) if with_depth else None  # (P, T)
 
     def layer(eq, ek):  # one layer: eq (1, F_q, h, w, r), ek (1, F_k, h, w, r)
         pq = sample_points(eq[:, a - q_offset], tracks[a], token_px)  # (1, P, N, r) anchor side
@@ -123,7 +124,7 @@ def gasp_losses(e_q: torch.Tensor, e_k: torch.Tensor, sample: dict, token_px: in
         corr = info_nce(pq, pk, tracks[b], valid, token_px, tau)
         if not with_depth:
             return corr, torch.zeros_like(corr)
-        return corr, depth_loss(pq, ek[:, b].flatten(2, 3), Db, sample["track_depth"][b], valid, tau)
+        return corr, depth_loss(pq, ek[:, b].flatten(2, 3), Db, track_depth[b], valid, tau)
 
     # One layer at a time, recomputed in backward: only one layer's (P, N, N) logits live at once.
     grad = torch.is_grad_enabled() and (e_q.requires_grad or e_k.requires_grad)

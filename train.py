@@ -262,9 +262,8 @@ def main():
                     out = net(**inputs, use_cache=False)
                 lm = out.loss if answer is not None else torch.zeros((), device=device)
                 if sample is not None:
-                    s = {n: torch.as_tensor(sample[n], device=device) for n in ("tracks", "visible", "track_depth", "depth")}
-                    corr, depth = gasp_losses(e_q.float(), e_k.float(), {**s, "anchor": sample["anchor"]}, proc.token_px,
-                                              cfg.tau, with_depth=cfg.objective == "full", q_offset=sample["anchor"])
+                    corr, depth = gasp_losses(e_q.float(), e_k.float(), sample, proc.token_px, cfg.tau,
+                                              with_depth=cfg.objective == "full", q_offset=sample["anchor"])
                 else:
                     corr = depth = torch.zeros(1, device=device)
                 loss = total_loss(lm, corr, depth, cfg.lambda_c, cfg.lambda_d if cfg.objective == "full" else 0.0)
