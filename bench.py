@@ -40,6 +40,7 @@ import statistics
 import tempfile
 import time
 from contextlib import nullcontext
+from functools import partial
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import data
 import model as M
 import probe
-from losses import gasp_losses, total_loss
+from losses import gasp_losses, pair_targets, total_loss
 
 CONFIGS = {
     "tiny": dict(model={}, frames=4, size=448, r=64, device="cpu"),
@@ -147,9 +148,10 @@ def bench_config(name: str, spec: dict, scene_dir: str, sample_ms: dict, repeats
 
     def gasp_step():
         gasp.zero_grad(set_to_none=True)
-        with amp:
-            out, e_q, e_k = gasp(inputs, tmap, sample["anchor"])  # heads on the frames the pairs read, as train.py
-            corr, depth = gasp_losses(e_q.float(), e_k.float(), sample, proc.token_px, q_offset=sample["anchor"])
+        with amp:  # as train.py: heads on the frames the pairs read, head + G3-G5 per layer inside the forward
+            t = pair_targets(sample, proc.token_px, proc.grid, device=device)
+            anchor = int(sample["anchor"])
+            out, corr, depth = gasp(inputs, tmap, anchor, loss=partial(gasp_losses, t=t, q_offset=anchor))
             loss = total_loss(out.loss, corr, depth)
         loss.backward()
 

@@ -38,10 +38,16 @@ class CorrespondenceHeads(nn.Module):
         nn.init.normal_(self.w1, std=d_in**-0.5)
         nn.init.normal_(self.w2, std=(2 * r) ** -0.5)
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, v: torch.Tensor, layers: slice = slice(None), head_dim: int = 0) -> torch.Tensor:
+        """v (L', T, d_in) for the L' heads in `layers` -> (L', T, r). GQA keys may come unrepeated,
+        (L', T, H_kv * head_dim) with head_dim given: W1 is folded onto them (fold_kv), the same
+        result as on repeat_kv(k) for H / H_kv times fewer multiply-adds."""
+        w1 = self.w1[layers]
+        if v.shape[-1] != w1.shape[-1]:
+            w1 = fold_kv(w1, v.shape[-1] // head_dim, head_dim)
         # G1: e = normalize(W2 · GELU(W1 · v + b1) + b2), all layers in one batched matmul.
-        h = F.gelu(torch.baddbmm(self.b1[:, None], v, self.w1.transpose(1, 2)))  # (L, T, 2r)
-        e = torch.baddbmm(self.b2[:, None], h, self.w2.transpose(1, 2))  # (L, T, r)
+        h = F.gelu(torch.baddbmm(self.b1[layers, None], v, w1.transpose(1, 2)))  # (L', T, 2r)
+        e = torch.baddbmm(self.b2[layers, None], h, self.w2[layers].transpose(1, 2))  # (L', T, r)
         return F.normalize(e, dim=-1)
 
     @torch.no_grad()
@@ -68,6 +74,13 @@ class CorrespondenceHeads(nn.Module):
             self.w2[l, :, : self.r].copy_(torch.eye(self.r))  # W2 ← [I_r | 0]
         self.b1.zero_()
         self.b2.zero_()
+
+
+def fold_kv(w: torch.Tensor, num_kv_heads: int, head_dim: int) -> torch.Tensor:
+    """A map read from repeat_kv(k) -> the same map read from k: w (..., H * d_h) -> (..., H_kv * d_h),
+    summing the columns of the query heads that share a key head (GQA)."""
+    n_rep = w.shape[-1] // (num_kv_heads * head_dim)
+    return w.unflatten(-1, (num_kv_heads, n_rep, head_dim)).sum(-2).flatten(-2)
 
 
 def repeat_kv(k: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:

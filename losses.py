@@ -20,7 +20,6 @@ soft-argmax as in RAFT (Teed & Deng, arXiv 2003.12039).
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 # Notation: L layers, F frames, (h, w) token grid, T = h*w tokens, N tracks, P frame pairs, r embedding size.
 
@@ -31,41 +30,40 @@ def frame_pairs(num_frames: int, anchor: int) -> torch.Tensor:
     return torch.tensor([(max(anchor, f), min(anchor, f)) for f in others], dtype=torch.long).view(-1, 2)
 
 
-def sample_points(emb: torch.Tensor, uv: torch.Tensor, token_px: float) -> torch.Tensor:
-    """G3: bilinear sampling of token-grid embeddings at pixel positions, re-normalised.
-
-    emb (L, F, h, w, r), uv (F, N, 2) pixels (x, y) -> (L, F, N, r).
-    Token j covers pixels [j*token_px, (j+1)*token_px); its centre sits at token coordinate j.
-    """
-    L, Fr, h, w, r = emb.shape
-    x = uv[..., 0] / token_px - 0.5  # (F, N) token coordinates
-    y = uv[..., 1] / token_px - 0.5
-    # align_corners=True maps -1 / +1 to the centres of the first / last token.
-    grid = torch.stack([2 * x / max(w - 1, 1) - 1, 2 * y / max(h - 1, 1) - 1], dim=-1)  # (F, N, 2)
-    grid = grid.to(emb.dtype)[:, None]  # (F, 1, N, 2)
-    maps = emb.permute(1, 0, 4, 2, 3).reshape(Fr, L * r, h, w)  # (F, L*r, h, w)
-    out = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)  # (F, L*r, 1, N)
-    out = out[:, :, 0].view(Fr, L, r, -1).permute(1, 0, 3, 2)  # (L, F, N, r)
-    return F.normalize(out, dim=-1)
+def grid_coords(uv: torch.Tensor, h: int, w: int, token_px: float) -> torch.Tensor:
+    """Pixels (..., 2) (x, y) -> grid_sample coordinates (..., 2) on an h x w token grid.
+    Token j covers pixels [j*token_px, (j+1)*token_px); its centre sits at token coordinate j,
+    and align_corners=True puts -1 / +1 on the centres of the first / last token."""
+    x, y = uv[..., 0] / token_px - 0.5, uv[..., 1] / token_px - 0.5
+    return torch.stack([2 * x / max(w - 1, 1) - 1, 2 * y / max(h - 1, 1) - 1], dim=-1)
 
 
-def info_nce(ea: torch.Tensor, eb: torch.Tensor, uv_b: torch.Tensor, valid: torch.Tensor,
-             token_px: float, tau: float) -> torch.Tensor:
-    """G4 per layer. ea, eb (L, P, N, r) anchor / target point embeddings; uv_b (P, N, 2) target
-    pixels; valid (P, N) track visible in both frames. Returns (L,); 0 when nothing is valid."""
-    N = ea.shape[2]
-    logits = torch.einsum("lpnr,lpmr->lpnm", ea / tau, eb)  # (L, P, N, N); 1/τ on the small side
-    # C_i = {i} ∪ {k : ||p_k^b - p_i^b|| > 1 token}, over valid tracks only.
-    # Assumption: the near-positive mask (tracks within a token are not negatives) is ours.
+def bilinear(maps: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+    """G3 before its re-normalisation: maps (B, C, h, w) read at xy (B, N, 2) grid coordinates -> (B, C, N).
+    Points beyond the edge token centres take the edge tokens ("border")."""
+    return F.grid_sample(maps, xy[:, None].to(maps.dtype), mode="bilinear", padding_mode="border",
+                         align_corners=True)[:, :, 0]
+
+
+def info_nce(logits: torch.Tensor, cand: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """G4 per layer. logits (L, P, N, N) = <e_i^a, e_k^b>/τ; cand (P, N, N) C_i as a mask (candidates());
+    valid (P, N) track visible in both frames. Returns (L,); 0 when nothing is valid."""
+    L, P, N, _ = logits.shape
+    logits = logits.masked_fill(~cand, float("-inf"))
+    # -log softmax at the diagonal = logsumexp_k∈C_i - <e_i^a, e_i^b>/τ, as one fused cross-entropy.
+    target = torch.arange(N, device=logits.device).repeat(L * P)
+    nll = F.cross_entropy(logits.flatten(0, 2), target, reduction="none").view(L, P, N)
+    return masked_mean(nll, valid)
+
+
+def candidates(uv_b: torch.Tensor, valid: torch.Tensor, token_px: float) -> torch.Tensor:
+    """G4's C_i = {i} ∪ {k : ||p_k^b - p_i^b|| > 1 token}, over valid tracks: uv_b (P, N, 2) target
+    pixels, valid (P, N) -> (P, N, N) mask. The diagonal always stays, so every row has a finite
+    logit and no NaN reaches the gradient.
+    Assumption: the near-positive mask (tracks within a token are not negatives) is ours."""
     dist = torch.cdist(uv_b.float(), uv_b.float()) / token_px  # (P, N, N) in tokens
     eye = torch.eye(dist.shape[-1], dtype=torch.bool, device=dist.device)
-    # The diagonal always stays, so every row has a finite logit and no NaN reaches the gradient.
-    cand = ((dist > 1) & valid[:, None, :] & valid[:, :, None]) | eye  # (P, N, N)
-    logits = logits.masked_fill(~cand, float("-inf"))
-    # -log softmax at the diagonal = logsumexp_k∈C_i - <e_i^a, e_i^b>/τ; fused, so only one (L, P, N, N) is kept.
-    target = torch.arange(N, device=logits.device).repeat(logits.shape[0] * logits.shape[1])
-    nll = F.cross_entropy(logits.flatten(0, 2), target, reduction="none").view(ea.shape[:3])  # (L, P, N)
-    return masked_mean(nll, valid)
+    return ((dist > 1) & valid[:, None, :] & valid[:, :, None]) | eye
 
 
 def token_depth(depth: torch.Tensor, token_px: int) -> torch.Tensor:
@@ -78,19 +76,17 @@ def token_depth(depth: torch.Tensor, token_px: int) -> torch.Tensor:
     return cells.nanmedian(dim=-1).values.nan_to_num(0.0)
 
 
-def depth_loss(ea: torch.Tensor, tb: torch.Tensor, Db: torch.Tensor, d: torch.Tensor,
-               valid: torch.Tensor, tau: float, eps: float = 1e-6) -> torch.Tensor:
-    """G5 per layer. ea (L, P, N, r) anchor point embeddings; tb (L, P, T, r) all token embeddings
-    of the target frames; Db (P, T) token depths (0 = invalid); d (P, N) track depth in frame b;
-    valid (P, N). Returns (L,); 0 when nothing is valid."""
+def depth_loss(S: torch.Tensor, Db: torch.Tensor, d: torch.Tensor, valid: torch.Tensor,
+               eps: float = 1e-6) -> torch.Tensor:
+    """G5 per layer. S (L, P, N, T) = <e_i^a, t_j^b>/τ over all tokens j of the target frames;
+    Db (P, T) token depths (0 = invalid); d (P, N) track depth in frame b; valid (P, N).
+    Returns (L,); 0 when nothing is valid."""
     tok_ok = Db > 0  # (P, T)
     any_ok = tok_ok.any(-1, keepdim=True)  # (P, 1)
     # Assumption: tokens without valid depth are left out of the softmax (DESIGN.md G5 is silent).
     # A frame with no valid token keeps its full softmax (finite, no NaN) and contributes nothing.
     valid = valid & (d > 0) & any_ok
-    logits = torch.einsum("lpnr,lptr->lpnt", ea / tau, tb)  # (L, P, N, T)
-    logits = logits.masked_fill(~(tok_ok | ~any_ok)[None, :, None, :], float("-inf"))
-    A = torch.softmax(logits, dim=-1)  # A_ij
+    A = torch.softmax(S.masked_fill(~(tok_ok | ~any_ok)[None, :, None, :], float("-inf")), dim=-1)  # A_ij
     d_hat = torch.einsum("lpnt,pt->lpn", A, Db.to(A.dtype))  # soft-argmax depth
     err = (d - d_hat).abs() / (d + d_hat + eps)  # (L, P, N)
     return masked_mean(err, valid)
@@ -102,35 +98,39 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).sum(1) / mask.sum().clamp(min=1)
 
 
-def gasp_losses(e_q: torch.Tensor, e_k: torch.Tensor, sample: dict, token_px: int, tau: float = 0.07,
-                with_depth: bool = True, q_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """G3-G5 for one sample, every supervised layer.
+def pair_targets(sample: dict, token_px: int, grid: tuple[int, int], with_depth: bool = True, device=None) -> dict:
+    """What G3-G5 need from one sample, computed once (not per layer): the frame pairs (a, b), the tracks'
+    grid coordinates in both frames of each pair, visibility, the C_i masks, depths. sample: the data contract (numpy or torch):
+    tracks (F, N, 2), visible (F, N), track_depth (F, N), depth (F, H, W), anchor."""
+    tracks, visible, track_depth, depth = (torch.as_tensor(sample[k], device=device)
+                                           for k in ("tracks", "visible", "track_depth", "depth"))
+    a, b = frame_pairs(tracks.shape[0], int(sample["anchor"])).to(tracks.device).unbind(1)  # (P,) later, earlier frame
+    valid = visible[a] & visible[b]  # (P, N)
+    return dict(a=a, b=b, valid=valid, cand=candidates(tracks[b], valid, token_px),
+                xy_a=grid_coords(tracks[a], *grid, token_px), xy_b=grid_coords(tracks[b], *grid, token_px),
+                d_b=track_depth[b], D_b=token_depth(depth[b], token_px).flatten(1) if with_depth else None)
+
+
+def gasp_losses(e_q: torch.Tensor, e_k: torch.Tensor, t: dict, tau: float = 0.07,
+                q_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """G3-G5 for one sample, every layer given.
 
     e_q (L, F_q, h, w, r), e_k (L, F_k, h, w, r): head embeddings of the visual tokens, q side and k side;
     e_q[:, i] is frame q_offset + i, e_k[:, i] is frame i (GASP.forward with anchor: q_offset = anchor).
-    sample: the data contract (numpy or torch): tracks (F, N, 2), visible (F, N), track_depth (F, N),
-    depth (F, H, W), anchor. Returns per-layer L_corr (L,) and L_depth (L,).
+    t: pair_targets(sample). Returns per-layer L_corr (L,) and L_depth (L,) (zeros without depth targets).
     """
-    tracks, visible, track_depth, depth = (torch.as_tensor(sample[k], device=e_q.device)
-                                           for k in ("tracks", "visible", "track_depth", "depth"))
-    pairs = frame_pairs(tracks.shape[0], int(sample["anchor"])).to(e_q.device)  # (P, 2)
-    a, b = pairs[:, 0], pairs[:, 1]
-    valid = visible[a] & visible[b]  # (P, N)
-    Db = token_depth(depth[b], token_px).flatten(1) if with_depth else None  # (P, T)
-
-    def layer(eq, ek):  # one layer: eq (1, F_q, h, w, r), ek (1, F_k, h, w, r)
-        pq = sample_points(eq[:, a - q_offset], tracks[a], token_px)  # (1, P, N, r) anchor side
-        pk = sample_points(ek[:, b], tracks[b], token_px)  # (1, P, N, r) target side
-        corr = info_nce(pq, pk, tracks[b], valid, token_px, tau)
-        if not with_depth:
-            return corr, torch.zeros_like(corr)
-        return corr, depth_loss(pq, ek[:, b].flatten(2, 3), Db, track_depth[b], valid, tau)
-
-    # One layer at a time, recomputed in backward: only one layer's (P, N, N) logits live at once.
-    grad = torch.is_grad_enabled() and (e_q.requires_grad or e_k.requires_grad)
-    outs = [checkpoint(layer, e_q[l : l + 1], e_k[l : l + 1], use_reentrant=False) if grad
-            else layer(e_q[l : l + 1], e_k[l : l + 1]) for l in range(e_q.shape[0])]
-    return torch.cat([c for c, _ in outs]), torch.cat([d for _, d in outs])
+    L, _, h, w, r = e_q.shape
+    P, N = t["valid"].shape
+    xy_a, xy_b = t["xy_a"].repeat(L, 1, 1), t["xy_b"].repeat(L, 1, 1)  # (L*P, N, 2)
+    maps_a = e_q[:, t["a"] - q_offset].permute(0, 1, 4, 2, 3).reshape(L * P, r, h, w)  # anchor frames
+    ea = F.normalize(bilinear(maps_a, xy_a), dim=1).transpose(1, 2) / tau  # (L*P, N, r): G3, 1/τ on the small side
+    tb = e_k[:, t["b"]].reshape(L * P, h * w, r)  # (L*P, T, r) target tokens t_j^b
+    eb = F.normalize(bilinear(tb.transpose(1, 2).reshape(L * P, r, h, w), xy_b), dim=1)  # (L*P, r, N) G3
+    corr = info_nce((ea @ eb).view(L, P, N, N), t["cand"], t["valid"])
+    if t["D_b"] is None:
+        return corr, torch.zeros_like(corr)
+    S = (ea @ tb.transpose(1, 2)).view(L, P, N, h * w)  # <e_i^a, t_j^b>/τ
+    return corr, depth_loss(S, t["D_b"], t["d_b"], t["valid"])
 
 
 def total_loss(lm: torch.Tensor, corr: torch.Tensor, depth: torch.Tensor,

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import transformers
 from PIL import Image
+from torch.utils.checkpoint import checkpoint
 
 from heads import CorrespondenceHeads, repeat_kv
 
@@ -314,30 +315,45 @@ class GASP(nn.Module):
                 self._cap[side][j] = x
         return hook
 
-    def forward(self, inputs: dict, token_map: torch.Tensor, anchor: int | None = None):
+    def forward(self, inputs: dict, token_map: torch.Tensor | None = None, anchor: int | None = None, loss=None):
         """inputs: one sample (batch 1) from Processor; token_map (F, h, w) sequence positions.
         Returns (stock output, e_q (L, F_q, h, w, r), e_k (L, F_k, h, w, r)). With `anchor`, only what
         the loss pairs (anchor, f) read is embedded: q side for frames anchor..F-1, k side for frames
-        0..anchor (F + 1 frames instead of 2F); without it, every frame on both sides (the probe)."""
+        0..anchor (F + 1 frames instead of 2F); without it, every frame on both sides (the probe).
+        With `loss` (e.g. partial(gasp_losses, sample=...): (e_q, e_k) of one layer -> (L_corr, L_depth)),
+        each layer's head and loss run under one checkpoint, recomputed in backward, so only the captured
+        q/k outlive the forward; returns (stock output, L_corr (L,), L_depth (L,)).
+        Without token_map: the stock forward alone (instruction items), returns (stock output, None, None)."""
+        if token_map is None:
+            return self.vlm(**inputs, use_cache=False), None, None
         L, (Fr, h, w) = len(self.layer_ids), token_map.shape
         q_map, k_map = (token_map, token_map) if anchor is None else (token_map[anchor:], token_map[: anchor + 1])
         if self.head_input == "hidden":  # one capture of x_l serves both sides
             q_map = k_map = token_map
         self._pos = {"q": q_map.flatten(), "k": k_map.flatten()}
-        self._cap = {"q": [None] * L, "k": [None] * L}
+        self._cap = cap = {"q": [None] * L, "k": [None] * L}
         try:
             out = self.vlm(**inputs, use_cache=False)
-            q = torch.stack(self._cap["q"])  # (L, T_q, d_in)
-            k = repeat_kv(torch.stack(self._cap["k"]), self.num_heads, self.head_dim) \
-                if self.head_input == "qk" else None  # (L, T_k, d_in)
         finally:
             self._cap = None
-        if k is None:  # hidden input: the same embedding, split into the two sides' frames
-            e = self.heads(q.to(self.heads.w1.dtype)).reshape(L, Fr, h, w, -1)
-            return (out, e, e) if anchor is None else (out, e[:, anchor:], e[:, : anchor + 1])
-        e = self.heads(torch.cat([q, k], 1).to(self.heads.w1.dtype))  # (L, T_q + T_k, r): one batched call
-        e_q, e_k = e.split([q.shape[1], k.shape[1]], dim=1)
-        return out, e_q.reshape(L, len(q_map), h, w, -1), e_k.reshape(L, len(k_map), h, w, -1)
+        dtype = self.heads.w1.dtype
+
+        def embed(j: int, q: torch.Tensor, k: torch.Tensor | None):  # layer j -> (1, F_q, h, w, r), (1, F_k, h, w, r)
+            e_q = self.heads(q[None].to(dtype), slice(j, j + 1))
+            if k is None:  # hidden input: the same embedding, split into the two sides' frames
+                e = e_q.view(1, Fr, h, w, -1)
+                return (e, e) if anchor is None else (e[:, anchor:], e[:, : anchor + 1])
+            e_k = self.heads(k[None].to(dtype), slice(j, j + 1), self.head_dim)  # GQA keys as they come
+            return e_q.view(1, len(q_map), h, w, -1), e_k.view(1, len(k_map), h, w, -1)
+
+        def layer(j: int, q: torch.Tensor, k: torch.Tensor | None):  # embeddings, or (L_corr, L_depth) with a loss
+            e = embed(j, q, k)
+            return e if loss is None else loss(*e)
+
+        ckpt = loss is not None and torch.is_grad_enabled()
+        outs = [checkpoint(layer, j, cap["q"][j], cap["k"][j], use_reentrant=False) if ckpt
+                else layer(j, cap["q"][j], cap["k"][j]) for j in range(L)]
+        return out, *(torch.cat(t) for t in zip(*outs))
 
 
 def freeze_and_lora(vlm: nn.Module, lora_rank: int = 0, train_vision: bool = False) -> nn.Module:

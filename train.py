@@ -21,6 +21,7 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
 import model as M
-from losses import gasp_losses, total_loss
+from losses import gasp_losses, pair_targets, total_loss
 
 TINY = "runs/tiny-qwen2_5_vl"
 
@@ -255,17 +256,14 @@ def main():
                 inputs["logits_to_keep"] = 1  # no L_LM on geometry items: skip the full-vocabulary logits
             sync = nullcontext() if (not ddp or micro == cfg.accum - 1) else net.no_sync()
             with sync, autocast:
-                if geometry:
-                    tmap = proc.token_map(inputs["input_ids"][0], len(frames))
-                    out, e_q, e_k = net(inputs, tmap, sample["anchor"] if sample is not None else None)
+                if geometry and sample is not None:  # heads and G3-G5 per layer inside the forward
+                    anchor, tmap = int(sample["anchor"]), proc.token_map(inputs["input_ids"][0], len(frames))
+                    t = pair_targets(sample, proc.token_px, proc.grid, cfg.objective == "full", device)
+                    out, corr, depth = net(inputs, tmap, anchor, loss=partial(gasp_losses, t=t, tau=cfg.tau, q_offset=anchor))
                 else:
-                    out = net(**inputs, use_cache=False)
-                lm = out.loss if answer is not None else torch.zeros((), device=device)
-                if sample is not None:
-                    corr, depth = gasp_losses(e_q.float(), e_k.float(), sample, proc.token_px, cfg.tau,
-                                              with_depth=cfg.objective == "full", q_offset=sample["anchor"])
-                else:
+                    out = net(inputs)[0] if geometry else net(**inputs, use_cache=False)
                     corr = depth = torch.zeros(1, device=device)
+                lm = out.loss if answer is not None else torch.zeros((), device=device)
                 loss = total_loss(lm, corr, depth, cfg.lambda_c, cfg.lambda_d if cfg.objective == "full" else 0.0)
                 (loss / cfg.accum).backward()
             terms += torch.stack([loss, lm, corr.mean(), depth.mean()]).detach() / cfg.accum

@@ -5,8 +5,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from heads import CorrespondenceHeads, repeat_kv
-from losses import depth_loss, frame_pairs, gasp_losses, info_nce, sample_points, token_depth, total_loss
+from heads import CorrespondenceHeads, fold_kv, repeat_kv
+from losses import (bilinear, candidates, depth_loss, frame_pairs, gasp_losses, grid_coords, info_nce, masked_mean,
+                    pair_targets, token_depth, total_loss)
 
 
 def test_svd_init_is_normalised_projection_on_top_query_directions():
@@ -41,27 +42,42 @@ def test_repeat_kv_maps_query_head_to_its_group():
     assert out[2].tolist() == out[3].tolist() == [3, 4, 5]
 
 
-def test_sample_points_bilinear_on_token_grid():
-    emb = torch.zeros(1, 1, 2, 3, 2)  # (L, F, h, w, r), token_px 10
-    emb[0, 0, 0, 0] = torch.tensor([1.0, 0.0])
-    emb[0, 0, 0, 1] = torch.tensor([0.0, 1.0])
-    uv = torch.tensor([[[5.0, 5.0], [10.0, 5.0], [15.0, 5.0]]])  # centre of token 0, midway, centre of token 1
-    out = sample_points(emb, uv, token_px=10)[0, 0]
+def test_heads_read_gqa_keys_unrepeated():
+    torch.manual_seed(0)
+    heads = CorrespondenceHeads(2, 4 * 3, 5)  # 4 query heads of size 3
+    k = torch.randn(2, 7, 2 * 3)  # 2 key heads
+    torch.testing.assert_close(heads(k, head_dim=3), heads(repeat_kv(k, 4, 3)), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(heads(k[1:], slice(1, 2), head_dim=3), heads(repeat_kv(k, 4, 3))[1:], atol=1e-6, rtol=1e-5)
+    assert fold_kv(torch.ones(1, 12), 2, 3).tolist() == [[2.0] * 6]
+
+
+def test_bilinear_point_features_on_token_grid():
+    maps = torch.zeros(1, 2, 2, 3)  # (B, r, h = 2, w = 3), token_px 10
+    maps[0, :, 0, 0] = torch.tensor([1.0, 0.0])
+    maps[0, :, 0, 1] = torch.tensor([0.0, 1.0])
+    uv = torch.tensor([[[5.0, 5.0], [10.0, 5.0], [15.0, 5.0], [-7.0, 2.0]]])  # centre 0, midway, centre 1, outside
+    out = F.normalize(bilinear(maps, grid_coords(uv, 2, 3, token_px=10)), dim=1)[0].T
     torch.testing.assert_close(out[0], torch.tensor([1.0, 0.0]))
     torch.testing.assert_close(out[1], torch.tensor([1.0, 1.0]) / math.sqrt(2))
     torch.testing.assert_close(out[2], torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(out[3], torch.tensor([1.0, 0.0]))  # border: the edge token
+
+
+def _nce(ea, eb, uv_b, valid, tau):
+    return info_nce(torch.einsum("lpnr,lpmr->lpnm", ea / tau, eb), candidates(uv_b, valid, token_px=10), valid)
 
 
 def test_info_nce_worked_example():
     e = torch.eye(2)[None, None]  # (L=1, P=1, N=2, r=2)
     far = torch.tensor([[[0.0, 0.0], [100.0, 0.0]]])  # 10 tokens apart
     valid = torch.ones(1, 2, dtype=torch.bool)
-    loss = info_nce(e, e, far, valid, token_px=10, tau=1.0)
+    loss = _nce(e, e, far, valid, tau=1.0)
     assert math.isclose(loss.item(), math.log(1 + math.exp(-1)), rel_tol=1e-6)  # -log(e / (e + 1))
     near = torch.tensor([[[0.0, 0.0], [5.0, 0.0]]])  # half a token apart: not negatives of each other
-    assert info_nce(e, e, near, valid, token_px=10, tau=1.0).item() == 0.0
+    assert _nce(e, e, near, valid, tau=1.0).item() == 0.0
     swapped = torch.eye(2).flip(0)[None, None]  # matches the wrong track
-    assert info_nce(e, swapped, far, valid, token_px=10, tau=1.0) > loss
+    assert _nce(e, swapped, far, valid, tau=1.0) > loss
+    assert _nce(e, e, far, torch.tensor([[True, False]]), tau=1.0).item() == 0.0  # an invalid track is no negative
 
 
 def test_depth_loss_worked_example_and_ordering():
@@ -72,11 +88,55 @@ def test_depth_loss_worked_example_and_ordering():
     p = math.e / (math.e + 1)
     d_hat = 2 * p + 4 * (1 - p)
     want = abs(2 - d_hat) / (2 + d_hat + 1e-6)
-    got = depth_loss(ea, tb, Db, torch.tensor([[2.0]]), valid, tau=1.0)
+    S = lambda tau: torch.einsum("lpnr,lptr->lpnt", ea / tau, tb)  # noqa: E731
+    got = depth_loss(S(1.0), Db, torch.tensor([[2.0]]), valid)
     assert math.isclose(got.item(), want, rel_tol=1e-5)
-    sharp = depth_loss(ea, tb, Db, torch.tensor([[2.0]]), valid, tau=0.1)  # more mass on the right token
-    wrong = depth_loss(ea, tb, Db, torch.tensor([[4.0]]), valid, tau=0.1)  # mass on the wrong depth
+    sharp = depth_loss(S(0.1), Db, torch.tensor([[2.0]]), valid)  # more mass on the right token
+    wrong = depth_loss(S(0.1), Db, torch.tensor([[4.0]]), valid)  # mass on the wrong depth
     assert sharp < got < wrong
+
+
+def _reference_losses(e_q, e_k, sample, px, tau):
+    """G3-G5 written the direct way: grid_sample point embeddings, the full (N, N) similarity,
+    means pooled over every (pair, valid track)."""
+    tracks, visible, anchor = sample["tracks"], sample["visible"], sample["anchor"]
+    L, Fr, h, w, r = e_q.shape
+    Db = token_depth(sample["depth"], px).flatten(1)  # (F, T)
+    eye = torch.eye(tracks.shape[1], dtype=torch.bool)
+
+    def points(emb, uv):  # (L, h, w, r), (N, 2) -> (L, N, r)
+        g = torch.stack([(uv[:, 0] / px - 0.5) / (w - 1), (uv[:, 1] / px - 0.5) / (h - 1)], -1) * 2 - 1
+        out = F.grid_sample(emb.permute(0, 3, 1, 2), g[None, None].expand(L, 1, -1, 2), mode="bilinear",
+                            padding_mode="border", align_corners=True)[:, :, 0]  # (L, r, N)
+        return F.normalize(out.transpose(1, 2), dim=-1)
+
+    corr, depth, count = 0, 0, 0
+    for a, b in frame_pairs(Fr, anchor).tolist():
+        ea, eb = points(e_q[:, a], tracks[a]), points(e_k[:, b], tracks[b])
+        valid = visible[a] & visible[b]
+        negative = (torch.cdist(tracks[b], tracks[b]) / px > 1) & valid[None, :] & valid[:, None]
+        logits = (torch.einsum("lnr,lmr->lnm", ea, eb) / tau).masked_fill(~(negative | eye), -torch.inf)
+        nll = torch.logsumexp(logits, -1) - logits.diagonal(dim1=1, dim2=2)  # (L, N)
+        A = torch.softmax(torch.einsum("lnr,ltr->lnt", ea, e_k[:, b].flatten(1, 2)) / tau, -1)
+        d, d_hat = sample["track_depth"][b], A @ Db[b]
+        corr = corr + (nll * valid).sum(1)
+        depth = depth + ((d - d_hat).abs() / (d + d_hat + 1e-6) * valid).sum(1)
+        count += valid.sum()
+    return corr / count, depth / count
+
+
+def test_losses_equal_the_direct_computation():
+    sample = _sample(Fr=4, N=30)
+    sample["anchor"] = 2
+    sample["tracks"][0, :3] = torch.tensor([[-5.0, 3.0], [44.0, 41.0], [39.5, 0.0]])  # beyond the token centres
+    sample["visible"][1, ::4] = False
+    sample["track_depth"] = torch.rand(4, 30) + 1
+    sample["depth"] = torch.rand(4, 40, 40) + 1
+    e_q, e_k = F.normalize(torch.randn(2, 4, 4, 4, 8), dim=-1), F.normalize(torch.randn(2, 4, 4, 4, 8), dim=-1)
+    want = _reference_losses(e_q, e_k, sample, 10, 0.07)
+    got = gasp_losses(e_q, e_k, pair_targets(sample, 10, (4, 4)), tau=0.07)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_token_depth_is_median_of_valid_pixels():
@@ -100,7 +160,7 @@ def test_no_nan_with_zero_visible_tracks_or_all_invalid_depth():
     for sample in (_sample(visible=False), _sample(depth=0.0)):
         e_q = F.normalize(torch.randn(2, 3, 4, 4, 8), dim=-1).requires_grad_()
         e_k = F.normalize(torch.randn(2, 3, 4, 4, 8), dim=-1).requires_grad_()
-        corr, depth = gasp_losses(e_q, e_k, sample, token_px=10)
+        corr, depth = gasp_losses(e_q, e_k, pair_targets(sample, 10, (4, 4)))
         loss = total_loss(torch.tensor(1.0), corr, depth)
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(e_q.grad).all() and torch.isfinite(e_k.grad).all()
@@ -120,7 +180,8 @@ def test_losses_on_the_anchor_split_equal_losses_on_all_frames():
     sample = _sample(Fr=4)
     sample["anchor"] = 2
     e_q, e_k = F.normalize(torch.randn(2, 4, 4, 4, 8), dim=-1), F.normalize(torch.randn(2, 4, 4, 4, 8), dim=-1)
-    full = gasp_losses(e_q, e_k, sample, token_px=10)
-    split = gasp_losses(e_q[:, 2:], e_k[:, :3], sample, token_px=10, q_offset=2)  # what GASP(anchor=2) returns
+    t = pair_targets(sample, 10, (4, 4))
+    full = gasp_losses(e_q, e_k, t)
+    split = gasp_losses(e_q[:, 2:], e_k[:, :3], t, q_offset=2)  # what GASP(anchor=2) returns
     for a, b in zip(full, split):
         torch.testing.assert_close(a, b)

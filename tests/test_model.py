@@ -1,12 +1,14 @@
 """model.py on tiny random-init configs of the real classes: exact logits, token map, export, gradients."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
 import transformers
 
 import model as M
-from losses import gasp_losses, total_loss
+from losses import gasp_losses, pair_targets, total_loss
 
 KINDS = ["qwen2_5_vl", "qwen2_vl", "llava_next_video"]
 
@@ -101,9 +103,11 @@ def test_export_is_a_stock_checkpoint_with_same_logits(tiny, kind, tmp_path):
     assert not any("lora" in k or "heads" in k for k in back.state_dict())
 
 
-def test_gradients_reach_llm_and_heads_not_vision_and_checkpointing_agrees(tiny):
-    grads = []
-    for ckpt in (False, True):
+def test_gradients_reach_llm_and_heads_not_vision_and_all_loss_paths_agree(tiny):
+    """Loss on the returned embeddings (all frames), loss inside GASP.forward (per-layer checkpoint,
+    anchor split), and the same with the LLM's gradient checkpointing: equal losses and gradients."""
+    results = []
+    for inside, ckpt in ((False, False), (True, False), (True, True)):
         torch.manual_seed(0)
         vlm, proc = M.load(tiny["qwen2_5_vl"])
         vlm.train()
@@ -117,15 +121,22 @@ def test_gradients_reach_llm_and_heads_not_vision_and_checkpointing_agrees(tiny)
         sample = {"tracks": torch.rand(Fr, 20, 2, generator=g) * px * w, "visible": torch.ones(Fr, 20, dtype=torch.bool),
                   "track_depth": torch.full((Fr, 20), 2.0), "depth": torch.rand(Fr, h * px, w * px, generator=g) + 1,
                   "anchor": 1}
-        out, e_q, e_k = gasp(inp, tmap)
-        corr, depth = gasp_losses(e_q, e_k, sample, px)
+        t = pair_targets(sample, px, proc.grid)
+        if inside:
+            out, corr, depth = gasp(inp, tmap, anchor=1, loss=partial(gasp_losses, t=t, q_offset=1))
+        else:
+            out, e_q, e_k = gasp(inp, tmap)
+            corr, depth = gasp_losses(e_q, e_k, t)
         total_loss(out.loss, corr, depth).backward()
         assert all(p.grad is None for p in vlm.model.visual.parameters())
         layers = M.llm_layers(vlm)
         assert all(layers[i].self_attn.q_proj.weight.grad.abs().sum() > 0 for i in range(len(layers)))
         assert gasp.heads.w1.grad.abs().sum() > 0
-        grads.append(layers[0].self_attn.k_proj.weight.grad.clone())
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+        results.append((corr.detach(), depth.detach(), layers[0].self_attn.k_proj.weight.grad.clone(),
+                        gasp.heads.w1.grad.clone()))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_unsupported_model_lists_supported():
