@@ -45,15 +45,42 @@ def bilinear(maps: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
                          align_corners=True)[:, :, 0]
 
 
-def info_nce(logits: torch.Tensor, cand: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """G4 per layer. logits (L, P, N, N) = <e_i^a, e_k^b>/τ; cand (P, N, N) C_i as a mask (candidates());
-    valid (P, N) track visible in both frames. Returns (L,); 0 when nothing is valid."""
-    L, P, N, _ = logits.shape
-    logits = logits.masked_fill(~cand, float("-inf"))
-    # -log softmax at the diagonal = logsumexp_k∈C_i - <e_i^a, e_i^b>/τ, as one fused cross-entropy.
-    target = torch.arange(N, device=logits.device).repeat(L * P)
-    nll = F.cross_entropy(logits.flatten(0, 2), target, reduction="none").view(L, P, N)
-    return masked_mean(nll, valid)
+def _wide(x: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+class PairNLL(torch.autograd.Function):
+    """G4's -log softmax of the positive over C_i, one frame pair at a time in forward and backward:
+    one pair's (N, N) logits are the largest tensor alive (as flash attention: the logsumexp is kept,
+    the logits are recomputed in backward). ea (B, N, r) anchor points already divided by τ,
+    eb (B, N, r) target points, cand (B, N, N) -> nll (B, N) = logsumexp_k∈C_i <ea_i, eb_k> - <ea_i, eb_i>."""
+
+    @staticmethod
+    def forward(ctx, ea, eb, cand):
+        a, b = ea.to(_wide(ea)), eb.to(_wide(eb))  # bf16 under autocast -> float32
+        lse = torch.stack([(a[p] @ b[p].T).masked_fill_(~cand[p], float("-inf")).logsumexp(-1) for p in range(len(a))])
+        ctx.save_for_backward(ea, eb, cand, lse)
+        return lse - (a * b).sum(-1)
+
+    @staticmethod
+    def backward(ctx, g):  # d/d ea_i = g_i (Σ_k A_ik eb_k - eb_i); d/d eb_k = Σ_i g_i A_ik ea_i - g_k ea_k
+        ea, eb, cand, lse = ctx.saved_tensors
+        a, b, g = ea.to(_wide(ea)), eb.to(_wide(eb)), g.to(_wide(g))
+        ga, gb = -g[..., None] * b, -g[..., None] * a
+        for p in range(len(a)):
+            A = torch.exp((a[p] @ b[p].T).masked_fill_(~cand[p], float("-inf")) - lse[p, :, None]) * g[p, :, None]
+            ga[p] += A @ b[p]
+            gb[p] += A.T @ a[p]
+        return ga.to(ea.dtype), gb.to(eb.dtype), None
+
+
+def info_nce(ea: torch.Tensor, eb: torch.Tensor, cand: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """G4 per layer. ea (L, P, N, r) anchor point embeddings, already divided by τ; eb (L, P, N, r)
+    target point embeddings; cand (P, N, N) C_i as a mask (candidates()); valid (P, N) track visible
+    in both frames. Returns (L,); 0 when nothing is valid."""
+    L, P, N, r = ea.shape
+    nll = PairNLL.apply(ea.reshape(L * P, N, r), eb.reshape(L * P, N, r), cand.repeat(L, 1, 1))
+    return masked_mean(nll.view(L, P, N), valid)
 
 
 def candidates(uv_b: torch.Tensor, valid: torch.Tensor, token_px: float) -> torch.Tensor:
@@ -125,8 +152,8 @@ def gasp_losses(e_q: torch.Tensor, e_k: torch.Tensor, t: dict, tau: float = 0.07
     maps_a = e_q[:, t["a"] - q_offset].permute(0, 1, 4, 2, 3).reshape(L * P, r, h, w)  # anchor frames
     ea = F.normalize(bilinear(maps_a, xy_a), dim=1).transpose(1, 2) / tau  # (L*P, N, r): G3, 1/τ on the small side
     tb = e_k[:, t["b"]].reshape(L * P, h * w, r)  # (L*P, T, r) target tokens t_j^b
-    eb = F.normalize(bilinear(tb.transpose(1, 2).reshape(L * P, r, h, w), xy_b), dim=1)  # (L*P, r, N) G3
-    corr = info_nce((ea @ eb).view(L, P, N, N), t["cand"], t["valid"])
+    eb = F.normalize(bilinear(tb.transpose(1, 2).reshape(L * P, r, h, w), xy_b), dim=1).transpose(1, 2)  # (L*P, N, r)
+    corr = info_nce(ea.view(L, P, N, r), eb.view(L, P, N, r), t["cand"], t["valid"])
     if t["D_b"] is None:
         return corr, torch.zeros_like(corr)
     S = (ea @ tb.transpose(1, 2)).view(L, P, N, h * w)  # <e_i^a, t_j^b>/τ

@@ -395,12 +395,13 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def native_qk(vlm: nn.Module, inputs: dict, token_map: torch.Tensor, fn, layers=None, run=None):
+def native_qk(vlm: nn.Module, inputs: dict, token_map: torch.Tensor, fn, layers=None, run=None, rotary: bool = True):
     """G8 input: for every layer l (or those listed), call fn(l, q, k) with the layer's own
     q (F, h*w, H, d_h) and k (F, h*w, H, d_h) of the visual tokens, rotary / M-RoPE applied exactly as
     its attention does, keys repeated over query heads (GQA). Called inside the forward, one layer at
     a time, so no (layers x tokens x tokens) tensor is ever held. `run` replaces the plain forward
-    (e.g. a GASP forward, so the heads are read in the same pass); its result is returned."""
+    (e.g. a GASP forward, so the heads are read in the same pass); its result is returned.
+    rotary=False: q and k before the rotary embedding (a diagnostic of what M-RoPE costs the match, not G8)."""
     blocks, tc = llm_layers(vlm), text_config(vlm)
     H = tc.num_attention_heads
     d_h = tc.hidden_size // H
@@ -408,7 +409,7 @@ def native_qk(vlm: nn.Module, inputs: dict, token_map: torch.Tensor, fn, layers=
     pos, Fr = token_map.flatten(), token_map.shape[0]
     state, handles = {}, []
 
-    def rotary(x, cos, sin):  # x (T, H, d_h); cos, sin (T, d_h)
+    def rotate(x, cos, sin):  # x (T, H, d_h); cos, sin (T, d_h)
         return x * cos[:, None] + rotate_half(x) * sin[:, None]
 
     def on_rotary(module, args, out):
@@ -420,8 +421,9 @@ def native_qk(vlm: nn.Module, inputs: dict, token_map: torch.Tensor, fn, layers=
     def on_k(l):
         def hook(module, args, out):
             k = repeat_kv(out[0, pos].float(), H, d_h).view(len(pos), H, d_h)
-            q = rotary(state.pop("q"), state["cos"], state["sin"])
-            k = rotary(k, state["cos"], state["sin"])
+            q = state.pop("q")
+            if rotary:
+                q, k = rotate(q, state["cos"], state["sin"]), rotate(k, state["cos"], state["sin"])
             fn(l, q.view(Fr, -1, H, d_h), k.view(Fr, -1, H, d_h))
         return hook
 

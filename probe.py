@@ -14,6 +14,7 @@ Run:
     python probe.py                                              # the embedded tiny model, synthetic val scenes
     python probe.py --model Qwen/Qwen2.5-VL-7B-Instruct --scenes /data/dl3dv_val --limit 200 --out runs/probe
     python probe.py --model runs/base --model runs/gasp/checkpoint.pt --out runs/compare   # side by side
+    python probe.py --model runs/gasp/checkpoint.pt --no-rotary --out runs/prerope  # diagnostic: q/k before M-RoPE
 Outputs probe.json (every number, settings, model and data) and probe.png (panels a-d).
 References: GASP arXiv 2605.30231; DiffTrack (arXiv 2506.17220) for Q-K matching and confidence.
 """
@@ -111,8 +112,10 @@ def load_for_probe(path: str, device: str = "cpu"):
 
 
 @torch.no_grad()
-def run_probe(vlm, proc, samples, gasp=None, tau: float = 0.07, device="cpu", desc="probe") -> dict:
-    """Native Q-K metrics for every layer (and head metrics when gasp is given), pooled over samples."""
+def run_probe(vlm, proc, samples, gasp=None, tau: float = 0.07, device="cpu", desc="probe",
+              rotary: bool = True) -> dict:
+    """Native Q-K metrics for every layer (and head metrics when gasp is given), pooled over samples.
+    rotary=False reads q and k before the rotary embedding (diagnostic, not G8)."""
     n_layers = len(M.llm_layers(vlm))
     native = [[] for _ in range(n_layers)]
     heads = [[] for _ in range(len(gasp.layer_ids))] if gasp is not None else None
@@ -124,7 +127,7 @@ def run_probe(vlm, proc, samples, gasp=None, tau: float = 0.07, device="cpu", de
             native[l].append(match(q, k, sample, proc.token_px, proc.grid, q.shape[-1] ** -0.5))
 
         run = (lambda: gasp(inputs, tmap)) if gasp is not None else None  # heads read in the same forward
-        out = M.native_qk(vlm, inputs, tmap, on_layer, run=run)
+        out = M.native_qk(vlm, inputs, tmap, on_layer, run=run, rotary=rotary)
         if gasp is not None:
             _, e_q, e_k = out  # (L, F, h, w, r)
             for j in range(e_q.shape[0]):
@@ -287,6 +290,8 @@ def main():
     p.add_argument("--tau", type=float, default=0.07, help="temperature of the head similarity")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-rotary", action="store_true", help="diagnostic: native q/k before the rotary embedding "
+                   "(what M-RoPE costs the cross-frame match; G8 itself applies it)")
     args = p.parse_args()
     models = args.model or [M.build_tiny("runs/tiny-qwen2_5_vl")]
     names = args.name or [os.path.basename(os.path.normpath(m)) for m in models]
@@ -297,8 +302,9 @@ def main():
     for name, path in zip(names, models):
         vlm, proc, gasp = load_for_probe(path, args.device)
         samples = probe_samples(args.scenes, proc.size, args.frames, args.limit, args.seed)
-        results[name] = run_probe(vlm, proc, samples, gasp, args.tau, args.device, desc=f"probe {name}")
-        results[name].update(model=path, scenes=args.scenes, frames=args.frames, samples=len(samples))
+        results[name] = run_probe(vlm, proc, samples, gasp, args.tau, args.device, f"probe {name}", not args.no_rotary)
+        results[name].update(model=path, scenes=args.scenes, frames=args.frames, samples=len(samples),
+                             rotary=not args.no_rotary)
         extra.append(correspondence_figure(vlm, proc, samples[0], results[name]["native"]["peak_layer"], args.device))
     with open(os.path.join(args.out, "probe.json"), "w") as f:
         json.dump(results, f, indent=1)

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from heads import CorrespondenceHeads, fold_kv, repeat_kv
-from losses import (bilinear, candidates, depth_loss, frame_pairs, gasp_losses, grid_coords, info_nce, masked_mean,
-                    pair_targets, token_depth, total_loss)
+from losses import (PairNLL, bilinear, candidates, depth_loss, frame_pairs, gasp_losses, grid_coords, info_nce,
+                    masked_mean, pair_targets, token_depth, total_loss)
 
 
 def test_svd_init_is_normalised_projection_on_top_query_directions():
@@ -64,7 +64,17 @@ def test_bilinear_point_features_on_token_grid():
 
 
 def _nce(ea, eb, uv_b, valid, tau):
-    return info_nce(torch.einsum("lpnr,lpmr->lpnm", ea / tau, eb), candidates(uv_b, valid, token_px=10), valid)
+    return info_nce(ea / tau, eb, candidates(uv_b, valid, token_px=10), valid)
+
+
+def test_pair_nll_gradient_is_exact():
+    torch.manual_seed(0)
+    ea, eb = (torch.randn(2, 6, 3, dtype=torch.double, requires_grad=True) for _ in range(2))
+    cand = (torch.rand(2, 6, 6) > 0.3) | torch.eye(6, dtype=torch.bool)
+    assert torch.autograd.gradcheck(PairNLL.apply, (ea, eb, cand))
+    logits = (ea @ eb.transpose(1, 2)).masked_fill(~cand, -torch.inf)
+    want = torch.logsumexp(logits, -1) - logits.diagonal(dim1=1, dim2=2)
+    torch.testing.assert_close(PairNLL.apply(ea, eb, cand), want)
 
 
 def test_info_nce_worked_example():

@@ -79,6 +79,18 @@ def test_native_qk_matches_the_attention_the_model_computes(tiny, kind):
         theirs = attn[l][0][:, tmap[a].flatten()][:, :, tmap[b].flatten()]
         theirs = theirs / theirs.sum(-1, keepdim=True)
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    # rotary=False: the q_proj / k_proj outputs themselves
+    pre, proj = {}, {}
+    attn0 = M.llm_layers(vlm)[0].self_attn
+    hooks = [attn0.q_proj.register_forward_hook(lambda m, a, o: proj.__setitem__("q", o[0, tmap.flatten()])),
+             attn0.k_proj.register_forward_hook(lambda m, a, o: proj.__setitem__("k", o[0, tmap.flatten()]))]
+    M.native_qk(vlm, inp, tmap, lambda l, q, k: pre.__setitem__(l, (q, k)), layers=[0], rotary=False)
+    for h in hooks:
+        h.remove()
+    q, k = pre[0]
+    torch.testing.assert_close(q.flatten(0, 1).flatten(1), proj["q"])
+    n_rep = q.shape[2] * q.shape[3] // proj["k"].shape[1]  # GQA: every n_rep-th head is a distinct key head
+    torch.testing.assert_close(k.flatten(0, 1)[:, ::n_rep].flatten(1), proj["k"])
 
 
 @pytest.mark.parametrize("kind", KINDS)
