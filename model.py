@@ -291,7 +291,8 @@ class GASP(nn.Module):
         q_weights = [getattr(a.q_proj, "base_layer", a.q_proj).weight for a in attn]  # base weight under LoRA
         self.heads.init_from_query_projections(q_weights, head_input)
         self._pos = None  # {"q": (T_q,), "k": (T_k,)} visual positions read; kept for checkpoint recomputation
-        self._cap = None  # {"q": [...], "k": [...]} while a GASP forward runs
+        self._run = None  # while a GASP forward runs: (j, q, k) -> layer j's embeddings or losses
+        self._cap = {}  # the q capture of the layer running now, until its k arrives
         # A forward that does not come through GASP.forward clears _pos, so the hooks stay idle.
         find_module(vlm, "language_model").register_forward_pre_hook(self._clear_stale)
         for j, i in enumerate(self.layer_ids):
@@ -302,7 +303,7 @@ class GASP(nn.Module):
                 blocks[i].input_layernorm.register_forward_hook(self._hook("q", j))
 
     def _clear_stale(self, module, args):
-        if self._cap is None:
+        if self._run is None:
             self._pos = None
 
     def _hook(self, side: str, j: int):
@@ -310,9 +311,12 @@ class GASP(nn.Module):
             if self._pos is None:
                 return
             x = out[0, self._pos[side]]  # (T_side, d): visual tokens of sample 0
-            # Checkpoint recomputation in backward repeats the gather (same saved tensors) but finds _cap = None.
-            if self._cap is not None:
-                self._cap[side][j] = x
+            # Checkpoint recomputation in backward repeats the gather (same saved tensors) but finds _run = None.
+            if self._run is None:
+                return
+            self._cap[side] = x
+            if side == "k" or self.head_input == "hidden":  # q_proj has run before k_proj
+                self._run(j, self._cap.pop("q"), self._cap.pop("k", None))
         return hook
 
     def forward(self, inputs: dict, token_map: torch.Tensor | None = None, anchor: int | None = None, loss=None):
@@ -331,11 +335,6 @@ class GASP(nn.Module):
         if self.head_input == "hidden":  # one capture of x_l serves both sides
             q_map = k_map = token_map
         self._pos = {"q": q_map.flatten(), "k": k_map.flatten()}
-        self._cap = cap = {"q": [None] * L, "k": [None] * L}
-        try:
-            out = self.vlm(**inputs, use_cache=False)
-        finally:
-            self._cap = None
         dtype = self.heads.w1.dtype
 
         def embed(j: int, q: torch.Tensor, k: torch.Tensor | None):  # layer j -> (1, F_q, h, w, r), (1, F_k, h, w, r)
@@ -350,9 +349,23 @@ class GASP(nn.Module):
             e = embed(j, q, k)
             return e if loss is None else loss(*e)
 
-        ckpt = loss is not None and torch.is_grad_enabled()
-        outs = [checkpoint(layer, j, cap["q"][j], cap["k"][j], use_reentrant=False) if ckpt
-                else layer(j, cap["q"][j], cap["k"][j]) for j in range(L)]
+        outs, ckpt = [None] * L, loss is not None and torch.is_grad_enabled()
+
+        def run(j: int, q: torch.Tensor, k: torch.Tensor | None):
+            outs[j] = checkpoint(layer, j, q, k, use_reentrant=False) if ckpt else layer(j, q, k)
+
+        # Each layer's head (and loss) runs inside the forward, as soon as that layer's q and k exist: its
+        # backward then comes when the LLM's backward reaches the layer, after the layers above have freed
+        # their activations. Under the LLM's own gradient checkpointing the hooks only capture and the heads
+        # run after the forward (a hook's autograd ops inside a checkpointed layer must replay identically).
+        later = []
+        self._run = (lambda *a: later.append(a)) if getattr(self.vlm, "is_activation_checkpointing", False) else run
+        try:
+            out = self.vlm(**inputs, use_cache=False)
+        finally:
+            self._run, self._cap = None, {}
+        for args in later:
+            run(*args)
         return out, *(torch.cat(t) for t in zip(*outs))
 
 

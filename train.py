@@ -177,7 +177,7 @@ def main():
     vlm, proc = M.load(cfg.model, size=M.frame_size(transformers.AutoConfig.from_pretrained(cfg.model), cfg.size))
     vlm.train()
     if cfg.grad_ckpt:
-        vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        vlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     train_vlm = M.freeze_and_lora(vlm, cfg.lora_rank)
     geometry = cfg.objective in ("corr", "full")
     layers = M.parse_layers(cfg.layers, len(M.llm_layers(vlm)))

@@ -125,7 +125,7 @@ def test_gradients_reach_llm_and_heads_not_vision_and_all_loss_paths_agree(tiny)
         vlm.train()
         M.freeze_and_lora(vlm)
         if ckpt:
-            vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            vlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         gasp = M.GASP(vlm, r=16)
         _, inp, tmap = _inputs(proc)
         Fr, (h, w), px = 3, proc.grid, proc.token_px
