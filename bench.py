@@ -186,7 +186,8 @@ def bench_config(name: str, spec: dict, scene_dir: str, sample_ms: dict, repeats
                 m(**plain, use_cache=False)
         return run
 
-    t = median_ms({"stock": forward(stock), "export": forward(exported)}, repeats, device)
+    # Two models with identical graphs: the ratio is pure noise, so it gets 4x the repeats (forwards are cheap).
+    t = median_ms({"stock": forward(stock), "export": forward(exported)}, 4 * repeats, device)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     res.update(stock_forward_ms=t["stock"], export_forward_ms=t["export"],
                export_forward_ratio=t["export"] / t["stock"], export_param_delta=count(exported) - count(stock))
