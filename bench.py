@@ -12,8 +12,8 @@ One run measures, per model config, on the same model, batch and device:
   probe_memory_ratio    peak memory of probe.run_probe (native Q-K, 24 frames) ÷ a no-grad forward
 Configs (random-init Qwen2.5-VL, model.tiny_config): "tiny" = 4 layers, d 128, 4 frames at 448², r 64
 (train.py's demo); "wide" = 8 layers, d 512, 8 heads, 8 frames at 336², r 256; "gpu" = "wide" on CUDA in
-bf16 autocast, added when a GPU is present. The batch is one make_sample() item with 640 tracks
-(8x8 + 24x24 grids) and a one-word answer, so both steps carry L_LM.
+bf16 autocast, added when a GPU is present; "wide_r64" (on request) = "wide" with r 64. The batch is one
+make_sample() item with 640 tracks (8x8 + 24x24 grids) and a one-word answer, so both steps carry L_LM.
 Method: 2 warm-up iterations, then the median of --repeats, SFT and GASP (stock and exported) interleaved
 so drift cancels; threads as torch sets them. On a shared CPU, times still move by tens of percent
 between runs: read step_time_ratio next to step_flop_ratio, which is exact.
@@ -29,6 +29,7 @@ The sample's decode reads PNGs that the OS has cached after the first repeat (as
 Run:
     python bench.py                                   # CPU: tiny and wide, ~1 min on an idle 2-core CPU; bench.json
     python bench.py --configs gpu --repeats 20        # one GPU ("gpu" is also added to the default list with CUDA)
+    python bench.py --configs wide,wide_r64           # how the overhead scales with the head size r
 No multi-GPU mode: every measure is a ratio on one device.
 References: GASP arXiv 2605.30231; torch.profiler memory events (pytorch.org/docs/stable/profiler.html).
 """
@@ -59,6 +60,9 @@ CONFIGS = {
     "wide": dict(model=dict(layers=8, hidden=512, heads=8, kv_heads=2), frames=8, size=336, r=256, device="cpu"),
 }
 CONFIGS["gpu"] = {**CONFIGS["wide"], "device": "cuda"}
+# Not in the default list: "wide" with the head as narrow relative to the model as the paper's guess at 7B
+# (2r / d_q = 512 / 3584 = 1/7 there; 128 / 512 = 1/4 here), to show how the overhead scales with r.
+CONFIGS["wide_r64"] = {**CONFIGS["wide"], "r": 64}
 SAMPLE = dict(num_frames=16, size=(336, 336), grids=(8, 24))  # the data-loader target: 640 tracks
 # measure, target, check, configs the target applies to (none: reported, not judged)
 TARGETS = [

@@ -16,7 +16,7 @@ KINDS = ["qwen2_5_vl", "qwen2_vl", "llava_next_video"]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    return {k: M.build_tiny(str(root / k), k) for k in KINDS}
+    return {k: M.build_tiny(str(root / k), k, heads=4, kv_heads=2) for k in KINDS}  # GQA, as the 7B models
 
 
 def _inputs(proc, F=3, seed=0, answer="A"):
