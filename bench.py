@@ -10,7 +10,7 @@ One run measures, per model config, on the same model, batch and device:
   sample_build_fraction one 16-frame 336² sample with 640 tracks (load_scene + make_sample, PNG decode
                         included) ÷ the GASP step time; sample_build_ms is the same with frames pre-decoded
   probe_memory_ratio    peak memory of probe.run_probe (native Q-K, 24 frames) ÷ a no-grad forward
-Configs (random-init Qwen2.5-VL, model.tiny_config): "tiny" = 4 layers, d 128, 4 frames at 448², r 64
+Configs (random-init Qwen2.5-VL, model.tiny_config): "tiny" = 4 layers, d 128, 2 heads, 4 frames at 448², r 64
 (train.py's demo); "wide" = 8 layers, d 512, 8 heads, 8 frames at 336², r 256; "gpu" = "wide" on CUDA in
 bf16 autocast, added when a GPU is present; "wide_r64" (on request) = "wide" with r 64. The batch is one
 make_sample() item with 640 tracks (8x8 + 24x24 grids) and a one-word answer, so both steps carry L_LM.
