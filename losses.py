@@ -13,6 +13,9 @@ In a pair (a, b) the anchor a is the later frame (q-side embeddings), b the earl
 (k-side embeddings): the direction causal attention reads, the one the probe (G8) measures.
 Pairs are (sample anchor, every other frame), ordered in time.
 
+Memory: model.GASP.forward calls gasp_losses one layer at a time under a checkpoint, and PairNLL holds
+one frame pair's (N, N) logits at a time, in forward and in backward.
+
 Run: no entry point; tests are `python -m pytest tests/test_heads_losses.py -q`.
 References: GASP arXiv 2605.30231 §3; InfoNCE (van den Oord et al., arXiv 1807.03748);
 soft-argmax as in RAFT (Teed & Deng, arXiv 2003.12039).

@@ -332,9 +332,9 @@ class GASP(nn.Module):
         Returns (stock output, e_q (L, F_q, h, w, r), e_k (L, F_k, h, w, r)). With `anchor`, only what
         the loss pairs (anchor, f) read is embedded: q side for frames anchor..F-1, k side for frames
         0..anchor (F + 1 frames instead of 2F); without it, every frame on both sides (the probe).
-        With `loss` (e.g. partial(gasp_losses, sample=...): (e_q, e_k) of one layer -> (L_corr, L_depth)),
-        each layer's head and loss run under one checkpoint, recomputed in backward, so only the captured
-        q/k outlive the forward; returns (stock output, L_corr (L,), L_depth (L,)).
+        With `loss` (e.g. partial(gasp_losses, t=pair_targets(sample, ...), q_offset=anchor): (e_q, e_k) of one
+        layer -> (L_corr, L_depth)), each layer's head and loss run under one checkpoint, recomputed in
+        backward, so only the captured q/k outlive the forward; returns (stock output, L_corr (L,), L_depth (L,)).
         Without token_map: the stock forward alone (instruction items), returns (stock output, None, None)."""
         if token_map is None:
             return self.vlm(**inputs, use_cache=False), None, None
