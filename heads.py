@@ -2,7 +2,8 @@
 
 One small head per supervised LLM layer embeds the visual tokens of that layer into a
 low-dimensional, L2-normalised correspondence space. All heads are stored as stacked
-weights, so every layer runs in one batched matmul instead of a Python loop over layers.
+weights; forward() runs any slice of them in one batched matmul (model.GASP runs one layer
+at a time, inside that layer's forward).
 
     G1   e = normalize(W2 · GELU(W1 · v + b1) + b2),   W1: (2r, d_in), W2: (r, 2r)
     G2   W_q = U Σ Vᵀ (that layer's q_proj.weight):  W1 ← U[:, :2r]ᵀ, b1 ← 0, W2 ← [I_r | 0], b2 ← 0
@@ -45,7 +46,7 @@ class CorrespondenceHeads(nn.Module):
         w1 = self.w1[layers]
         if v.shape[-1] != w1.shape[-1]:
             w1 = fold_kv(w1, v.shape[-1] // head_dim, head_dim)
-        # G1: e = normalize(W2 · GELU(W1 · v + b1) + b2), all layers in one batched matmul.
+        # G1: e = normalize(W2 · GELU(W1 · v + b1) + b2), the sliced layers in one batched matmul.
         h = F.gelu(torch.baddbmm(self.b1[layers, None], v, w1.transpose(1, 2)))  # (L', T, 2r)
         e = torch.baddbmm(self.b2[layers, None], h, self.w2[layers].transpose(1, 2))  # (L', T, r)
         return F.normalize(e, dim=-1)

@@ -129,9 +129,10 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def pair_targets(sample: dict, token_px: int, grid: tuple[int, int], with_depth: bool = True, device=None) -> dict:
-    """What G3-G5 need from one sample, computed once (not per layer): the frame pairs (a, b), the tracks'
-    grid coordinates in both frames of each pair, visibility, the C_i masks, depths. sample: the data contract (numpy or torch):
-    tracks (F, N, 2), visible (F, N), track_depth (F, N), depth (F, H, W), anchor."""
+    """What G3-G5 need from one sample, computed once (not per layer): the frame pairs (a, b), the
+    tracks' grid coordinates in both frames of each pair, visibility, the C_i masks, depths.
+    sample: the data contract (numpy or torch): tracks (F, N, 2), visible (F, N), track_depth (F, N),
+    depth (F, H, W), anchor."""
     tracks, visible, track_depth, depth = (torch.as_tensor(sample[k], device=device)
                                            for k in ("tracks", "visible", "track_depth", "depth"))
     a, b = frame_pairs(tracks.shape[0], int(sample["anchor"])).to(tracks.device).unbind(1)  # (P,) later, earlier frame

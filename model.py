@@ -292,9 +292,9 @@ class GASP(nn.Module):
         blocks = llm_layers(vlm)
         self.layer_ids = list(range(len(blocks))) if layers is None else list(layers)
         tc = text_config(vlm)
-        self.num_heads, self.head_dim = tc.num_attention_heads, tc.hidden_size // tc.num_attention_heads
+        self.head_dim = tc.hidden_size // tc.num_attention_heads  # folds W1 onto GQA keys
         attn = [blocks[i].self_attn for i in self.layer_ids]
-        d_in = self.num_heads * self.head_dim if head_input == "qk" else tc.hidden_size
+        d_in = tc.num_attention_heads * self.head_dim if head_input == "qk" else tc.hidden_size
         self.heads = CorrespondenceHeads(len(self.layer_ids), d_in, r)
         q_weights = [getattr(a.q_proj, "base_layer", a.q_proj).weight for a in attn]  # base weight under LoRA
         self.heads.init_from_query_projections(q_weights, head_input)

@@ -261,7 +261,8 @@ def main():
                 if geometry and sample is not None:  # heads and G3-G5 per layer inside the forward
                     anchor, tmap = int(sample["anchor"]), proc.token_map(inputs["input_ids"][0], len(frames))
                     t = pair_targets(sample, proc.token_px, proc.grid, cfg.objective == "full", device)
-                    out, corr, depth = net(inputs, tmap, anchor, loss=partial(gasp_losses, t=t, tau=cfg.tau, q_offset=anchor))
+                    loss_fn = partial(gasp_losses, t=t, tau=cfg.tau, q_offset=anchor)
+                    out, corr, depth = net(inputs, tmap, anchor, loss=loss_fn)
                 else:
                     out = net(inputs)[0] if geometry else net(**inputs, use_cache=False)
                     corr = depth = torch.zeros(1, device=device)

@@ -47,7 +47,8 @@ def test_heads_read_gqa_keys_unrepeated():
     heads = CorrespondenceHeads(2, 4 * 3, 5)  # 4 query heads of size 3
     k = torch.randn(2, 7, 2 * 3)  # 2 key heads
     torch.testing.assert_close(heads(k, head_dim=3), heads(repeat_kv(k, 4, 3)), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(heads(k[1:], slice(1, 2), head_dim=3), heads(repeat_kv(k, 4, 3))[1:], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(heads(k[1:], slice(1, 2), head_dim=3), heads(repeat_kv(k, 4, 3))[1:],
+                               atol=1e-6, rtol=1e-5)
     assert fold_kv(torch.ones(1, 12), 2, 3).tolist() == [[2.0] * 6]
 
 
