@@ -142,26 +142,26 @@ def pair_targets(sample: dict, token_px: int, grid: tuple[int, int], with_depth:
                 d_b=track_depth[b], D_b=token_depth(depth[b], token_px).flatten(1) if with_depth else None)
 
 
-def gasp_losses(e_q: torch.Tensor, e_k: torch.Tensor, t: dict, tau: float = 0.07,
+def gasp_losses(e_q: torch.Tensor, e_k: torch.Tensor, targets: dict, tau: float = 0.07,
                 q_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """G3-G5 for one sample, every layer given.
 
     e_q (L, F_q, h, w, r), e_k (L, F_k, h, w, r): head embeddings of the visual tokens, q side and k side;
     e_q[:, i] is frame q_offset + i, e_k[:, i] is frame i (GASP.forward with anchor: q_offset = anchor).
-    t: pair_targets(sample). Returns per-layer L_corr (L,) and L_depth (L,) (zeros without depth targets).
+    targets: pair_targets(sample). Returns per-layer L_corr (L,) and L_depth (L,) (zeros without depth targets).
     """
     L, _, h, w, r = e_q.shape
-    P, N = t["valid"].shape
-    xy_a, xy_b = t["xy_a"].repeat(L, 1, 1), t["xy_b"].repeat(L, 1, 1)  # (L*P, N, 2)
-    maps_a = e_q[:, t["a"] - q_offset].permute(0, 1, 4, 2, 3).reshape(L * P, r, h, w)  # anchor frames
+    P, N = targets["valid"].shape
+    xy_a, xy_b = targets["xy_a"].repeat(L, 1, 1), targets["xy_b"].repeat(L, 1, 1)  # (L*P, N, 2)
+    maps_a = e_q[:, targets["a"] - q_offset].permute(0, 1, 4, 2, 3).reshape(L * P, r, h, w)  # anchor frames
     ea = F.normalize(bilinear(maps_a, xy_a), dim=1).transpose(1, 2) / tau  # (L*P, N, r): G3, 1/τ on the small side
-    tb = e_k[:, t["b"]].reshape(L * P, h * w, r)  # (L*P, T, r) target tokens t_j^b
+    tb = e_k[:, targets["b"]].reshape(L * P, h * w, r)  # (L*P, T, r) target tokens t_j^b
     eb = F.normalize(bilinear(tb.transpose(1, 2).reshape(L * P, r, h, w), xy_b), dim=1).transpose(1, 2)  # (L*P, N, r)
-    corr = info_nce(ea.view(L, P, N, r), eb.view(L, P, N, r), t["cand"], t["valid"])
-    if t["D_b"] is None:
+    corr = info_nce(ea.view(L, P, N, r), eb.view(L, P, N, r), targets["cand"], targets["valid"])
+    if targets["D_b"] is None:
         return corr, torch.zeros_like(corr)
     S = (ea @ tb.transpose(1, 2)).view(L, P, N, h * w)  # <e_i^a, t_j^b>/τ
-    return corr, depth_loss(S, t["D_b"], t["d_b"], t["valid"])
+    return corr, depth_loss(S, targets["D_b"], targets["d_b"], targets["valid"])
 
 
 def total_loss(lm: torch.Tensor, corr: torch.Tensor, depth: torch.Tensor,

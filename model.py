@@ -165,11 +165,16 @@ class Processor:
             self.image_processor.save_pretrained(path)
 
 
-def load(path: str, device="cpu", dtype=None, size=None):
-    """A stock checkpoint (HF id or folder, read offline if cached) -> (model in eval mode, Processor)."""
+def load(path: str, device="cpu", dtype=None, size=None, attn_implementation: str | None = None):
+    """A stock checkpoint (HF id or folder, read offline if cached) -> (model in eval mode, Processor).
+    dtype: the weights' dtype (None = float32); attn_implementation: sdpa | eager | flash_attention_2
+    (None = transformers' default), passed to from_pretrained."""
     config = transformers.AutoConfig.from_pretrained(path)
     check_supported(config)
-    model = transformers.AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32)
+    if attn_implementation not in (None, "sdpa", "eager", "flash_attention_2"):
+        raise ValueError(f"attn_implementation {attn_implementation!r}: use sdpa, eager or flash_attention_2")
+    model = transformers.AutoModelForImageTextToText.from_pretrained(
+        path, dtype=dtype or torch.float32, attn_implementation=attn_implementation)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     return model.to(device).eval(), Processor(model.config, tokenizer, size)
 
@@ -195,16 +200,18 @@ def build_tokenizer(kind: str, vocab_size: int = 512):
 
 
 def tiny_config(kind: str = "qwen2_5_vl", tokenizer=None, layers: int = 4, hidden: int = 128, heads: int = 2,
-                kv_heads: int = 2, vision_layers: int = 2, vision_hidden: int = 64):
+                kv_heads: int = 2, vision_layers: int = 2, vision_hidden: int = 64, intermediate: int | None = None,
+                head_dim: int | None = None, mrope_section: list[int] | None = None, rope_theta: float = 1e6):
     """A few-MB config of the real class: same code paths as the 7B models, random weights.
     The defaults are the embedded default's model. Two heads of 64 (as Qwen's head size is 128, M-RoPE
     sections in the same proportions) instead of four of 32 with 2 KV heads: native Q-K PCK@2 after the
     demo 0.76 vs 0.66 (measured; M-RoPE scrambles a quarter of each head's dimensions across frames)."""
     tokenizer = tokenizer or build_tokenizer(kind)
     tid = tokenizer.convert_tokens_to_ids
-    text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+    d_h = head_dim or hidden // heads
+    text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                max_position_embeddings=32768)
+                max_position_embeddings=32768, head_dim=d_h)
     if kind == "llava_next_video":
         text.update(model_type="llama", bos_token_id=tid("<s>"), eos_token_id=tid("</s>"), pad_token_id=tid("</s>"))
         vision = dict(model_type="clip_vision_model", hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
@@ -212,8 +219,8 @@ def tiny_config(kind: str = "qwen2_5_vl", tokenizer=None, layers: int = 4, hidde
                       projection_dim=hidden)
         return transformers.LlavaNextVideoConfig(text_config=text, vision_config=vision,
                                                  video_token_index=tid("<video>"), image_token_index=tid("<image>"))
-    section = [hidden // heads // 8, hidden // heads // 8 * 3 // 2, hidden // heads // 8 * 3 // 2]  # sums to d_h/2
-    text.update(rope_parameters=dict(rope_type="default", mrope_section=section, rope_theta=1e6),
+    section = mrope_section or [d_h // 8, d_h // 8 * 3 // 2, d_h // 8 * 3 // 2]  # sums to d_h/2 (128: [16, 24, 24])
+    text.update(rope_parameters=dict(rope_type="default", mrope_section=section, rope_theta=rope_theta),
                 bos_token_id=tid("<|endoftext|>"), eos_token_id=tid("<|im_end|>"), pad_token_id=tid("<|endoftext|>"))
     ids = dict(image_token_id=tid("<|image_pad|>"), video_token_id=tid("<|video_pad|>"),
                vision_start_token_id=tid("<|vision_start|>"), vision_end_token_id=tid("<|vision_end|>"))
@@ -258,17 +265,33 @@ def llm_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def parse_layers(spec: str, num_layers: int) -> list[int]:
-    """'all' | '10-18' (half-open, as the paper's "layers 10-18") | '0,4,8' -> layer indices."""
+    """'all' | 'A-B' (both ends included: '10-18' is the nine layers 10..18) | 'a,b,c' -> layer indices.
+    Any index outside 0..num_layers-1, or an empty or garbled spec, is a ValueError naming the valid range."""
+    valid = f"the model has layers 0..{num_layers - 1}; use 'all', 'A-B' (both ends included) or 'a,b,c'"
+    spec = str(spec).strip()
     if spec == "all":
         return list(range(num_layers))
-    if "-" in spec:
-        lo, hi = map(int, spec.split("-"))
-        ids = list(range(lo, min(hi, num_layers)))
-    else:
-        ids = [int(x) for x in spec.split(",")]
+    try:
+        if "-" in spec:
+            lo, hi = (int(x) for x in spec.split("-"))
+            ids = list(range(lo, hi + 1))
+            if lo > hi:
+                raise ValueError
+        else:
+            ids = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"--layers {spec!r}: not a layer spec; {valid}") from None
     if not ids or min(ids) < 0 or max(ids) >= num_layers:
-        raise ValueError(f"--layers {spec!r}: the model has layers 0..{num_layers - 1}")
+        raise ValueError(f"--layers {spec!r}: out of range; {valid}")
     return ids
+
+
+def qk_modules(attn: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """Where a layer's pre-rotary q and k are read: q_norm / k_norm (per-head RMSNorm, Qwen3) where the
+    family has them, else q_proj / k_proj."""
+    if hasattr(attn, "q_norm"):
+        return attn.q_norm, attn.k_norm
+    return attn.q_proj, attn.k_proj
 
 
 def text_config(model: nn.Module):
@@ -276,73 +299,72 @@ def text_config(model: nn.Module):
     return getattr(config, "text_config", config)
 
 
-class GASP(nn.Module):
-    """Stock VLM + one correspondence head per supervised layer. forward() returns the stock
-    output and the heads' q-side / k-side embeddings of every visual token, (L, F, h, w, r) each.
+def head_size(config) -> int:
+    """d_h, the attention head size of the LLM (text config)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
-    The VLM's forward is not changed: forward hooks only read q_proj / k_proj (or input_layernorm)
-    outputs at the visual positions, while the model runs its single training forward pass.
+
+class GASP(nn.Module):
+    """Stock VLM + one correspondence head per supervised layer (G1), read inside the one forward pass.
+
+    The VLM's forward is not changed: forward hooks only read the layer's pre-rotary q and k (the outputs of
+    q_proj / k_proj, or of q_norm / k_norm where the family has them; input_layernorm for head_input="hidden")
+    at the visual positions, and run that layer's head (and loss) as soon as its q and k exist.
+      forward(inputs, token_map, anchor, loss) -> (stock output, L_corr (L,), L_depth (L,))   training
+      forward(inputs)                          -> (stock output, None, None)                 instruction items
+      embed(inputs, token_map)                 -> (stock output, e_q (L, F, h, w, r), e_k (L, F, h, w, r))
     """
 
     def __init__(self, vlm: nn.Module, layers=None, head_input: str = "qk", r: int = 256):
         super().__init__()
         if head_input not in ("qk", "hidden"):
             raise ValueError(f"head_input must be 'qk' or 'hidden', got {head_input!r}")
-        self.vlm, self.head_input = vlm, head_input
-        blocks = llm_layers(vlm)
+        self.vlm, self.head_input, self.r = vlm, head_input, r
+        blocks, tc = llm_layers(vlm), text_config(vlm)
         self.layer_ids = list(range(len(blocks))) if layers is None else list(layers)
-        tc = text_config(vlm)
-        self.head_dim = tc.hidden_size // tc.num_attention_heads  # folds W1 onto GQA keys
+        self.d_head = head_size(tc)  # attention head size: folds W1 onto GQA keys
         attn = [blocks[i].self_attn for i in self.layer_ids]
-        d_in = tc.num_attention_heads * self.head_dim if head_input == "qk" else tc.hidden_size
+        d_in = tc.num_attention_heads * self.d_head if head_input == "qk" else tc.hidden_size
         self.heads = CorrespondenceHeads(len(self.layer_ids), d_in, r)
         q_weights = [getattr(a.q_proj, "base_layer", a.q_proj).weight for a in attn]  # base weight under LoRA
         self.heads.init_from_query_projections(q_weights, head_input)
-        self._pos = None  # {"q": (T_q,), "k": (T_k,)} visual positions read; kept for checkpoint recomputation
-        self._run = None  # while a GASP forward runs: (j, q, k) -> layer j's embeddings or losses
+        self._pos = None  # {"q": (T_q,), "k": (T_k,)} visual positions read by the hooks, None = idle
+        self._run = None  # (j, q, k) -> layer j's embeddings or losses: set during a GASP forward, kept for replay
+        self._live = False  # True while a GASP forward runs; False in a checkpoint recomputation (replay)
         self._cap = {}  # the q capture of the layer running now, until its k arrives
-        # A forward that does not come through GASP.forward clears _pos, so the hooks stay idle.
+        # A forward that does not come through GASP clears _pos, so the hooks stay idle.
         find_module(vlm, "language_model").register_forward_pre_hook(self._clear_stale)
         for j, i in enumerate(self.layer_ids):
             if head_input == "qk":
-                attn[j].q_proj.register_forward_hook(self._hook("q", j))
-                attn[j].k_proj.register_forward_hook(self._hook("k", j))
+                q_mod, k_mod = qk_modules(attn[j])
+                q_mod.register_forward_hook(self._hook("q", j))
+                k_mod.register_forward_hook(self._hook("k", j))
             else:
                 blocks[i].input_layernorm.register_forward_hook(self._hook("q", j))
 
     def _clear_stale(self, module, args):
-        if self._run is None:
-            self._pos = None
+        if not self._live:
+            self._pos = self._run = None
 
     def _hook(self, side: str, j: int):
         def hook(module, args, out):
-            if self._pos is None:
+            if self._pos is None or self._run is None:
                 return
-            x = out[0, self._pos[side]]  # (T_side, d): visual tokens of sample 0
-            # Checkpoint recomputation in backward repeats the gather (same saved tensors) but finds _run = None.
-            if self._run is None:
-                return
+            x = out[0, self._pos[side]].flatten(1)  # (T_side, d): visual tokens of sample 0 (q_norm: (T, H, d_h))
             self._cap[side] = x
-            if side == "k" or self.head_input == "hidden":  # q_proj has run before k_proj
-                self._run(j, self._cap.pop("q"), self._cap.pop("k", None))
+            if side == "k" or self.head_input == "hidden":  # q has been computed before k
+                # Under the LLM's activation checkpointing the layer is recomputed in backward and this hook
+                # fires again with _live False: the same head (and loss) ops replay on the recomputed q and k,
+                # so autograd finds the tensors it saved; their outputs are dropped.
+                self._run(j, self._cap.pop("q"), self._cap.pop("k", None), self._live)
         return hook
 
-    def forward(self, inputs: dict, token_map: torch.Tensor | None = None, anchor: int | None = None, loss=None):
-        """inputs: one sample (batch 1) from Processor; token_map (F, h, w) sequence positions.
-        Returns (stock output, e_q (L, F_q, h, w, r), e_k (L, F_k, h, w, r)). With `anchor`, only what
-        the loss pairs (anchor, f) read is embedded: q side for frames anchor..F-1, k side for frames
-        0..anchor (F + 1 frames instead of 2F); without it, every frame on both sides (the probe).
-        With `loss` (e.g. partial(gasp_losses, t=pair_targets(sample, ...), q_offset=anchor): (e_q, e_k) of one
-        layer -> (L_corr, L_depth)), each layer's head and loss run under one checkpoint, recomputed in
-        backward, so only the captured q/k outlive the forward; returns (stock output, L_corr (L,), L_depth (L,)).
-        Without token_map: the stock forward alone (instruction items), returns (stock output, None, None)."""
-        if token_map is None:
-            return self.vlm(**inputs, use_cache=False), None, None
+    def _forward(self, inputs: dict, token_map: torch.Tensor, anchor: int | None, loss):
+        """One stock forward with layer j's head (and loss) run inside layer j. Returns (out, [result_j])."""
         L, (Fr, h, w) = len(self.layer_ids), token_map.shape
         q_map, k_map = (token_map, token_map) if anchor is None else (token_map[anchor:], token_map[: anchor + 1])
         if self.head_input == "hidden":  # one capture of x_l serves both sides
             q_map = k_map = token_map
-        self._pos = {"q": q_map.flatten(), "k": k_map.flatten()}
         dtype = self.heads.w1.dtype
 
         def embed(j: int, q: torch.Tensor, k: torch.Tensor | None):  # layer j -> (1, F_q, h, w, r), (1, F_k, h, w, r)
@@ -350,30 +372,55 @@ class GASP(nn.Module):
             if k is None:  # hidden input: the same embedding, split into the two sides' frames
                 e = e_q.view(1, Fr, h, w, -1)
                 return (e, e) if anchor is None else (e[:, anchor:], e[:, : anchor + 1])
-            e_k = self.heads(k[None].to(dtype), slice(j, j + 1), self.head_dim)  # GQA keys as they come
+            e_k = self.heads(k[None].to(dtype), slice(j, j + 1), self.d_head)  # GQA keys as they come
             return e_q.view(1, len(q_map), h, w, -1), e_k.view(1, len(k_map), h, w, -1)
 
         def layer(j: int, q: torch.Tensor, k: torch.Tensor | None):  # embeddings, or (L_corr, L_depth) with a loss
             e = embed(j, q, k)
             return e if loss is None else loss(*e)
 
-        outs, ckpt = [None] * L, loss is not None and torch.is_grad_enabled()
+        # Without the LLM's checkpointing, each layer's head and loss run under their own checkpoint: only the
+        # gathered q and k are kept for backward. Under it, the layer's checkpoint already covers them (the hook
+        # runs inside the layer), and an inner checkpoint would hold q and k alive until backward.
+        llm_ckpt = getattr(self.vlm, "is_activation_checkpointing", False) and self.vlm.training
+        ckpt = loss is not None and torch.is_grad_enabled() and not llm_ckpt
+        outs = [None] * L
 
-        def run(j: int, q: torch.Tensor, k: torch.Tensor | None):
-            outs[j] = checkpoint(layer, j, q, k, use_reentrant=False) if ckpt else layer(j, q, k)
+        def run(j: int, q: torch.Tensor, k: torch.Tensor | None, live: bool):
+            res = checkpoint(layer, j, q, k, use_reentrant=False) if ckpt else layer(j, q, k)
+            if live:
+                outs[j] = res
 
         # Each layer's head (and loss) runs inside the forward, as soon as that layer's q and k exist: its
         # backward then comes when the LLM's backward reaches the layer, after the layers above have freed
-        # their activations. Under the LLM's own gradient checkpointing the hooks only capture and the heads
-        # run after the forward (a hook's autograd ops inside a checkpointed layer must replay identically).
-        later = []
-        self._run = (lambda *a: later.append(a)) if getattr(self.vlm, "is_activation_checkpointing", False) else run
+        # their activations.
+        self._pos, self._run, self._live = {"q": q_map.flatten(), "k": k_map.flatten()}, run, True
         try:
             out = self.vlm(**inputs, use_cache=False)
         finally:
-            self._run, self._cap = None, {}
-        for args in later:
-            run(*args)
+            self._live, self._cap = False, {}
+        if not llm_ckpt:
+            self._run = None  # nothing will replay
+        return out, outs
+
+    def forward(self, inputs: dict, token_map: torch.Tensor | None = None, anchor: int | None = None, loss=None):
+        """inputs: one sample (batch 1) from Processor; token_map (F, h, w) its visual-token positions.
+        loss: (e_q (1, F - anchor, h, w, r), e_k (1, anchor + 1, h, w, r)) of one layer -> (L_corr (1,), L_depth (1,)),
+        e.g. partial(gasp_losses, targets=pair_targets(sample, ...), tau=..., q_offset=anchor). Only what the pairs
+        (anchor, f) read is embedded: the q side of frames anchor..F-1, the k side of frames 0..anchor.
+        Returns (stock output, L_corr (L,), L_depth (L,)); without token_map the stock forward alone
+        (instruction items) and (stock output, None, None). Embeddings for the probe: embed()."""
+        if token_map is None:
+            return self.vlm(**inputs, use_cache=False), None, None
+        if loss is None or anchor is None:
+            raise ValueError("GASP.forward with a token_map needs anchor and loss (train); use GASP.embed for embeddings")
+        out, outs = self._forward(inputs, token_map, anchor, loss)
+        return out, *(torch.cat(t) for t in zip(*outs))
+
+    def embed(self, inputs: dict, token_map: torch.Tensor):
+        """The heads' embeddings of every frame on both sides (the probe): (stock output, e_q (L, F, h, w, r),
+        e_k (L, F, h, w, r))."""
+        out, outs = self._forward(inputs, token_map, None, None)
         return out, *(torch.cat(t) for t in zip(*outs))
 
 

@@ -45,7 +45,7 @@ def test_wrapped_logits_equal_stock_and_token_map(tiny, kind):
     frames, inp, tmap = _inputs(proc)
     with torch.no_grad():
         ref = vlm(**inp).logits
-        out, e_q, e_k = M.GASP(vlm, r=16)(inp, tmap)
+        out, e_q, e_k = M.GASP(vlm, r=16).embed(inp, tmap)
     assert torch.equal(out.logits, ref)
     assert e_q.shape == e_k.shape == (4, 3, *proc.grid, 16)
     # Change the pixels of one token's patch in frame 1: that token moves most, no other frame moves.
@@ -105,7 +105,7 @@ def test_export_is_a_stock_checkpoint_with_same_logits(tiny, kind, tmp_path):
                 p.normal_(std=0.05)
     _, inp, tmap = _inputs(proc)
     with torch.no_grad():
-        want = gasp(inp, tmap)[0].logits
+        want = gasp.embed(inp, tmap)[0].logits
     M.export(gasp, proc, str(tmp_path))
     cls = type(M.bare_vlm(gasp))
     back = cls.from_pretrained(str(tmp_path)).eval()  # the stock class, no project code
@@ -135,9 +135,9 @@ def test_gradients_reach_llm_and_heads_not_vision_and_all_loss_paths_agree(tiny)
                   "anchor": 1}
         t = pair_targets(sample, px, proc.grid)
         if inside:
-            out, corr, depth = gasp(inp, tmap, anchor=1, loss=partial(gasp_losses, t=t, q_offset=1))
+            out, corr, depth = gasp(inp, tmap, anchor=1, loss=partial(gasp_losses, targets=t, q_offset=1))
         else:
-            out, e_q, e_k = gasp(inp, tmap)
+            out, e_q, e_k = gasp.embed(inp, tmap)
             corr, depth = gasp_losses(e_q, e_k, t)
         total_loss(out.loss, corr, depth).backward()
         assert all(p.grad is None for p in vlm.model.visual.parameters())
@@ -169,7 +169,7 @@ def test_plain_forward_after_gasp_forward_ignores_stale_positions(tiny):
     vlm, proc = M.load(tiny["qwen2_5_vl"])
     gasp = M.GASP(vlm, r=16)
     _, inp, tmap = _inputs(proc, F=3)
-    gasp(inp, tmap)
+    gasp.embed(inp, tmap)
     _, short, _ = _inputs(proc, F=1)
     with torch.no_grad():
         vlm(**short)  # shorter sequence: stale (F=3) positions would index out of range
@@ -181,7 +181,23 @@ def test_anchor_forward_embeds_only_the_frames_the_pairs_read(tiny):
     gasp = M.GASP(vlm, r=16)
     _, inp, tmap = _inputs(proc, F=3)
     with torch.no_grad():
-        _, q_all, k_all = gasp(inp, tmap)
-        _, q_a, k_a = gasp(inp, tmap, anchor=1)
+        _, q_all, k_all = gasp.embed(inp, tmap)
+        seen = []
+
+        def loss(e_q, e_k):  # records what the loss of each layer is handed
+            seen.append((e_q, e_k))
+            return e_q.sum()[None], e_k.sum()[None]
+
+        gasp(inp, tmap, anchor=1, loss=loss)
+    q_a, k_a = (torch.cat(x) for x in zip(*seen))
     torch.testing.assert_close(q_a, q_all[:, 1:])
     torch.testing.assert_close(k_a, k_all[:, :2])
+
+
+def test_parse_layers_includes_both_ends_and_rejects_bad_specs():
+    assert M.parse_layers("all", 4) == [0, 1, 2, 3]
+    assert M.parse_layers("1-3", 4) == [1, 2, 3]  # both ends included
+    assert M.parse_layers("0,2", 4) == [0, 2]
+    for bad in ("2-4", "0-9", "5", "", "a-b", "3-1", "1,,2", "-1"):
+        with pytest.raises(ValueError, match=r"0\.\.3"):
+            M.parse_layers(bad, 4)
