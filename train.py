@@ -1,5 +1,10 @@
-"""GASP training (paper §3-4, DESIGN.md G7): a stock VLM + per-layer correspondence heads, trained with
-L = L_LM + λ_c L̄_corr + λ_d L̄_depth on DL3DV-layout scenes, interleaved with instruction data.
+"""GASP training (paper §3-4): a stock VLM + one correspondence head per LLM layer, trained with
+
+    G6  L̄_corr = mean_{l∈Λ} L_corr^l,   L̄_depth = mean_{l∈Λ} L_depth^l      (Λ = --layers)
+    G7  L = L_LM + λ_c L̄_corr + λ_d L̄_depth                                   (λ_c = 0.3, λ_d = 1.0)
+
+on DL3DV-layout scenes (data.py), interleaved with instruction data for L_LM. The file reads top to
+bottom like nanoGPT's train.py: config -> model -> data -> (probe) -> loop -> (probe) -> export.
 
 Run:
     python train.py                                   # embedded default: tiny Qwen2.5-VL, synthetic scenes, CPU
@@ -9,15 +14,20 @@ Run:
         --sft-data llava_video_178k.json --lora-rank 128 --grad-ckpt --accum 16 --steps 10000
 Systems by flag: --objective sft (Baseline: L_LM only) | vqa (+DL3DV VQA: tracks as marked-point
 multiple-choice questions, L_LM only) | corr (L_corr only, λ_d = 0) | full (GASP); --layers for the
-injection-layer ablation; --lora-rank for the rank ablation.
-Outputs in --out: log.jsonl, checkpoint.pt (resumable, atomic), export/ (a stock checkpoint).
+injection-layer ablation; --lora-rank for the rank ablation. Ranges (--frames, --layers) are written
+A-B and include both ends.
+Outputs in --out: config.json (every resolved setting), log.jsonl (one record per logged step),
+checkpoint.pt (resumable, written atomically; its format is `save_checkpoint`, read back by
+`load_checkpoint`, which probe.py uses), probe.json, export/ (a stock checkpoint, heads dropped).
 References: GASP arXiv 2605.30231; nanoGPT train.py (github.com/karpathy/nanoGPT) for the layout.
 """
 
+import argparse
 import dataclasses
 import json
 import math
 import os
+import pickle
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -35,83 +45,222 @@ import model as M
 from losses import gasp_losses, pair_targets, total_loss
 
 TINY = "runs/tiny-qwen2_5_vl"
+DEMO_DATA = "data/synthetic"
+GEOMETRY = ("corr", "full")  # objectives that train the heads
+
+
+def flag(default, help: str, choices=None, check=None):
+    """A Config field: its default, --help text, argparse choices, and a (predicate, message) range check."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "check": check})
+
+
+POSITIVE, NON_NEGATIVE = (lambda v: v > 0, "must be > 0"), (lambda v: v >= 0, "must be >= 0")
+FRACTION = (lambda v: 0 <= v <= 1, "must lie in [0, 1]")
 
 
 @dataclass
 class Config:
-    model: str = dataclasses.field(default="tiny", metadata={"help": "HF id or folder of a stock VLM; 'tiny' = the embedded random-init Qwen2.5-VL"})
-    data: str = dataclasses.field(default="data/synthetic/train", metadata={"help": "folder of DL3DV-layout scenes"})
-    sft_data: str = dataclasses.field(default="", metadata={"help": "LLaVA-format conversation JSON (LLaVA-Video-178K style)"})
-    sft_root: str = dataclasses.field(default="", metadata={"help": "folder the JSON's video/image paths are relative to (default: its folder)"})
-    sft_ratio: float = dataclasses.field(default=0.5, metadata={"help": "fraction of items from the instruction stream (paper: 1:1)"})
-    out: str = dataclasses.field(default="runs/gasp", metadata={"help": "output folder"})
-    objective: str = dataclasses.field(default="full", metadata={"help": "sft | vqa | corr | full"})
-    layers: str = dataclasses.field(default="all", metadata={"help": "supervised layers: all | 10-18 | 0,4,8"})
-    head_input: str = dataclasses.field(default="qk", metadata={"help": "qk (layer's own q/k, default) | hidden (x_l)"})
-    head_dim: int = dataclasses.field(default=256, metadata={"help": "head embedding size r"})
-    lora_rank: int = dataclasses.field(default=0, metadata={"help": "LoRA rank on the LLM linears; 0 = full LLM fine-tuning (paper: 128 Qwen, 512 LLaVA)"})
-    steps: int = dataclasses.field(default=1000, metadata={"help": "optimizer steps"})
-    accum: int = dataclasses.field(default=1, metadata={"help": "micro-steps (one sample each) per optimizer step and process"})
-    lr: float = dataclasses.field(default=1e-4, metadata={"help": "peak learning rate"})
-    head_lr_mult: float = dataclasses.field(default=4.0, metadata={"help": "heads' lr = lr x this"})
-    warmup: float = dataclasses.field(default=0.03, metadata={"help": "warm-up fraction of the cosine schedule"})
-    weight_decay: float = dataclasses.field(default=0.0, metadata={"help": "AdamW weight decay"})
-    clip: float = dataclasses.field(default=1.0, metadata={"help": "gradient-norm clip"})
-    lambda_c: float = dataclasses.field(default=0.3, metadata={"help": "weight of L_corr"})
-    lambda_d: float = dataclasses.field(default=1.0, metadata={"help": "weight of L_depth"})
-    tau: float = dataclasses.field(default=0.07, metadata={"help": "InfoNCE / soft-argmax temperature"})
-    frames: str = dataclasses.field(default="8-24", metadata={"help": "frames per sample: N or MIN-MAX"})
-    size: int = dataclasses.field(default=336, metadata={"help": "frame side in px (rounded to whole tokens; LLaVA: CLIP size)"})
-    grids: str = dataclasses.field(default="8,24", metadata={"help": "query grids on the anchor frame"})
-    window: int = dataclasses.field(default=48, metadata={"help": "frames are drawn from anchor ± window"})
-    preload: bool = dataclasses.field(default=False, metadata={"help": "decode all scene frames into memory once (small datasets)"})
-    grad_ckpt: bool = dataclasses.field(default=False, metadata={"help": "non-reentrant gradient checkpointing"})
-    save_every: int = dataclasses.field(default=200, metadata={"help": "checkpoint interval in steps"})
-    log_every: int = dataclasses.field(default=10, metadata={"help": "log interval in steps"})
-    max_bad_steps: int = dataclasses.field(default=20, metadata={"help": "stop after this many non-finite losses in a row"})
-    probe: bool = dataclasses.field(default=True, metadata={"help": "probe native Q-K matching before and after training"})
-    probe_samples: int = dataclasses.field(default=8, metadata={"help": "held-out samples for the probe"})
-    probe_scenes: str = dataclasses.field(default="data/synthetic/val", metadata={"help": "held-out scenes for the probe"})
-    resume: bool = dataclasses.field(default=False, metadata={"help": "resume from --out/checkpoint.pt"})
-    export: bool = dataclasses.field(default=True, metadata={"help": "save the bare VLM to --out/export at the end"})
-    seed: int = dataclasses.field(default=0, metadata={"help": "seed (data order, init)"})
+    # model
+    model: str = flag("tiny", "HF id or folder of a stock VLM; 'tiny' = the embedded random-init Qwen2.5-VL")
+    dtype: str = flag("auto", "weights of the frozen parts; trained parameters (LoRA, heads) stay float32 under "
+                      "autocast; the export is saved in the base model's dtype (auto: bfloat16 on CUDA, float32 on CPU)",
+                      ("auto", "bfloat16", "float16", "float32"))
+    attn_implementation: str = flag("sdpa", "attention kernel passed to from_pretrained",
+                                    ("sdpa", "eager", "flash_attention_2"))
+    # data
+    data: str = flag(DEMO_DATA + "/train", "folder of DL3DV-layout scenes (searched recursively)")
+    sft_data: str = flag("", "LLaVA-format conversation JSON (LLaVA-Video-178K style) for L_LM")
+    sft_root: str = flag("", "folder the JSON's video/image paths are relative to (default: its folder)")
+    sft_ratio: float = flag(0.5, "fraction of items drawn from the instruction stream. Assumption: 1:1 is "
+                            "our reading; the paper gives no mix", check=FRACTION)
+    frames: str = flag("8-24", "frames per sample: N, or A-B drawn uniformly (both ends included)")
+    size: int = flag(336, "frame side in px (rounded to whole tokens; LLaVA-NeXT-Video: its CLIP size)", check=POSITIVE)
+    grids: str = flag("8,24", "query-point grids on the anchor frame, comma-separated")
+    window: int = flag(48, "the other frames are drawn from anchor ± window (original frame numbers)", check=POSITIVE)
+    preload: bool = flag(False, "decode all scene frames into memory once (small datasets)")
+    workers: int = flag(-1, "DataLoader worker processes (-1: 4 with CUDA, 0 on CPU)",
+                        check=(lambda v: v >= -1, "must be >= -1"))
+    # method
+    objective: str = flag("full", "sft = L_LM only | vqa = tracks as multiple-choice VQA, L_LM only | "
+                          "corr = + L_corr | full = + L_corr + L_depth (GASP)", ("sft", "vqa", "corr", "full"))
+    layers: str = flag("all", "supervised LLM layers: all | A-B (both ends included) | 0,4,8")
+    head_input: str = flag("qk", "what the head reads: qk = the layer's own pre-rotary q/k | hidden = x_l. "
+                           "Assumption: qk (the paper says 'Q-K projectors')", ("qk", "hidden"))
+    embed_dim: int = flag(256, "r, the heads' embedding size. Assumption: the paper does not give it", check=POSITIVE)
+    lambda_c: float = flag(0.3, "λ_c, weight of L_corr", check=NON_NEGATIVE)
+    lambda_d: float = flag(1.0, "λ_d, weight of L_depth (objective full)", check=NON_NEGATIVE)
+    tau: float = flag(0.07, "τ of InfoNCE and the depth soft-argmax. Assumption: the paper does not give it",
+                      check=POSITIVE)
+    # optimisation
+    lora_rank: int = flag(0, "LoRA rank on the LLM linears; 0 = full fine-tuning of the LLM. The paper uses "
+                          "128 (Qwen2.5-VL) and 512 (LLaVA-NeXT-Video): pass it", check=NON_NEGATIVE)
+    steps: int = flag(1000, "optimizer steps", check=POSITIVE)
+    accum: int = flag(1, "micro-steps (one sample each) per optimizer step and process", check=POSITIVE)
+    lr: float = flag(1e-4, "peak learning rate (paper: 1e-4)", check=POSITIVE)
+    head_lr_mult: float = flag(4.0, "heads' lr = lr x this (paper: 4)", check=POSITIVE)
+    warmup: float = flag(0.03, "warm-up fraction of the cosine schedule. Assumption: 3 %", check=FRACTION)
+    weight_decay: float = flag(0.0, "AdamW weight decay. Assumption: 0", check=NON_NEGATIVE)
+    clip: float = flag(1.0, "gradient-norm clip", check=POSITIVE)
+    grad_ckpt: bool = flag(False, "non-reentrant activation checkpointing of the LLM layers")
+    max_bad_steps: int = flag(20, "stop after this many non-finite losses in a row", check=POSITIVE)
+    seed: int = flag(0, "seed (data order, init)")
+    # bookkeeping
+    out: str = flag("runs/gasp", "output folder")
+    resume: bool = flag(False, "continue the run in --out from its checkpoint.pt")
+    overwrite: bool = flag(False, "start over in an --out that holds a run (its log and checkpoint are removed)")
+    save_every: int = flag(200, "checkpoint interval in steps", check=POSITIVE)
+    log_every: int = flag(10, "log interval in steps", check=POSITIVE)
+    probe: bool = flag(True, "probe native Q-K matching before and after training (needs --probe-scenes)")
+    probe_scenes: str = flag("", "held-out DL3DV-layout scenes for the probe (none: the probe is skipped)")
+    probe_samples: int = flag(8, "held-out samples for the probe", check=POSITIVE)
+    export: bool = flag(True, "save the bare VLM to --out/export at the end")
 
 
-# Embedded default: settings tuned so a 2-core CPU shows the effect in minutes (the paper's recipe
-# stays the default for any real --model). Assumption: these are demo choices, not the paper's. The window
-# (±8 frames, not the paper's ±48 DL3DV frames) keeps training pairs near the probe's gaps of 1-7 frames
-# (measured: native PCK@2 0.67 vs 0.62 at 1500 steps).
-DEMO = dict(steps=2500, lr=1e-3, frames="4", size=448, grids="24", window=8, head_dim=64, log_every=25,
-            save_every=200, preload=True)
+# The embedded default (a bare `python train.py`, or --model tiny): settings under which a 2-core CPU shows
+# the effect in ~12 minutes. Assumption: these are demo choices, not the paper's. The window (±8 frames, not
+# ±48) keeps training pairs near the probe's gaps of 1-7 frames (measured: native PCK@2 0.67 vs 0.62 at 1500 steps).
+DEMO = dict(steps=2500, lr=1e-3, frames="4", size=448, grids="24", window=8, embed_dim=64, log_every=25,
+            save_every=200, preload=True, probe_scenes=DEMO_DATA + "/val")
+RESUME_KEYS = ("model", "objective", "layers", "head_input", "embed_dim", "lora_rank", "size", "seed")
+CKPT_FORMAT = 1
 
 
-def parse_args() -> Config:
-    import argparse
+def parse_range(spec: str) -> tuple[int, int]:
+    """'N' -> (N, N); 'A-B' -> (A, B), both ends included."""
+    lo, sep, hi = spec.partition("-")
+    lo, hi = int(lo), int(hi) if sep else int(lo)
+    if lo > hi:
+        raise ValueError(f"{spec!r}: the range's start is above its end")
+    return lo, hi
+
+
+def parse_args(argv=None) -> Config:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Config):
-        flag, help_ = "--" + f.name.replace("_", "-"), f.metadata["help"] + f" (default: {f.default})"
+    fields = dataclasses.fields(Config)
+    for f in fields:
+        default = f"{DEMO[f.name]!r}; {f.default!r} with any other --model" if f.name in DEMO else repr(f.default)
+        kw = dict(default=None, help=f"{f.metadata['help']} (default: {default})")
         if f.type is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+            p.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, **kw)
         else:
-            p.add_argument(flag, type=f.type, default=None, help=help_)
-    given = {k: v for k, v in vars(p.parse_args()).items() if v is not None}
+            p.add_argument("--" + f.name.replace("_", "-"), type=f.type, choices=f.metadata["choices"], **kw)
+    given = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
     if given.get("model", "tiny") == "tiny":
         given = {**DEMO, **given}
     cfg = Config(**given)
-    assert cfg.objective in ("sft", "vqa", "corr", "full"), f"--objective {cfg.objective!r}: sft | vqa | corr | full"
+    for f in fields:
+        check = f.metadata["check"]
+        if check and not check[0](getattr(cfg, f.name)):
+            p.error(f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}: {check[1]}")
+    try:
+        if parse_range(cfg.frames)[0] < 2:
+            raise ValueError("a sample needs at least 2 frames")
+        if not cfg.grids or any(int(g) <= 0 for g in cfg.grids.split(",")):
+            p.error(f"--grids {cfg.grids!r}: comma-separated positive integers, e.g. 8,24")
+    except ValueError as e:
+        p.error(f"--frames {cfg.frames!r} / --grids {cfg.grids!r}: {e}")
+    if os.path.isfile(cfg.out):
+        p.error(f"--out {cfg.out}: is a file; give a folder")
+    if cfg.resume and cfg.overwrite:
+        p.error("--resume and --overwrite exclude each other")
+    if cfg.objective == "sft" and not cfg.sft_data:
+        p.error("--objective sft trains on instruction data only: give --sft-data FILE.json")
     return cfg
 
 
-def int_range(spec: str):
-    lo, _, hi = spec.partition("-")
-    return (int(lo), int(hi)) if hi else int(lo)
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """The learning-rate factor at `step`: linear warm-up over `warmup` steps to 1, then a cosine to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-# ----------------------------------------------------------------------------- the +DL3DV VQA baseline
+# ----------------------------------------------------------------------------- model and checkpoints
+
+def build_model(cfg: Config, device: str):
+    """The model as training builds it -> (vlm, processor, net). vlm: the stock model (LoRA injected in place);
+    net: what the optimiser trains, the GASP wrapper for the geometry objectives, else the (peft) VLM.
+    Frozen weights in cfg.dtype; trained parameters in float32 (mixed precision, autocast in the loop)."""
+    dtype = getattr(torch, cfg.dtype)
+    vlm, proc = M.load(cfg.model, dtype=dtype, attn_implementation=cfg.attn_implementation,
+                       size=M.frame_size(transformers.AutoConfig.from_pretrained(cfg.model), cfg.size))
+    layers = M.parse_layers(cfg.layers, len(M.llm_layers(vlm)))
+    if cfg.grad_ckpt:
+        vlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    net = M.freeze_and_lora(vlm, cfg.lora_rank)
+    if cfg.objective in GEOMETRY:
+        net = M.GASP(net, layers, cfg.head_input, cfg.embed_dim)
+    for p in net.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return vlm, proc, net.to(device)
+
+
+def atomic_save(obj, path: str):
+    """torch.save to a temporary file, then rename: a kill mid-save leaves the previous file intact."""
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: str, net, opt, sched, step: int, cfg: Config, probe_before):
+    """checkpoint.pt, the one format train.py writes and load_checkpoint reads:
+    format (int), config (the resolved Config as a dict: model path, objective, layers, head_input, embed_dim = r,
+    lora_rank, tau, size, dtype, ...), step (optimizer steps done), model (the trained parameters of `net`, by
+    their names in build_model's net), optimizer, scheduler, rng (torch CPU RNG state), probe_before (probe
+    results of the untrained model, or None)."""
+    trained = {n for n, p in net.named_parameters() if p.requires_grad}
+    atomic_save({"format": CKPT_FORMAT, "config": dataclasses.asdict(cfg), "step": step,
+                 "model": {n: t for n, t in net.state_dict().items() if n in trained},
+                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
+                 "probe_before": probe_before}, path)
+
+
+def read_checkpoint(path: str) -> dict:
+    """A checkpoint.pt (or a run folder holding one) -> its dict, with named errors for missing or broken files."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "checkpoint.pt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no training checkpoint here (train.py writes --out/checkpoint.pt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable checkpoint, perhaps truncated ({e}); train.py writes it "
+                         f"atomically, so rerun or restore the file") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT or not {"config", "model", "step"} <= ckpt.keys():
+        raise ValueError(f"{path}: not a train.py checkpoint of format {CKPT_FORMAT}")
+    return ckpt
+
+
+def load_trained(net, state: dict, where: str):
+    """Copy the saved trained parameters into net, refusing any that do not fit it."""
+    own = dict(net.named_parameters())
+    unknown = [n for n in state if n not in own or own[n].shape != state[n].shape]
+    missing = [n for n, p in own.items() if p.requires_grad and n not in state]
+    if unknown or missing:
+        raise ValueError(f"{where}: the saved weights do not fit the model rebuilt from its config "
+                         f"({len(unknown)} unknown or reshaped, e.g. {unknown[:2]}; {len(missing)} missing, "
+                         f"e.g. {missing[:2]})")
+    net.load_state_dict(state, strict=False)
+
+
+def load_checkpoint(path: str, device: str = "cpu", dtype: str | None = None):
+    """A train.py checkpoint (any objective, LoRA or not) -> (vlm, processor, GASP module or None, config dict),
+    rebuilt exactly as training built it (build_model) with the trained weights loaded, in eval mode."""
+    ckpt = read_checkpoint(path)
+    saved = ckpt["config"]
+    cfg = Config(**{f.name: saved[f.name] for f in dataclasses.fields(Config) if f.name in saved})
+    cfg.grad_ckpt, cfg.dtype = False, dtype or cfg.dtype
+    vlm, proc, net = build_model(cfg, device)
+    load_trained(net, ckpt["model"], path)
+    return vlm.eval(), proc, net.eval() if isinstance(net, M.GASP) else None, {**saved, "dtype": cfg.dtype}
+
+
+# ----------------------------------------------------------------------------- data
 
 def vqa_item(sample: dict, rng: np.random.Generator):
-    """The same tracks as a marked-point multiple-choice question: a red ring on the anchor frame,
-    four lettered candidates on another frame, one at the true track position."""
+    """The +DL3DV VQA baseline: the same tracks as a marked-point multiple-choice question, a red ring on
+    the anchor frame and four lettered candidates on another frame, one at the true track position."""
     frames, tracks, vis = sample["frames"].copy(), sample["tracks"], sample["visible"]
     a = int(sample["anchor"])
     others = [f for f in range(len(frames)) if f != a and (vis[a] & vis[f]).sum() >= 4]
@@ -135,14 +284,53 @@ def vqa_item(sample: dict, rng: np.random.Generator):
     return frames, q, letters[int(np.argmax(order == 0))]
 
 
+class Items(torch.utils.data.Dataset):
+    """Item k of the whole run -> the model's inputs. A pure function of (seed, k): resuming needs only the
+    step, and any number of DataLoader workers or processes give the same stream."""
+
+    def __init__(self, cfg: Config, proc, geo, sft):
+        self.cfg, self.proc, self.geo, self.sft = cfg, proc, geo, sft
+        self.ratio = 1.0 if cfg.objective == "sft" else (cfg.sft_ratio if sft is not None else 0.0)
+
+    def __len__(self):
+        return 2**62  # an endless stream; the sampler says which items a process reads
+
+    def __getitem__(self, k: int) -> dict:
+        cfg, rng = self.cfg, np.random.default_rng([self.cfg.seed, k])
+        sample = None
+        if rng.random() < self.ratio:
+            frames, prompt, answer = self.sft[k % len(self.sft)]
+        else:
+            sample = self.geo[k % len(self.geo)]
+            frames, prompt, answer = sample["frames"], M.PROMPT, None
+            if cfg.objective == "vqa":
+                frames, prompt, answer = vqa_item(sample, rng) or (frames, prompt, None)
+        inputs = self.proc([frames], [prompt], None if answer is None else [answer])
+        if answer is None:
+            inputs["logits_to_keep"] = 1  # no L_LM on geometry items: skip the full-vocabulary logits
+        item = {"inputs": inputs, "lm": answer is not None}
+        if cfg.objective in GEOMETRY and sample is not None:
+            item.update(token_map=self.proc.token_map(inputs["input_ids"][0], len(frames)), anchor=int(sample["anchor"]),
+                        targets=pair_targets(sample, self.proc.token_px, self.proc.grid, cfg.objective == "full"))
+        return item
+
+
+def item_indices(start: int, steps: int, accum: int, world: int, rank: int) -> list[int]:
+    """The items this process reads, in order: step s, micro-step m -> item (s·accum + m)·world + rank."""
+    return [(s * accum + m) * world + rank for s in range(start, steps) for m in range(accum)]
+
+
+def as_is(item):
+    return item
+
+
+def to_device(x, device: str):
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    return x.to(device, non_blocking=True) if torch.is_tensor(x) else x
+
+
 # ----------------------------------------------------------------------------- setup
-
-def atomic_save(obj, path: str):
-    """torch.save to a temporary file, then rename: a kill mid-save leaves the previous file intact."""
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
 
 def setup(cfg: Config):
     ddp = int(os.environ.get("RANK", -1)) != -1
@@ -160,116 +348,147 @@ def setup(cfg: Config):
     return ddp, rank, world, device
 
 
-def main():
-    cfg = parse_args()
+def prepare_out(cfg: Config, master: bool) -> dict | None:
+    """Decide what --out holds: the checkpoint to resume from, or None for a fresh run (old records removed)."""
+    files = [os.path.join(cfg.out, f) for f in ("checkpoint.pt", "log.jsonl", "probe.json")]
+    if cfg.resume and os.path.exists(files[0]):
+        return read_checkpoint(files[0])
+    if cfg.resume and master:
+        print(f"--resume: no checkpoint at {files[0]}; starting fresh")
+    elif any(os.path.exists(f) for f in files[:2]) and not cfg.overwrite:
+        raise SystemExit(f"{cfg.out} holds a run (checkpoint.pt / log.jsonl): pass --resume to continue it, "
+                         f"--overwrite to start over, or another --out")
+    if master:
+        for f in files:
+            if os.path.exists(f):
+                os.remove(f)
+    return None
+
+
+def truncate_log(path: str, step: int):
+    """Keep the records of steps <= step: the steps after the checkpoint are trained (and logged) again."""
+    if os.path.exists(path):
+        with open(path) as f:
+            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
     ddp, rank, world, device = setup(cfg)
     master = rank == 0
-    os.makedirs(cfg.out, exist_ok=True)
+    if cfg.dtype == "auto":
+        cfg.dtype = "bfloat16" if "cuda" in device else "float32"
+    if cfg.workers < 0:
+        cfg.workers = 4 if "cuda" in device else 0
     if cfg.model == "tiny":
         if master:
             M.build_tiny(TINY)
         cfg.model = TINY
-    if cfg.data == "data/synthetic/train" and master:
-        data.ensure_synthetic("data/synthetic")
+    if os.path.isdir(cfg.model):
+        cfg.model = os.path.abspath(cfg.model)
+    if master and DEMO_DATA in (os.path.dirname(cfg.data), os.path.dirname(cfg.probe_scenes)):
+        data.ensure_synthetic(DEMO_DATA)  # the embedded default's scenes, rendered once
+    os.makedirs(cfg.out, exist_ok=True)
     if ddp:
         dist.barrier()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if "cuda" in device else nullcontext()
+    ckpt = prepare_out(cfg, master)
+    if ddp:
+        dist.barrier()
 
     # Model: stock VLM, vision tower + projector frozen, LoRA on the LLM if asked, heads unless L_LM only.
-    vlm, proc = M.load(cfg.model, size=M.frame_size(transformers.AutoConfig.from_pretrained(cfg.model), cfg.size))
+    try:
+        vlm, proc, raw = build_model(cfg, device)
+    except ValueError as e:
+        raise SystemExit(f"--model {cfg.model} / --layers {cfg.layers}: {e}")
+    cfg.size = proc.size[0]  # the frame side actually fed (whole tokens)
+    if ckpt is not None:
+        differ = {k: (ckpt["config"].get(k), getattr(cfg, k)) for k in RESUME_KEYS if ckpt["config"].get(k) != getattr(cfg, k)}
+        if differ:
+            raise SystemExit(f"--resume: {cfg.out}/checkpoint.pt was trained with other settings: "
+                             + "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in ((k, *v) for k, v in differ.items()))
+                             + ". Resume with the saved settings (see config.json) or use another --out")
+    geometry = cfg.objective in GEOMETRY
+    net = DDP(raw, find_unused_parameters=True) if ddp else raw  # geometry-only items leave lm_head without gradient
     vlm.train()
-    if cfg.grad_ckpt:
-        vlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    train_vlm = M.freeze_and_lora(vlm, cfg.lora_rank)
-    geometry = cfg.objective in ("corr", "full")
-    layers = M.parse_layers(cfg.layers, len(M.llm_layers(vlm)))
-    net = M.GASP(train_vlm, layers, cfg.head_input, cfg.head_dim) if geometry else train_vlm
-    net.to(device)
-    raw = net
-    if ddp:
-        net = DDP(net, find_unused_parameters=True)  # geometry-only items leave lm_head without gradient
+    dtype = getattr(torch, cfg.dtype)
+    autocast = torch.autocast(device.split(":")[0], dtype=dtype) if dtype != torch.float32 else nullcontext()
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
 
     head_params = list(raw.heads.parameters()) if geometry else []
     head_ids = {id(p) for p in head_params}
     base_params = [p for p in raw.parameters() if p.requires_grad and id(p) not in head_ids]
     opt = torch.optim.AdamW([{"params": base_params, "lr": cfg.lr},
                              {"params": head_params, "lr": cfg.lr * cfg.head_lr_mult}], weight_decay=cfg.weight_decay)
-    warm = max(1, int(cfg.warmup * cfg.steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0, s - warm) / max(1, cfg.steps - warm)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(warmup_cosine, warmup=max(1, int(cfg.warmup * cfg.steps)),
+                                                           total=cfg.steps))
 
     # Data: item k of the whole run is fully determined by (seed, k), so resuming needs only the step.
-    geo = data.SceneDataset(cfg.data, size=proc.size, num_frames=int_range(cfg.frames),
+    geo = data.SceneDataset(cfg.data, size=proc.size, num_frames=parse_range(cfg.frames),
                             grids=tuple(int(g) for g in cfg.grids.split(",")), window=cfg.window, seed=cfg.seed,
                             preload=cfg.preload)
-    sft = data.InstructionDataset(cfg.sft_data, cfg.sft_root or None, int_range(cfg.frames)) if cfg.sft_data else None
-    if cfg.objective == "sft" and sft is None:
-        raise SystemExit("--objective sft trains on instruction data only: give --sft-data FILE.json")
-    ratio = 1.0 if cfg.objective == "sft" else (cfg.sft_ratio if sft is not None else 0.0)
+    sft = data.InstructionDataset(cfg.sft_data, cfg.sft_root or None, parse_range(cfg.frames)) if cfg.sft_data else None
+    items = Items(cfg, proc, geo, sft)
 
-    def item(k: int):
-        """(frames, prompt, answer or None, geometry sample or None) for global item index k."""
-        rng = np.random.default_rng([cfg.seed, k])
-        if rng.random() < ratio:
-            return (*sft[k % len(sft)], None)
-        sample = geo[k % len(geo)]
-        if cfg.objective == "vqa":
-            vqa = vqa_item(sample, rng)
-            return (*vqa, None) if vqa else (sample["frames"], M.PROMPT, None, None)
-        return sample["frames"], M.PROMPT, None, sample if geometry else None
-
-    ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
-    start = 0
-    if cfg.resume and os.path.exists(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        raw.load_state_dict(ckpt["model"], strict=False)
+    start, probe_before, log = 0, None, os.path.join(cfg.out, "log.jsonl")
+    if ckpt is not None:
+        load_trained(raw, ckpt["model"], f"{cfg.out}/checkpoint.pt")
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"])
-        start = ckpt["step"]
+        start, probe_before = ckpt["step"], ckpt.get("probe_before")
         if master:
-            print(f"resumed from {ckpt_path} at step {start}")
-
-    def save(step: int):
-        trainable = {n for n, p in raw.named_parameters() if p.requires_grad}
-        state = {"model": {n: t for n, t in raw.state_dict().items() if n in trainable},
-                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
-                 "step": step, "config": {**dataclasses.asdict(cfg), "size": proc.size[0],
-                                            "model": os.path.abspath(cfg.model) if os.path.isdir(cfg.model) else cfg.model}}
-        atomic_save(state, ckpt_path)
-
-    probe_set = None
-    if cfg.probe and master:
-        import probe
-        probe_set = probe.probe_samples(cfg.probe_scenes, proc.size, 8, cfg.probe_samples, seed=cfg.seed + 1)
-        before = probe.run_probe(vlm.eval(), proc, probe_set, raw if geometry else None, cfg.tau, device, "probe before")
-        vlm.train()
+            truncate_log(log, start)
+            print(f"resumed from {cfg.out}/checkpoint.pt at step {start}")
 
     if master:
-        print(f"model {cfg.model} | objective {cfg.objective} | layers {len(layers)} | trainable "
-              f"{sum(p.numel() for p in raw.parameters() if p.requires_grad) / 1e6:.2f}M | world {world} | device {device}")
-    bad, t0, log = 0, time.time(), os.path.join(cfg.out, "log.jsonl")
+        resolved = {**dataclasses.asdict(cfg), "world": world, "global_batch": cfg.accum * world, "device": device}
+        with open(os.path.join(cfg.out, "config.json"), "w") as f:
+            json.dump(resolved, f, indent=1)
+        print("config: " + ", ".join(f"{k}={v}" for k, v in resolved.items()))
+        print(f"model {cfg.model} | objective {cfg.objective} | supervised layers {len(raw.layer_ids) if geometry else 0} "
+              f"| trainable {sum(p.numel() for p in raw.parameters() if p.requires_grad) / 1e6:.2f}M | global batch "
+              f"{cfg.accum * world} = {cfg.accum} micro-steps x {world} processes x 1 sample | {len(geo.scenes)} scenes")
+
+    probe_set = None
+    if cfg.probe and master and not cfg.probe_scenes:
+        print("probe skipped: give --probe-scenes DIR (held-out DL3DV-layout scenes) to measure the layers' own "
+              "Q-K matching before and after training")
+    elif cfg.probe and master:
+        import probe
+        probe_set = probe.probe_samples(cfg.probe_scenes, proc.size, 8, cfg.probe_samples, seed=cfg.seed + 1)
+        if probe_before is None and start == 0:
+            with autocast:
+                probe_before = probe.run_probe(vlm.eval(), proc, probe_set, raw if geometry else None, cfg.tau,
+                                               device, "probe before")
+            vlm.train()
+        elif probe_before is None:
+            print("the checkpoint holds no 'before' probe; only the 'after' probe runs")
+
+    loader = torch.utils.data.DataLoader(items, batch_size=None, sampler=item_indices(start, cfg.steps, cfg.accum, world, rank),
+                                         num_workers=cfg.workers, collate_fn=as_is, pin_memory="cuda" in device,
+                                         prefetch_factor=4 if cfg.workers else None)
+    batches = iter(loader)
+    bad, t0 = 0, time.time()
     for step in range(start, cfg.steps):
-        terms = torch.zeros(4, device=device)  # loss, lm, corr, depth (sums over micro-steps)
+        terms = torch.zeros(4, device=device)  # loss, lm, corr, depth (means over micro-steps)
         for micro in range(cfg.accum):
-            k = (step * cfg.accum + micro) * world + rank
-            frames, prompt, answer, sample = item(k)
-            inputs = {n: v.to(device) for n, v in proc([frames], [prompt], None if answer is None else [answer]).items()}
-            if answer is None:
-                inputs["logits_to_keep"] = 1  # no L_LM on geometry items: skip the full-vocabulary logits
+            item = to_device(next(batches), device)
+            inputs = item["inputs"]
             sync = nullcontext() if (not ddp or micro == cfg.accum - 1) else net.no_sync()
             with sync, autocast:
-                if geometry and sample is not None:  # heads and G3-G5 per layer inside the forward
-                    anchor, tmap = int(sample["anchor"]), proc.token_map(inputs["input_ids"][0], len(frames))
-                    t = pair_targets(sample, proc.token_px, proc.grid, cfg.objective == "full", device)
-                    loss_fn = partial(gasp_losses, t=t, tau=cfg.tau, q_offset=anchor)
-                    out, corr, depth = net(inputs, tmap, anchor, loss=loss_fn)
+                if "targets" in item:  # heads and G3-G5 per layer, inside the forward
+                    loss_fn = partial(gasp_losses, targets=item["targets"], tau=cfg.tau, q_offset=item["anchor"])
+                    out, corr, depth = net(inputs, item["token_map"], item["anchor"], loss=loss_fn)
                 else:
                     out = net(inputs)[0] if geometry else net(**inputs, use_cache=False)
                     corr = depth = torch.zeros(1, device=device)
-                lm = out.loss if answer is not None else torch.zeros((), device=device)
+                lm = out.loss if item["lm"] else torch.zeros((), device=device)
                 loss = total_loss(lm, corr, depth, cfg.lambda_c, cfg.lambda_d if cfg.objective == "full" else 0.0)
-                (loss / cfg.accum).backward()
-            terms += torch.stack([loss, lm, corr.mean(), depth.mean()]).detach() / cfg.accum
+            scaler.scale(loss / cfg.accum).backward()
+            terms += torch.stack([loss, lm, corr.mean(), depth.mean()]).detach().float() / cfg.accum
         if ddp:
             dist.all_reduce(terms, op=dist.ReduceOp.AVG)
         if not torch.isfinite(terms).all():  # the same decision on every rank
@@ -282,8 +501,10 @@ def main():
             sched.step()
             continue
         bad = 0
+        scaler.unscale_(opt)
         gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.clip)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         opt.zero_grad(set_to_none=True)
         if master and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
@@ -296,13 +517,16 @@ def main():
                 f.write(json.dumps(rec) + "\n")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             if master:
-                save(step + 1)
+                save_checkpoint(os.path.join(cfg.out, "checkpoint.pt"), raw, opt, sched, step + 1, cfg, probe_before)
             if ddp:
                 dist.barrier()
+    if master and getattr(geo, "skipped", None):
+        print(f"data: {sum(geo.skipped.values())} samples replaced ({geo.skipped})")
 
     if master and probe_set is not None:
-        after = probe.run_probe(vlm.eval(), proc, probe_set, raw if geometry else None, cfg.tau, device, "probe after")
-        results = {"before": before, "after": after}
+        with autocast:
+            after = probe.run_probe(vlm.eval(), proc, probe_set, raw if geometry else None, cfg.tau, device, "probe after")
+        results = {"before": probe_before, "after": after} if probe_before is not None else {"after": after}
         with open(os.path.join(cfg.out, "probe.json"), "w") as f:
             json.dump(results, f, indent=1)
         print("\nPCK@2 per layer on held-out scenes (native = the layer's own Q-K attention, head = GASP head)")
