@@ -139,7 +139,7 @@ def parse_args(argv=None) -> Config:
     fields = dataclasses.fields(Config)
     for f in fields:
         default = f"{DEMO[f.name]!r}; {f.default!r} with any other --model" if f.name in DEMO else repr(f.default)
-        kw = dict(default=None, help=f"{f.metadata['help']} (default: {default})")
+        kw = dict(default=None, help=f"{f.metadata['help']} (default: {default})".replace("%", "%%"))
         if f.type is bool:
             p.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, **kw)
         else:
