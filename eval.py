@@ -39,6 +39,7 @@ import importlib
 import io
 import itertools
 import json
+import math
 import re
 import string
 import sys
@@ -46,6 +47,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -311,8 +313,20 @@ def score_item(benchmark: str, item: dict, pred) -> dict:
     else:
         extracted = blink_analyze_answer(pred, len(item["choices"]))
         score = float(extracted == item["answer"])
-    return dict(id=item["id"], benchmark=benchmark, category=item["category"], prompt=item["prompt"],
+    line = dict(id=item["id"], benchmark=benchmark, category=item["category"], prompt=item["prompt"],
                 prediction=pred, extracted=extracted, answer=item["answer"], score=score)
+    if benchmark == "blink" and extracted is None and isinstance(pred, str):
+        line["second_pass"] = blink_second_pass(pred, item["choices"])
+    return line
+
+
+def blink_second_pass(pred: str, choices: list) -> str | None:
+    """NOT the official scorer: a deterministic stand-in for BLINK's GPT-3.5 fallback, run only on answers
+    analyze_answer leaves unresolved. VLMEvalKit's can_infer with the options (A) .. : a single option letter
+    once punctuation is stripped ("The answer is (B).", "B.", "B) right"), else a single option text contained
+    in the answer ("left"). Returns "(X)" or None; reported apart from the official score."""
+    letter = allangles_can_infer(pred, dict(zip(string.ascii_uppercase, choices)))
+    return f"({letter})" if letter and letter != "Z" else None
 
 
 def summarize(benchmark: str, lines: list[dict]) -> dict:
@@ -337,39 +351,96 @@ def summarize(benchmark: str, lines: list[dict]) -> dict:
     out = dict(benchmark=benchmark, overall=100 * overall, categories={c: 100 * v for c, v in cats.items()},
                n=len(lines), counts=counts, malformed=sum(not isinstance(x["prediction"], str) for x in lines))
     if benchmark == "blink":
-        out["unresolved"] = {c: sum(x["category"] == c and x["extracted"] is None and
-                                    isinstance(x["prediction"], str) for x in lines) for c in by_cat}
+        out["unresolved"] = {c: sum(x["category"] == c and "second_pass" in x for x in lines) for c in cats}
+        # Reported apart, never merged into "overall": the official answers plus blink_second_pass on the rest.
+        second = {c: [] for c in cats}
+        for x in lines:
+            second[x["category"]].append(float((x.get("second_pass") or x["extracted"]) == x["answer"]))
+        second_cats = {c: 100 * float(np.mean(v)) for c, v in second.items()}
+        out["second_pass"] = dict(
+            note="NOT official: BLINK's GPT-3.5 fallback replaced by VLMEvalKit can_infer on the unresolved answers",
+            resolved={c: sum(x["category"] == c and x.get("second_pass") is not None for x in lines) for c in cats},
+            still_unresolved={c: sum(x["category"] == c and "second_pass" in x and x["second_pass"] is None
+                                     for x in lines) for c in cats},
+            categories=second_cats, overall=sum(second_cats.values()) / len(second_cats))
     return out
 
 
-def read_predictions(path: Path) -> dict:
-    """{str(id): prediction} from JSONL lines {"id" (or "index"/"idx"): ..., "prediction": ...}; lines that
-    are not such objects are skipped with a warning, a missing prediction is kept as None (scored 0)."""
-    preds = {}
-    for n, line in enumerate(path.open(), 1):
+def read_predictions(path: Path) -> tuple[dict, dict]:
+    """{str(id): prediction} from JSONL lines {"id" (or "index"/"idx"): ..., "prediction": ...}
+    (a missing prediction is kept as None, scored 0), and the problems found:
+    {"duplicates": {id: [line numbers]}, "bad_lines": [line numbers that are no such object],
+    "torn_last_line": its number if the file ends in half a line (an interrupted write), else None}."""
+    preds, seen, bad, torn = {}, {}, [], None
+    text = path.read_text()
+    lines = text.split("\n")
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
             key = next(k for k in ("id", "index", "idx") if isinstance(obj, dict) and k in obj)
         except (ValueError, StopIteration):
-            print(f"warning: {path}:{n}: not a JSON object with an id; skipped", file=sys.stderr)
+            if n == len(lines) and not text.endswith("\n"):
+                torn = n
+            else:
+                bad.append(n)
             continue
+        seen.setdefault(str(obj[key]), []).append(n)
         preds[str(obj[key])] = obj.get("prediction")
-    return preds
+    dups = {k: v for k, v in seen.items() if len(v) > 1}
+    return preds, dict(duplicates=dups, bad_lines=bad, torn_last_line=torn)
 
 
-def score_file(benchmark: str, items: list[dict], path: Path, categories=None) -> dict:
-    """The summary of a predictions file over the items it holds (of the chosen categories)."""
+def coverage(benchmark: str, wanted: list[dict], scored: set) -> dict:
+    """Items scored / items in the benchmark (of the chosen categories), overall and per category
+    (VSI-Bench's three rel_direction sub-types pooled, as in the summary)."""
+    name = (lambda c: "object_rel_direction" if c in VSI_REL_DIR else c) if benchmark == "vsibench" else (lambda c: c)
+    total, have = Counter(name(it["category"]) for it in wanted), Counter()
+    for it in wanted:
+        have[name(it["category"])] += str(it["id"]) in scored
+    return dict(scored=sum(have.values()), total=len(wanted),
+                categories={c: [have[c], total[c]] for c in sorted(total)})
+
+
+def score_file(benchmark: str, items: list[dict], path: Path, categories=None, allow_partial: bool = False) -> dict:
+    """The summary of a predictions file, with its coverage. Refused (ValueError naming the fix): duplicate
+    ids (always), and unless allow_partial: lines that are not predictions, a torn last line, or a file that
+    lacks items of the chosen categories. With allow_partial these are scored as they are and counted."""
     by_id = {str(it["id"]): it for it in items}
-    wanted = {str(it["id"]) for it in select(benchmark, items, categories)}
+    wanted = select(benchmark, items, categories)
+    wanted_ids = {str(it["id"]) for it in wanted}
+    preds, problems = read_predictions(path)
+    if problems["duplicates"]:
+        dup = "; ".join(f"id {k!r} on lines {', '.join(map(str, v))}" for k, v in list(problems["duplicates"].items())[:5])
+        raise ValueError(f"{path}: {len(problems['duplicates'])} duplicate id(s): {dup}; keep one line per id")
     lines = []
-    for key, pred in read_predictions(path).items():
+    for key, pred in preds.items():
         if key not in by_id:
             raise ValueError(f"{path}: id {key!r} is not in the {benchmark} data; wrong --data or --benchmark?")
-        if key in wanted:
+        if key in wanted_ids:
             lines.append(score_item(benchmark, by_id[key], pred))
-    return summarize(benchmark, lines)
+    cov = coverage(benchmark, wanted, {str(x["id"]) for x in lines})
+    fix = "finish it with eval.py run --out (it resumes), or pass --allow-partial to score it as it is"
+    for n in problems["bad_lines"]:
+        print(f"warning: {path}:{n}: not a JSON object with an id; skipped", file=sys.stderr)
+    if problems["torn_last_line"]:
+        print(f"warning: {path}:{problems['torn_last_line']}: truncated last line (an interrupted write); "
+              "skipped", file=sys.stderr)
+    if not allow_partial:
+        if problems["bad_lines"]:
+            raise ValueError(f"{path}: line(s) {', '.join(map(str, problems['bad_lines'][:10]))} are not JSON objects "
+                             "with an id; repair them, or pass --allow-partial to skip them")
+        if problems["torn_last_line"]:
+            raise ValueError(f"{path}:{problems['torn_last_line']}: truncated last line (an interrupted run); {fix}")
+        if cov["scored"] < cov["total"]:
+            short = ", ".join(f"{c} {a}/{b}" for c, (a, b) in cov["categories"].items() if a < b)
+            raise ValueError(f"{path}: covers {cov['scored']} of {cov['total']} {benchmark} items ({short}); {fix}")
+    out = summarize(benchmark, lines)
+    out["coverage"] = dict(cov, skipped_lines=len(problems["bad_lines"]) + bool(problems["torn_last_line"]))
+    print(f"coverage: {cov['scored']}/{cov['total']} items scored; "
+          + ", ".join(f"{c} {a}/{b}" for c, (a, b) in cov["categories"].items()), file=sys.stderr)
+    return out
 
 
 def markdown_table(benchmark: str, summaries: dict) -> str:
@@ -380,52 +451,330 @@ def markdown_table(benchmark: str, summaries: dict) -> str:
              "|---" * (len(cols) + 2) + "|"]
     for name, s in summaries.items():
         cells = [f"{s['categories'][c]:.1f}" if c in s["categories"] else "–" for c, _ in cols]
+        cov = s.get("coverage", {})
+        if cov and cov["scored"] < cov["total"]:  # a partial file (--allow-partial) says so in its row
+            name = f"{name} (partial: {cov['scored']}/{cov['total']} items)"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['overall']:.1f} |")
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- model inputs, as the harnesses build them
+
+QWEN_KINDS = ("qwen2_vl", "qwen2_5_vl")
+OFFICIAL_KINDS = QWEN_KINDS + ("llava_next_video",)
+# (min_pixels, max_pixels) the official harnesses give Qwen2/2.5-VL; smart_resize keeps the aspect ratio within them.
+QWEN_PIXELS = {"vsibench": (256 * 28 * 28, 602112),  # video, per frame (thinking-in-space / lmms-eval qwen2_5_vl)
+               "allangles": (1280 * 28 * 28, 16384 * 28 * 28),  # All-Angles VLMEvalKit fork, vlmeval/config.py
+               "blink": (256 * 28 * 28, 1605632)}  # lmms-eval qwen2_5_vl defaults
+# thinking-in-space llava_vid: least_token_number = frames * tokens per frame + 1000 text tokens
+LLAVA_TEXT_BUDGET = 1000
+
+
+def rope_factor(n_frames: int, tokens_per_frame: int, context: int) -> int:
+    """Linear RoPE factor thinking-in-space (lmms_eval/models/llava_vid.py) sets for LLaVA-NeXT-Video:
+    ceil((F * tokens per frame + 1000) / context); a factor of 1 leaves the model as it is."""
+    return math.ceil((n_frames * tokens_per_frame + LLAVA_TEXT_BUDGET) / context)
+
+
+def set_linear_rope(vlm, factor: int) -> str:
+    """Give the language model linear RoPE scaling (positions divided by `factor`) unless its config already
+    scales at least that much; returns the line for the run log."""
+    tc = getattr(vlm.config, "text_config", vlm.config)
+    old = dict(tc.rope_parameters or {})
+    if factor < 2 or (old.get("rope_type") == "linear" and old.get("factor", 1) >= factor):
+        return f"rope: {old} kept ({factor=})"
+    tc.rope_parameters = dict(old, rope_type="linear", factor=float(factor))
+    lm = vlm.get_decoder() if hasattr(vlm, "get_decoder") else vlm.model.language_model
+    device = lm.rotary_emb.inv_freq.device
+    lm.rotary_emb = type(lm.rotary_emb)(config=tc).to(device)  # recomputes inv_freq = default / factor
+    return f"rope: {old} -> {tc.rope_parameters} (thinking-in-space: ceil((frames*tokens + 1000) / context))"
+
+
+class OfficialInputs:
+    """Frames / images + prompt -> the stock model's inputs as the official harness builds them.
+
+      Qwen2/2.5-VL   images: the stock Qwen2VLImageProcessorPil with the harness's min/max pixels (aspect kept,
+                     sides multiples of 28), one <|vision_start|><|image_pad|><|vision_end|> per image;
+                     VSI-Bench: VIDEO mode, the frames resized by the same smart_resize rule and patchified in
+                     groups of temporal_patch_size (2) frames -> pixel_values_videos + video_grid_thw (t, h, w),
+                     one <|video_pad|> block of t*h*w / merge^2 tokens (the Qwen2-VL video processor's rule,
+                     rebuilt here because that processor needs torchvision);
+      LLaVA-NeXT-Video  images: the stock LLaVA-NeXT image path (LlavaNextProcessor + LlavaNextImageProcessorPil:
+                     anyres tiles, image_sizes, <image> expanded to its feature count); VSI-Bench frames: the
+                     checkpoint's video preprocessing (shortest edge -> crop size, centre crop, CLIP normalisation,
+                     CLIPImageProcessorPil per frame), (crop / patch / pool stride)^2 <video> tokens per frame.
+    The conversation text comes from the tokenizer's chat template (media first, then the prompt); a tokenizer
+    without one gets the family's documented template text, and the run log says so.
+    Calling it returns (batch for generate(), one `inputs` record per item)."""
+
+    def __init__(self, config, tokenizer, benchmark: str):
+        self.kind, self.config, self.tok, self.benchmark = config.model_type, config, tokenizer, benchmark
+        if self.kind not in OFFICIAL_KINDS:
+            raise ValueError(f"--inputs official has no harness settings for model type {self.kind!r} (known: "
+                             f"{', '.join(OFFICIAL_KINDS)}); run it with --inputs train-size")
+        self.video = benchmark == "vsibench"
+        v = config.vision_config
+        if self.kind in QWEN_KINDS:
+            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+            self.min_px, self.max_px = QWEN_PIXELS[benchmark]
+            self.patch, self.merge, self.temporal = v.patch_size, v.spatial_merge_size, v.temporal_patch_size
+            self.image_processor = Qwen2VLImageProcessorPil(
+                min_pixels=self.min_px, max_pixels=self.max_px, patch_size=self.patch, merge_size=self.merge,
+                temporal_patch_size=self.temporal)
+            self.pad = {"image": config.image_token_id, "video": config.video_token_id}
+        else:
+            from transformers import LlavaNextProcessor
+            from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+            from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+            # Assumption: crop size = the CLIP input size (336 for llava-hf/LLaVA-NeXT-Video-7B-hf, whose
+            # processor config says shortest_edge 336, crop 336); one CLS token the "default" strategy drops.
+            self.side, self.patch = v.image_size, v.patch_size
+            size, crop = {"shortest_edge": self.side}, {"height": self.side, "width": self.side}
+            self.frame_processor = CLIPImageProcessorPil(size=size, crop_size=crop)
+            self.llava_next = LlavaNextProcessor(
+                image_processor=LlavaNextImageProcessorPil(size=size, crop_size=crop,
+                                                           image_grid_pinpoints=config.image_grid_pinpoints),
+                tokenizer=tokenizer, patch_size=self.patch, num_additional_image_tokens=1,
+                vision_feature_select_strategy=config.vision_feature_select_strategy)
+            self.frame_tokens = (self.side // self.patch // config.spatial_pool_stride) ** 2  # 144 at 336 px
+            self.pad = {"image": config.image_token_index, "video": config.video_token_index}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.template = "chat template" if getattr(tokenizer, "chat_template", None) else \
+            "no chat template in the tokenizer: the family's documented template text"
+
+    def describe(self) -> str:
+        if self.kind in QWEN_KINDS:
+            mode = "video, frames in groups of %d" % self.temporal if self.video else "images"
+            return f"{self.kind}: {mode}, {self.min_px}..{self.max_px} px (smart_resize), {self.template}"
+        mode = f"video, {self.side}px crop, {self.frame_tokens} tokens/frame" if self.video else \
+            f"images, anyres tiles of {self.side}px"
+        return f"{self.kind}: {mode}, {self.template}"
+
+    def text(self, n_images: int, prompt: str) -> str:
+        """The conversation up to the assistant turn, one placeholder per image (or one for the video)."""
+        media = [{"type": "video"}] if self.video else [{"type": "image"}] * n_images
+        if getattr(self.tok, "chat_template", None):
+            return self.tok.apply_chat_template([{"role": "user", "content": media + [{"type": "text", "text": prompt}]}],
+                                                tokenize=False, add_generation_prompt=True)
+        if self.kind in QWEN_KINDS:  # Qwen2-VL / Qwen2.5-VL chat_template.json, default system prompt
+            pad = "<|video_pad|>" if self.video else "<|image_pad|>"
+            return ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                    + f"<|vision_start|>{pad}<|vision_end|>" * len(media) + prompt
+                    + "<|im_end|>\n<|im_start|>assistant\n")
+        # llava-hf LLaVA-NeXT-Video chat template: "USER: " + "<image>\n" per image (or "<video>\n") + text + " ASSISTANT:"
+        return "USER: " + ("<video>\n" if self.video else "<image>\n" * n_images) + prompt + " ASSISTANT:"
+
+    def tokenize(self, text: str) -> list[int]:
+        bos = self.tok.bos_token  # as ProcessorMixin.apply_chat_template: no second BOS if the template wrote one
+        return self.tok(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
+
+    def qwen_video(self, frames) -> tuple[torch.Tensor, list[int]]:
+        """(F, H, W, 3) uint8 -> patches (t*h*w, 3*temporal*patch^2) and grid [t, h, w] in patches."""
+        import torch.nn.functional as nnf
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+        x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()  # (F, 3, H, W)
+        H, W = smart_resize(x.shape[2], x.shape[3], self.patch * self.merge, self.min_px, self.max_px)
+        # Assumption: qwen-vl-utils' resize (torchvision bicubic, antialias, on uint8: rounded back to 0..255)
+        x = nnf.interpolate(x, size=(H, W), mode="bicubic", antialias=True, align_corners=False).round().clamp(0, 255)
+        if pad := -len(x) % self.temporal:  # an odd frame count repeats the last frame
+            x = torch.cat([x, x[-1:].expand(pad, -1, -1, -1)])
+        ip = self.image_processor
+        mean, std = torch.tensor(ip.image_mean)[:, None, None], torch.tensor(ip.image_std)[:, None, None]
+        x = (x / 255 - mean) / std
+        t, h, w, m, p = len(x) // self.temporal, H // self.patch, W // self.patch, self.merge, self.patch
+        x = x.view(t, self.temporal, 3, h // m, m, p, w // m, m, p)  # (t, tp, C, h/m, m, p, w/m, m, p)
+        x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (t, h/m, w/m, m, m, C, tp, p, p): merge groups contiguous
+        return x.reshape(t * h * w, 3 * self.temporal * p * p), [t, h, w]
+
+    def __call__(self, visuals_batch: list, prompts: list[str], fps_batch=None):
+        """fps_batch: per video, the frame rate of the sampled frames (None: unknown)."""
+        seqs, records, extra = [], [], {"pixel_values": [], "grid": [], "image_sizes": [], "second_per_grid_ts": []}
+        for vis, prompt, fps in zip(visuals_batch, prompts, fps_batch or [None] * len(prompts)):
+            ids = self.tokenize(self.text(len(vis), prompt))
+            record = dict(mode="video" if self.video else "images", frames=len(vis))
+            if self.kind in QWEN_KINDS:
+                if self.video:
+                    pixels, grid = self.qwen_video(vis)
+                    grids = [grid]
+                else:
+                    out = self.image_processor(images=vis, return_tensors="pt")
+                    pixels, grids = out["pixel_values"], out["image_grid_thw"].tolist()
+                if self.video and self.kind == "qwen2_5_vl":  # M-RoPE time: tokens_per_second * seconds per group
+                    record["second_per_grid"] = self.temporal / fps if fps else 1.0
+                    extra["second_per_grid_ts"].append(record["second_per_grid"])
+                key = "video" if self.video else "image"
+                counts = iter([t * h * w // self.merge ** 2 for t, h, w in grids])
+                ids = [j for i in ids for j in ([i] * next(counts) if i == self.pad[key] else [i])]
+                extra["pixel_values"].append(pixels)
+                extra["grid"] += grids
+            elif self.video:
+                frames = self.frame_processor(images=list(vis), return_tensors="pt")["pixel_values"]  # (F, 3, S, S)
+                n = self.frame_tokens * len(vis)
+                ids = [j for i in ids for j in ([i] * n if i == self.pad["video"] else [i])]
+                extra["pixel_values"].append(frames)
+                grids = [[len(vis), self.side // self.patch, self.side // self.patch]]
+            else:
+                from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+                text, bos = self.text(len(vis), prompt), self.tok.bos_token  # the stock processor expands <image>
+                out = self.llava_next(images=vis, text=[text], return_tensors="pt",
+                                      add_special_tokens=not (bos and text.startswith(bos)))
+                ids = out["input_ids"][0].tolist()
+                extra["pixel_values"] += list(out["pixel_values"])  # (tiles, 3, S, S) per image, tiles zero-padded
+                extra["image_sizes"].append(out["image_sizes"])
+                grids = [[image_size_to_num_patches(s.tolist(), self.config.image_grid_pinpoints, self.side),
+                          self.side // self.patch, self.side // self.patch] for s in out["image_sizes"]]
+            seqs.append(ids)
+            records.append(dict(record, grids=grids, tokens=sum(i in self.pad.values() for i in ids)))
+        S = max(map(len, seqs))
+        batch = {"input_ids": torch.tensor([[self.pad_id] * (S - len(s)) + s for s in seqs]),  # left padding
+                 "attention_mask": torch.tensor([[0] * (S - len(s)) + [1] * len(s) for s in seqs])}
+        if self.kind in QWEN_KINDS:
+            key = "video" if self.video else "image"
+            batch["pixel_values_videos" if self.video else "pixel_values"] = torch.cat(extra["pixel_values"])
+            batch[f"{key}_grid_thw"] = torch.tensor(extra["grid"])
+            if extra["second_per_grid_ts"]:
+                batch["second_per_grid_ts"] = torch.tensor(extra["second_per_grid_ts"])
+            ids = batch["input_ids"]  # M-RoPE reads the modality of each position: 1 image, 2 video
+            batch["mm_token_type_ids"] = (ids == self.pad["image"]).int() + 2 * (ids == self.pad["video"]).int()
+        elif self.video:
+            batch["pixel_values_videos"] = torch.stack(extra["pixel_values"])  # (B, F, 3, S, S)
+        else:
+            tiles = max(len(p) for p in extra["pixel_values"])
+            batch["pixel_values"] = torch.stack([torch.cat([p, p.new_zeros(tiles - len(p), *p.shape[1:])])
+                                                 for p in extra["pixel_values"]])  # (images, tiles, 3, S, S)
+            batch["image_sizes"] = torch.cat(extra["image_sizes"])
+        return batch, records
+
+
 # ----------------------------------------------------------------------------- generation
 
-def generate(vlm, processor, items: list[dict], batch_size: int, max_new_tokens: int, n_frames: int = 32):
-    """Greedy answers, yielded as (item, text). Batches hold items with equal numbers of images
-    (LLaVA-NeXT-Video needs that); frames go in as a list of images, before the prompt text."""
-    import torch
+def sampled_fps(base: str, n_frames: int):
+    """Frame rate of the n frames sampled from an mp4 (n / total frames * its fps, the sampled_fps of
+    qwen-vl-utils and transformers' VideoMetadata); None for a frame folder, which carries no timing."""
+    path = video_file(base)
+    if path.is_dir():
+        return None
+    av = require("av", "av", f"reading the frame rate of {path}")
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        total, fps = stream.frames, stream.average_rate
+    return n_frames / total * float(fps) if total and fps else None
+
+
+def train_size_inputs(processor, config):
+    """`--inputs train-size`: model.py's training Processor (every frame / image one fixed square, VSI-Bench
+    frames as a list of images for Qwen, every visual as video frames for LLaVA-NeXT-Video), to probe the
+    inputs training saw. Returns build(visuals, prompts, fps) -> (batch, records) like OfficialInputs."""
+    vis_ids = {getattr(config, k, None) for k in ("image_token_id", "video_token_id", "image_token_index",
+                                                   "video_token_index")} - {None}
+
+    def build(visuals_batch, prompts, fps_batch=None):
+        batch = processor(visuals_batch, prompts)
+        grids, records = batch.get("image_grid_thw"), []
+        grids = iter(grids.tolist()) if grids is not None else None
+        for row, vis in zip(batch["input_ids"], visuals_batch):
+            if grids is not None:
+                mode, g = "images", [next(grids) for _ in vis]
+            elif "pixel_values_videos" in batch:
+                p = config.vision_config.patch_size
+                mode, g = "video", [[len(vis), *(s // p for s in batch["pixel_values_videos"].shape[-2:])]]
+            else:
+                mode, g = "images", []
+            records.append(dict(mode=mode, frames=len(vis), grids=g, tokens=sum(int(i) in vis_ids for i in row)))
+        return batch, records
+    return build
+
+
+def generate(vlm, tokenizer, build, items: list[dict], batch_size: int, max_new_tokens: int, n_frames: int = 32):
+    """Greedy answers, yielded as (item, text, inputs record). `build(visuals, prompts, fps)` -> (batch, records)
+    makes the model inputs (OfficialInputs or train_size_inputs). Batches hold items with equal numbers of
+    images (LLaVA's tensors need that)."""
     for _, group in itertools.groupby(items, key=lambda it: len(it.get("images", ()))):
         group = list(group)
         for i in range(0, len(group), batch_size):
             batch = group[i:i + batch_size]
-            inputs = processor([visuals(it, n_frames) for it in batch], [it["prompt"] for it in batch])
+            fps = [sampled_fps(it["video"], n_frames) if "video" in it else None for it in batch]
+            inputs, records = build([visuals(it, n_frames) for it in batch], [it["prompt"] for it in batch], fps)
             inputs = {k: v.to(vlm.device) for k, v in inputs.items()}
+            if "pixel_values" in inputs or "pixel_values_videos" in inputs:
+                key = "pixel_values" if "pixel_values" in inputs else "pixel_values_videos"
+                inputs[key] = inputs[key].to(vlm.dtype)
             with torch.inference_mode():  # plain greedy: overrides sampling / repetition_penalty in generation_config
                 ids = vlm.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                    repetition_penalty=1.0, temperature=None, top_p=None, top_k=None)
-            texts = processor.tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            yield from zip(batch, texts)
+            texts = tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            yield from zip(batch, texts, records)
+
+
+SETTINGS_KEYS = ("benchmark", "model", "inputs", "dtype", "frames", "max_new_tokens")  # must match on resume
+
+
+def settings_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".settings.json")
 
 
 def run(benchmark: str, items: list[dict], out: Path, vlm_loader, batch_size: int = 1, max_new_tokens=None,
-        n_frames: int = 32) -> None:
-    """Append one scored line per item not yet in `out`; the model is loaded only if work remains."""
-    done = set(read_predictions(out)) if out.exists() else set()
+        n_frames: int = 32, inputs: str = "official", settings: dict | None = None) -> None:
+    """Append one scored line per item not yet in `out`; the model is loaded only if work remains.
+    The resolved settings go to `<out stem>.settings.json`; a resume with other settings is refused."""
+    done = set(read_predictions(out)[0]) if out.exists() else set()
     todo = [it for it in items if str(it["id"]) not in done]
+    settings = dict(settings or {}, benchmark=benchmark, inputs=inputs, frames=n_frames, batch_size=batch_size,
+                    max_new_tokens=max_new_tokens or MAX_NEW_TOKENS[benchmark])
+    if settings_path(out).exists() and done:
+        old = json.loads(settings_path(out).read_text())
+        diff = [k for k in SETTINGS_KEYS if k in old and k in settings and old[k] != settings[k]]
+        if diff:
+            raise ValueError(f"{out} was written with other settings ({', '.join(f'{k}: {old[k]!r} now {settings[k]!r}' for k in diff)}); "
+                             "use another --out, or the same flags to resume")
     if not todo:
         return
     check_media(todo)
     todo.sort(key=lambda it: (len(it.get("images", ())), it.get("video", "")))  # one decode per video
     vlm, processor = vlm_loader()
+    if inputs == "official":
+        build = OfficialInputs(vlm.config, processor.tokenizer, benchmark)
+        settings["harness"] = build.describe()
+        if build.kind == "llava_next_video" and build.video:
+            context = getattr(vlm.config, "text_config", vlm.config).max_position_embeddings
+            settings["rope"] = set_linear_rope(vlm, rope_factor(n_frames, build.frame_tokens, context))
+    else:
+        build = train_size_inputs(processor, vlm.config)
+        settings["harness"] = "train-size: model.py's training Processor"
+    for k in ("harness", "rope"):
+        if k in settings:
+            print(f"eval.py run: {settings[k]}", file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torn = out.exists() and out.stat().st_size and not out.read_bytes().endswith(b"\n")
+    settings_path(out).write_text(json.dumps(settings, indent=2) + "\n")
+    if out.exists() and out.stat().st_size and not (raw := out.read_bytes()).endswith(b"\n"):
+        keep = raw.rfind(b"\n") + 1  # an interrupted write left half a line: drop it (its item is redone)
+        print(f"eval.py run: {out}: dropping a truncated last line ({len(raw) - keep} bytes)", file=sys.stderr)
+        with out.open("r+b") as f:
+            f.truncate(keep)
     with out.open("a") as f, tqdm(total=len(todo), desc=f"{benchmark} -> {out.name}") as bar:
-        f.write("\n" if torn else "")  # an interrupted write left half a line: start on a fresh one
-        for item, text in generate(vlm, processor, todo, batch_size, max_new_tokens or MAX_NEW_TOKENS[benchmark],
-                                   n_frames):
+        for item, text, record in generate(vlm, processor.tokenizer, build, todo, batch_size,
+                                           settings["max_new_tokens"], n_frames):
             # Assumption: the decoded text is stripped, as lmms-eval's model wrappers do
-            f.write(json.dumps(score_item(benchmark, item, text.strip()), ensure_ascii=False) + "\n")
+            line = dict(score_item(benchmark, item, text.strip()), inputs=record)
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
             f.flush()
             bar.update()
 
 
 # ----------------------------------------------------------------------------- CLI
+
+def positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return n
+
+
+def write_summary(predictions: Path, summary: dict) -> Path:
+    path = predictions.with_name(predictions.stem + ".summary.json")
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return path
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="eval.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -437,40 +786,63 @@ def main(argv=None):
     common.add_argument("--categories", nargs="+", help="only these categories (question types / subtasks)")
     r = sub.add_parser("run", parents=[common], help="generate answers, write JSONL as it goes, print the summary")
     r.add_argument("--model", required=True, help="checkpoint folder or HF id that model.load reads")
-    r.add_argument("--out", required=True, type=Path, help="predictions JSONL; an existing one is resumed")
-    r.add_argument("--batch-size", type=int, default=1, help="items per generate() call")
-    r.add_argument("--limit", type=int, help="at most this many items per category (quick runs)")
-    r.add_argument("--frames", type=int, default=32, help="VSI-Bench frames per video (official: 32)")
-    r.add_argument("--max-new-tokens", type=int, help="default: the official 16 / 2048 / 1024 (VSI / AA / BLINK)")
-    r.add_argument("--frame-size", type=int, help="side in px every frame/image is resized to (default: model.py's)")
+    r.add_argument("--out", required=True, type=Path, help="predictions JSONL; an existing one is resumed "
+                   "(settings in <stem>.settings.json, summary in <stem>.summary.json)")
+    r.add_argument("--inputs", choices=["official", "train-size"], default="official",
+                   help="official: each benchmark fed as its official harness feeds the model family (default);\n"
+                        "train-size: model.py's training inputs (fixed squares), to probe what training saw")
+    r.add_argument("--batch-size", type=positive, default=1, help="items per generate() call (reporting: 1)")
+    r.add_argument("--limit", type=positive, help="at most this many items per category (quick runs)")
+    r.add_argument("--frames", type=positive, default=32, help="VSI-Bench frames per video (official: 32)")
+    r.add_argument("--max-new-tokens", type=positive,
+                   help="default: the official 16 / 2048 / 1024 (VSI / AA / BLINK)")
+    r.add_argument("--frame-size", type=positive, help="--inputs train-size only: the square side in px "
+                   "(default: model.py's)")
     r.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    r.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype (default float32)")
-    s = sub.add_parser("score", parents=[common], help="re-score a predictions file, print the summary JSON")
+    r.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                   help="model dtype (default: bfloat16 on CUDA, the reporting setting; float32 on CPU)")
+    s = sub.add_parser("score", parents=[common], help="re-score a predictions file, print (and store in "
+                       "<stem>.summary.json) the summary JSON with its coverage")
     s.add_argument("--predictions", required=True, type=Path, help="JSONL of {\"id\": ..., \"prediction\": ...}")
     t = sub.add_parser("table", parents=[common], help="markdown table, one row per predictions file")
     t.add_argument("--predictions", required=True, type=Path, nargs="+", help="one JSONL per checkpoint")
+    for q in (s, t):
+        q.add_argument("--allow-partial", action="store_true", help="score a file that lacks items, has a "
+                       "truncated last line or non-prediction lines (counted in the coverage, not refused)")
     args = p.parse_args(argv)
     try:
         items = LOADERS[args.benchmark](args.data, media=args.cmd == "run")
         select(args.benchmark, items, args.categories)  # fail early on an unknown category
         if args.cmd == "run":
-            import torch
             import model
+            if args.frame_size and args.inputs == "official":
+                raise ValueError("--frame-size applies to --inputs train-size only; official inputs take each "
+                                 "harness's own sizes")
             device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            dtype = getattr(torch, args.dtype) if args.dtype else None
-            size = args.frame_size and (args.frame_size, args.frame_size)
+            dtype_name = args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
+            load = {"device": device, "dtype": getattr(torch, dtype_name)}
+            if args.frame_size:
+                load["size"] = (args.frame_size, args.frame_size)
+            settings = dict(model=str(args.model), dtype=dtype_name, device=str(device))
+            print(f"eval.py run: {args.benchmark}, inputs {args.inputs}, dtype {dtype_name}, batch size "
+                  f"{args.batch_size}, frames {args.frames}", file=sys.stderr)
             run(args.benchmark, select(args.benchmark, items, args.categories, args.limit), args.out,
-                lambda: model.load(args.model, device=device, dtype=dtype, size=size), args.batch_size,
-                args.max_new_tokens, args.frames)
-            summary = score_file(args.benchmark, items, args.out, args.categories)
+                lambda: model.load(args.model, **load), args.batch_size, args.max_new_tokens, args.frames,
+                args.inputs, settings)
+            # --limit / --categories make a partial run on purpose: scored as it is, with its coverage
+            summary = score_file(args.benchmark, items, args.out, args.categories, allow_partial=True)
+            write_summary(args.out, summary)
             print(markdown_table(args.benchmark, {args.out.stem: summary}), file=sys.stderr)
             print(json.dumps(summary, indent=2))
         elif args.cmd == "score":
-            print(json.dumps(score_file(args.benchmark, items, args.predictions, args.categories), indent=2))
+            summary = score_file(args.benchmark, items, args.predictions, args.categories, args.allow_partial)
+            write_summary(args.predictions, summary)
+            print(json.dumps(summary, indent=2))
         else:
             names = [f.stem for f in args.predictions]
             names = names if len(set(names)) == len(names) else [str(f) for f in args.predictions]
-            print(markdown_table(args.benchmark, {n: score_file(args.benchmark, items, f, args.categories)
+            print(markdown_table(args.benchmark, {n: score_file(args.benchmark, items, f, args.categories,
+                                                                args.allow_partial)
                                                   for n, f in zip(names, args.predictions)}))
     except (ValueError, FileNotFoundError, ImportError) as e:
         sys.exit(f"eval.py {args.cmd}: error: {e}")

@@ -174,11 +174,17 @@ def test_malformed_predictions_score_zero(tmp_path, capsys):
     preds = tmp_path / "p.jsonl"
     preds.write_text('{"id": 1, "prediction": null}\n{"id": 2, "prediction": 7}\nnot json\n[1, 2]\n'
                      '{"id": 4}\n{"id": 5, "prediction": "A"}\n{"id": 0, "prediction": "4"')  # torn last line
-    cap = cli(capsys, "score", "--benchmark", "vsibench", "--data", root, "--predictions", preds)
+    score = ("score", "--benchmark", "vsibench", "--data", root, "--predictions", preds)
+    with pytest.raises(SystemExit, match=r"line\(s\) 3, 4 are not JSON objects with an id.*--allow-partial"):
+        cli(capsys, *score)
+    cap = cli(capsys, *score, "--allow-partial")
     s = json.loads(cap.out)
     assert s["n"] == 4 and s["malformed"] == 3  # ids 1, 2, 4 score 0; id 5 is right
     assert s["categories"] == {"route_planning": 100.0, "object_rel_direction": 0.0}
-    assert all(f"p.jsonl:{n}: not a JSON object" in cap.err for n in (3, 4, 7))
+    assert all(f"p.jsonl:{n}: not a JSON object" in cap.err for n in (3, 4))
+    assert "p.jsonl:7: truncated last line" in cap.err
+    assert s["coverage"]["scored"] == 4 and s["coverage"]["total"] == 8 and s["coverage"]["skipped_lines"] == 3
+    assert json.loads((tmp_path / "p.summary.json").read_text()) == s  # stored beside the predictions
 
 
 # ----------------------------------------------------------------------------- prompts, character for character
@@ -213,16 +219,21 @@ def test_blink_prompts_and_images(tmp_path):
 def test_vsibench_score_aggregation(tmp_path, capsys):
     root = vsi_root(tmp_path, frames=1)
     preds = write_preds(tmp_path / "p.jsonl", {str(k): v for k, v in VSI_PREDS.items()})  # str ids match too
-    s = json.loads(cli(capsys, "score", "--benchmark", "vsibench", "--data", root, "--predictions", preds).out)
+    s = json.loads(cli(capsys, "score", "--benchmark", "vsibench", "--data", root, "--predictions", preds,
+                       "--allow-partial").out)  # id 7 (obj_appearance_order) has no prediction
     rel = (1 + 0.5 + 1) / 3  # unweighted mean of easy/medium/hard (pooled over items would be 3/4)
     assert s["categories"] == pytest.approx({"object_counting": 60.0, "room_size_estimation": 100.0,
                                              "route_planning": 0.0, "object_rel_direction": 100 * rel})
     assert list(s["categories"])[-1] == "object_rel_direction"
     assert s["overall"] == pytest.approx(100 * (0.6 + 1.0 + 0.0 + rel) / 4)  # each question type equal
     assert s["n"] == 7 and s["counts"]["object_rel_direction"] == 4 and s["malformed"] == 0
+    assert s["coverage"] == {"scored": 7, "total": 8, "skipped_lines": 0, "categories": {
+        "obj_appearance_order": [0, 1], "object_counting": [1, 1], "object_rel_direction": [4, 4],
+        "room_size_estimation": [1, 1], "route_planning": [1, 1]}}
     one = json.loads(cli(capsys, "score", "--benchmark", "vsibench", "--data", root, "--predictions", preds,
-                         "--categories", "object_rel_direction", "object_counting").out)
+                         "--categories", "object_rel_direction", "object_counting").out)  # complete: no flag needed
     assert set(one["categories"]) == {"object_counting", "object_rel_direction"} and one["n"] == 5
+    assert one["coverage"]["scored"] == one["coverage"]["total"] == 5
 
 
 def test_allangles_micro_overall(tmp_path, capsys):
@@ -247,12 +258,15 @@ def test_table_paper_layout(tmp_path, capsys):
     root = vsi_root(tmp_path, frames=1)
     a = write_preds(tmp_path / "base.jsonl", VSI_PREDS)
     b = write_preds(tmp_path / "gasp.jsonl", {k: ["4", "B", "A", "C", "A", "A", "29"][k] for k in VSI_PREDS})
-    out = cli(capsys, "table", "--benchmark", "vsibench", "--data", root, "--predictions", a, b).out.splitlines()
+    table = ("table", "--benchmark", "vsibench", "--data", root, "--predictions", a, b)
+    with pytest.raises(SystemExit, match="covers 7 of 8 vsibench items .obj_appearance_order 0/1.*--allow-partial"):
+        cli(capsys, *table)
+    out = cli(capsys, *table, "--allow-partial").out.splitlines()
     assert out[0] == "**VSI-Bench**"
     assert out[2] == "| Method | Obj. Count | Route | Rel. Dir. | Room Size | Overall |"
     assert out[3] == "|---|---|---|---|---|---|"
-    assert out[4] == "| base | 60.0 | 0.0 | 83.3 | 100.0 | 60.8 |"
-    assert out[5] == "| gasp | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 |"
+    assert out[4] == "| base (partial: 7/8 items) | 60.0 | 0.0 | 83.3 | 100.0 | 60.8 |"
+    assert out[5] == "| gasp (partial: 7/8 items) | 100.0 | 100.0 | 100.0 | 100.0 | 100.0 |"
 
 
 def test_errors_name_the_problem(tmp_path, capsys):
@@ -357,7 +371,7 @@ def fake_model(answers, fail_after=None):
         assert kw["do_sample"] is False and kw["max_new_tokens"] == 2048  # All-Angles' official length
         return torch.cat([input_ids, torch.ones(len(input_ids), 1, dtype=torch.long)], 1)
 
-    return SimpleNamespace(device="cpu", generate=generate), Processor(), calls
+    return SimpleNamespace(device="cpu", generate=generate, config=SimpleNamespace(model_type="fake")), Processor(), calls
 
 
 def test_run_writes_as_it_goes_and_resumes(tmp_path):
@@ -366,21 +380,26 @@ def test_run_writes_as_it_goes_and_resumes(tmp_path):
     out = tmp_path / "runs" / "aa.jsonl"
     vlm, processor, calls = fake_model(answers, fail_after=1)
     with pytest.raises(KeyboardInterrupt):
-        E.run("allangles", items, out, lambda: (vlm, processor), batch_size=2)
+        E.run("allangles", items, out, lambda: (vlm, processor), batch_size=2, inputs="train-size")
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [0, 1]
     assert calls == [[2, 2], [2]]  # batches hold items with equal image counts
     with out.open("a") as f:
         f.write('{"id": 2, "predic')  # a torn last line
     vlm, processor, calls = fake_model(answers)
-    E.run("allangles", items, out, lambda: (vlm, processor), batch_size=2)
+    E.run("allangles", items, out, lambda: (vlm, processor), batch_size=2, inputs="train-size")
     assert calls == [[2], [3, 3]]  # only what was left
-    lines = [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]  # the torn line was dropped
     assert sorted(x["id"] for x in lines) == [0, 1, 2, 3, 4]
-    assert set(lines[0]) == {"id", "benchmark", "category", "prompt", "prediction", "extracted", "answer", "score"}
+    assert set(lines[0]) == {"id", "benchmark", "category", "prompt", "prediction", "extracted", "answer", "score",
+                             "inputs"}
+    assert lines[0]["inputs"] == {"mode": "images", "frames": 2, "grids": [], "tokens": 0}  # the fake shows nothing
     assert {x["id"]: x["score"] for x in lines} == {0: 1.0, 1: 0.0, 2: 1.0, 3: 1.0, 4: 0.0}
     assert {x["id"]: x["prediction"] for x in lines} == AA_PREDS  # decoded text stripped
-    E.run("allangles", items, out, lambda: pytest.fail("nothing left to do, yet the model was loaded"))
+    E.run("allangles", items, out, lambda: pytest.fail("nothing left to do, yet the model was loaded"),
+          inputs="train-size")
     assert E.score_file("allangles", items, out)["overall"] == pytest.approx(60.0)
+    with pytest.raises(ValueError, match="other settings .inputs: 'train-size' now 'official'"):
+        E.run("allangles", items, out, lambda: pytest.fail("refused before loading"), inputs="official")
 
 
 @pytest.mark.slow
