@@ -1,38 +1,51 @@
-"""DL3DV scenes, ground-truth point tracks from depth + pose, and synthetic scenes in DL3DV layout.
+"""DL3DV scenes and ground-truth point tracks: the paper's Sec. 3 "3D Scenes" data pipeline.
 
 GASP supervises its per-layer correspondence heads with point tracks and depth from DL3DV video
-scenes (paper Sec. 3 "3D Scenes" branch; DESIGN.md "Data contract"). This file is that pipeline:
+scenes. This file is that pipeline, top to bottom:
 
-  1. `load_scene`: a DL3DV scene folder (nerfstudio `transforms.json`, `images{,_2,_4,_8}/`, depth)
-     -> `Scene`, poses converted once from nerfstudio/OpenGL to OpenCV.
-  2. Projection math, one function per step: `unproject`, `cam_to_world`, `world_to_cam`, `project`,
-     `visibility` (inside by a margin, in front, |z_proj - D(p)| <= 0.05 min(z_proj, D(p))).
-  3. `track`: where the anchor frame's query points land in every frame of a sample.
-  4. `make_sample` / `SceneDataset`: an anchor frame, F-1 frames from a +-48 frame window, query
-     points on 8x8 and 24x24 grids of the anchor frame (the paper's recipe), as the DESIGN.md dict.
-  5. `synth_scene` / `make_synthetic`: textured rooms with boxes (including look-alike boxes at
-     different depths), smooth camera paths and exact depth, written in the DL3DV layout and read
-     back through the same `load_scene`.
+  1. COLMAP's binary model (`read_cameras_bin`, `read_images_bin`, `read_points3d_bin`, after COLMAP's
+     scripts/python/read_write_model.py) and its MVS arrays (`read_colmap_array`), with named errors
+     (`ColmapError`) for truncated or corrupt files.
+  2. `load_scene`: one validated scene folder -> `Scene`, from ONE track source, in this order:
+     "depths"  depths/<stem>.npy aligned with images_N/ and transforms.json (poses nerfstudio/OpenGL,
+               converted once to OpenCV);
+     "dense"   a COLMAP MVS workspace <scene>/dense/ (frames dense/images, PINHOLE K and poses
+               dense/sparse/*.bin, depth dense/stereo/depth_maps/*.geometric.bin): one undistorted geometry;
+     "sparse"  DL3DV's SfM model colmap/sparse/0/*.bin (no depth needed): frames from images_N/ matched
+               by file name, K, distortion and poses from the model, tracks = the model's keypoints.
+     Poses and points always come from one reconstruction (transforms.json's world is not COLMAP's).
+  3. Projection math, one function per step: `unproject`, `cam_to_world`, `world_to_cam`, `project`
+     (OPENCV/RADIAL/SIMPLE_RADIAL distortion applied exactly), `visibility` (inside by a margin, in
+     front, |z_proj - D(p)| <= 0.05 min(z_proj, D(p))).
+  4. `track` (depth sources) / `sparse_tracks` (SfM source): where the anchor frame's query points land
+     in every frame of a sample.
+  5. `make_sample` / `SceneDataset`: an anchor frame, F-1 frames from a +-48 frame window, query points
+     on 8x8 and 24x24 grids of the anchor frame (the paper's recipe), as one dict for every source.
+     Broken scenes and unusable samples are skipped, named and counted (`scan`, `SceneDataset.skipped`).
+  6. The instruction stream for L_LM (`InstructionDataset`), the tracks figure and the command line.
+Synthetic scenes in this layout (the embedded default's data) are rendered by synth.py.
 
 Run (CPU only; nothing here uses a GPU, and `SceneDataset` is safe in DataLoader workers):
-  python data.py synth --out data/synthetic/train --scenes 8      # ~11 s per 64-frame 448 px scene
   python data.py show --scene data/synthetic/train/scene_0001 --out assets/tracks.png
+  python data.py scan --data /data/dl3dv      # scenes per track source, broken ones with the reason
 
 Conventions: OpenCV camera (x right, y down, z forward); `c2w` maps camera to world; the centre of
 pixel (i, j) is at (i + 0.5, j + 0.5) (COLMAP/nerfstudio); depth is z-depth in pose units, 0 = invalid.
-F frames, N query points, H x W image size. DL3DV ships no depth: per frame, `depths/<image stem>.npy`
-(float32) is read, else COLMAP MVS `dense/stereo/depth_maps/<image name>.geometric.bin`.
+F frames, N query points, H x W image size.
 
 References:
   GASP, "Beyond 3D VQAs: Injecting 3D Spatial Priors into Vision-Language Models", CVPR 2026
   DL3DV-10K: https://arxiv.org/abs/2312.16256, https://github.com/DL3DV-10K/Dataset
   nerfstudio conventions: https://docs.nerf.studio/quickstart/data_conventions.html
-  COLMAP arrays: https://github.com/colmap/colmap/blob/main/scripts/python/read_write_dense.py
+  COLMAP formats: https://github.com/colmap/colmap/blob/main/scripts/python/read_write_model.py,
+    .../read_write_dense.py; camera models: https://colmap.github.io/cameras.html
   VGGT track recipe (0.05 depth check, 4 px margin): https://arxiv.org/abs/2503.11651
 """
 import argparse
 import json
+import os
 import re
+import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,63 +59,146 @@ GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])  # c2w_cv = c2w_gl @ GL_TO_CV (flips 
 IMAGE_DIRS = ("images", "images_2", "images_4", "images_8")
 CAMERA_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 DIST_KEYS = ("k1", "k2", "p1", "p2")
+SPARSE_MODEL = "colmap/sparse/0"  # DL3DV ColmapCache: the SfM model at full resolution
 MARGIN = 4.0  # px; border margin of the visibility test (VGGT recipe)
 REL_TOL = 0.05  # relative depth tolerance of the occlusion test (VGGT recipe)
 EPS = 1e-6
 
 
-# ----------------------------------------------------------------------------- reading a scene
+# ----------------------------------------------------------------------------- COLMAP's binary model
 
-@dataclass
-class Scene:
-    """A video scene: frames sorted by frame index; `image(i)`/`depth(i)` return arrays at `size`."""
-    path: str
-    K: np.ndarray  # (F, 3, 3) float64, intrinsics at `size`
-    c2w: np.ndarray  # (F, 4, 4) float64, OpenCV camera-to-world
-    size: tuple  # (H, W) of what image(i) and depth(i) return
-    frame_index: np.ndarray  # (F,) int64, original video frame numbers
-    image_files: list
-    depth_files: list
-    dist: np.ndarray  # (F, 4) OpenCV k1, k2, p1, p2; zeros for a pinhole camera
-    source_size: tuple  # (H, W) of the image files read
-    invalid_depth: int = 0  # NaN/inf/negative depth pixels zeroed so far
-    cache: dict = field(default_factory=dict, repr=False)
-
-    def __len__(self):
-        return len(self.image_files)
-
-    def image(self, i):
-        """Frame i as uint8 (H, W, 3), bilinear-resized to `size`."""
-        if ("image", i) in self.cache:
-            return self.cache["image", i]
-        with Image.open(self.image_files[i]) as im:
-            if im.size[::-1] != self.source_size:
-                raise ValueError(f"{self.image_files[i]}: image is {im.height}x{im.width}, the scene's "
-                                 f"first frame is {self.source_size[0]}x{self.source_size[1]}")
-            return resize_image(np.asarray(im.convert("RGB")), self.size)
-
-    def depth(self, i):
-        """Depth of frame i as float32 (H, W), nearest-resized to `size`; NaN/inf/negative -> 0, counted."""
-        if ("depth", i) in self.cache:
-            return self.cache["depth", i]
-        d = read_depth(self.depth_files[i])
-        bad = ~np.isfinite(d) | (d < 0)
-        if bad.any():
-            self.invalid_depth += int(bad.sum())
-            d = np.where(bad, 0, d)
-        return resize_nearest(d.astype(np.float32), self.size)
-
-    def preload(self, indices=None):
-        """Decode and resize frames once into memory, so `make_sample` then costs sampling only."""
-        for i in range(len(self)) if indices is None else indices:
-            self.cache["image", i], self.cache["depth", i] = self.image(i), self.depth(i)
-        return self
+class ColmapError(ValueError):
+    """A COLMAP file that cannot be read: truncated, corrupt, or an unsupported camera model."""
 
 
-def gl_to_cv(c2w):
-    """nerfstudio/OpenGL camera (y up, z back) -> OpenCV (y down, z forward): c2w_cv = c2w_gl · diag(1,-1,-1,1).
-    The same product converts back. c2w (..., 4, 4)."""
-    return c2w @ GL_TO_CV
+class GeometryError(ValueError):
+    """Frames, intrinsics and depth that do not share one geometry, e.g. MVS depth of the undistorted
+    images `colmap image_undistorter` writes, paired with the distorted originals."""
+
+
+# model id -> (name, number of params), after COLMAP's src/colmap/sensor/models.h
+COLMAP_MODELS = {0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5),
+                 4: ("OPENCV", 8), 5: ("OPENCV_FISHEYE", 8), 6: ("FULL_OPENCV", 12), 7: ("FOV", 5),
+                 8: ("SIMPLE_RADIAL_FISHEYE", 4), 9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12),
+                 11: ("RAD_TAN_THIN_PRISM_FISHEYE", 16), 12: ("SIMPLE_DIVISION", 4), 13: ("DIVISION", 5),
+                 14: ("SIMPLE_FISHEYE", 3), 15: ("FISHEYE", 4), 16: ("EUCM", 6), 17: ("EQUIRECTANGULAR", 2)}
+POINT2D = np.dtype([("xy", "<f8", 2), ("point3D_id", "<i8")])  # images.bin keypoint record; id -1 = none
+
+
+def _unpack(buf, pos, fmt, path, what):
+    """struct.unpack_from with a named error at the end of the buffer. -> (values, next position)."""
+    end = pos + struct.calcsize(fmt)
+    if end > len(buf):
+        raise ColmapError(f"{path}: truncated: {what} needs bytes {pos}-{end}, the file has {len(buf)}; "
+                          f"copy the model again or re-export it (colmap model_converter)")
+    return struct.unpack_from(fmt, buf, pos), end
+
+
+def _read_bin(path):
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ColmapError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _end(buf, pos, path):
+    if pos != len(buf):
+        raise ColmapError(f"{path}: {len(buf) - pos} bytes after the last record: corrupt or not this file type")
+
+
+def read_cameras_bin(path):
+    """COLMAP cameras.bin (read_write_model.py::read_cameras_binary): uint64 count, then per camera
+    int32 id, int32 model id, uint64 width, uint64 height, float64 params[n].
+    -> {camera_id: (model name, width, height, params (n,) float64)}."""
+    buf = _read_bin(path)
+    (count,), pos = _unpack(buf, 0, "<Q", path, "the camera count")
+    cameras = {}
+    for k in range(count):
+        (cid, model, w, h), pos = _unpack(buf, pos, "<iiQQ", path, f"camera {k}")
+        if model not in COLMAP_MODELS:
+            raise ColmapError(f"{path}: camera {cid} has model id {model}, which COLMAP does not define: corrupt file")
+        name, n = COLMAP_MODELS[model]
+        params, pos = _unpack(buf, pos, f"<{n}d", path, f"camera {cid}'s {n} {name} parameters")
+        cameras[cid] = (name, w, h, np.array(params))
+    _end(buf, pos, path)
+    return cameras
+
+
+def read_images_bin(path, keypoints=True):
+    """COLMAP images.bin (read_write_model.py::read_images_binary): uint64 count, then per image int32 id,
+    float64 qw qx qy qz tx ty tz (world-to-camera), int32 camera id, NUL-terminated name, uint64 n, and n
+    records (float64 x, float64 y, int64 point3D id; -1 = none). -> {image_id: dict(name, camera_id,
+    qvec (4,), tvec (3,), points2D (n,) POINT2D record array, or None with keypoints=False)}."""
+    buf = _read_bin(path)
+    (count,), pos = _unpack(buf, 0, "<Q", path, "the image count")
+    images = {}
+    for k in range(count):
+        (iid, *pose, cid), pos = _unpack(buf, pos, "<i7di", path, f"image {k}")
+        end = buf.find(b"\0", pos)
+        if end < 0:
+            raise ColmapError(f"{path}: truncated: image {iid}'s name has no terminating NUL byte")
+        try:
+            name = buf[pos:end].decode()
+        except UnicodeDecodeError:
+            raise ColmapError(f"{path}: image {iid}'s name is not UTF-8: corrupt file") from None
+        (n,), pos = _unpack(buf, end + 1, "<Q", path, f"image {iid}'s keypoint count")
+        _unpack(buf, pos, f"<{24 * n}x", path, f"image {iid}'s {n} keypoints")
+        points = np.frombuffer(buf, POINT2D, n, pos) if keypoints else None
+        images[iid] = dict(name=name, camera_id=cid, qvec=np.array(pose[:4]), tvec=np.array(pose[4:]),
+                           points2D=points)
+        pos += 24 * n
+    _end(buf, pos, path)
+    return images
+
+
+def read_points3d_bin(path, tracks=False):
+    """COLMAP points3D.bin (read_write_model.py::read_points3D_binary): uint64 count, then per point uint64
+    id, float64 xyz, uint8 rgb, float64 error, uint64 track length L, L x (int32 image id, int32 keypoint
+    index). -> ids (P,) int64, xyz (P, 3) float64, and with tracks=True a list of (L, 2) int32 arrays."""
+    buf = _read_bin(path)
+    (count,), pos = _unpack(buf, 0, "<Q", path, "the point count")
+    if count > (len(buf) - 8) // 51:
+        raise ColmapError(f"{path}: says {count} points, but {len(buf)} bytes hold at most {(len(buf) - 8) // 51}: "
+                          f"truncated or corrupt")
+    ids, xyz, track_list = np.empty(count, np.int64), np.empty((count, 3)), []
+    for k in range(count):
+        (ids[k], *xyz[k], _, _, _, _, n), pos = _unpack(buf, pos, "<Q3d3BdQ", path, f"point {k}")
+        _unpack(buf, pos, f"<{8 * n}x", path, f"point {ids[k]}'s track of {n}")
+        if tracks:
+            track_list.append(np.frombuffer(buf, "<i4", 2 * n, pos).reshape(n, 2))
+        pos += 8 * n
+    _end(buf, pos, path)
+    return (ids, xyz, track_list) if tracks else (ids, xyz)
+
+
+def qvec_to_rotation(q):
+    """Unit quaternion (w, x, y, z) -> rotation matrix (3, 3) (read_write_model.py::qvec2rotmat)."""
+    w, x, y, z = q
+    return np.array([[1 - 2 * y * y - 2 * z * z, 2 * x * y - 2 * w * z, 2 * z * x + 2 * w * y],
+                     [2 * x * y + 2 * w * z, 1 - 2 * x * x - 2 * z * z, 2 * y * z - 2 * w * x],
+                     [2 * z * x - 2 * w * y, 2 * y * z + 2 * w * x, 1 - 2 * x * x - 2 * y * y]])
+
+
+def colmap_c2w(image):
+    """images.bin stores world-to-camera (R, t) in OpenCV axes, as we do: c2w = [Rᵀ | -Rᵀ t]."""
+    R = qvec_to_rotation(image["qvec"])
+    m = np.eye(4)
+    m[:3, :3], m[:3, 3] = R.T, -R.T @ image["tvec"]
+    return m
+
+
+def colmap_intrinsics(camera, where):
+    """(model, w, h, params) -> K (3, 3) and dist (4,) = OPENCV (k1, k2, p1, p2) at the camera's size.
+    SIMPLE_RADIAL (f, cx, cy, k) and RADIAL (f, cx, cy, k1, k2) are OPENCV with the other terms 0 exactly:
+    COLMAP's radial term is k1 r² + k2 r⁴ in all three. Fisheye and thin-prism models are refused."""
+    model, _, _, p = camera
+    if model not in ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"):
+        raise ColmapError(f"{where}: camera model {model} is not supported (OPENCV, PINHOLE, SIMPLE_PINHOLE, "
+                          f"SIMPLE_RADIAL, RADIAL); undistort with `colmap image_undistorter` and use its dense/ workspace")
+    f = p[:4] if model in ("PINHOLE", "OPENCV") else (p[0], p[0], p[1], p[2])  # fx, fy, cx, cy
+    dist = {"SIMPLE_RADIAL": (*p[3:4], 0, 0, 0), "RADIAL": (*p[3:5], 0, 0), "OPENCV": p[4:8]}.get(model, (0, 0, 0, 0))
+    fx, fy, cx, cy = f
+    return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]]), np.array(dist, np.float64)
 
 
 def read_colmap_array(path, header_only=False):
@@ -139,92 +235,300 @@ def read_depth(path, header_only=False):
     return d.shape if header_only else d
 
 
-def _same_aspect(a, b, tol=0.02):
-    return abs(a[0] * b[1] / (a[1] * b[0]) - 1) <= tol
+# ----------------------------------------------------------------------------- reading a scene
+
+@dataclass
+class Scene:
+    """A video scene: frames sorted by frame index; `image(i)`/`depth(i)` return arrays at `size`.
+    source says where tracks come from: "depths" (depths/*.npy beside images_N and transforms.json),
+    "dense" (a COLMAP MVS workspace: its images, PINHOLE cameras, poses and depth maps) or "sparse"
+    (DL3DV's SfM model colmap/sparse/0: frames from images_N, tracks = the model's keypoints)."""
+    path: str
+    source: str
+    K: np.ndarray  # (F, 3, 3) float64, intrinsics at `size`
+    c2w: np.ndarray  # (F, 4, 4) float64, OpenCV camera-to-world
+    size: tuple  # (H, W) of what image(i) and depth(i) return
+    frame_index: np.ndarray  # (F,) int64, original video frame numbers
+    image_files: list
+    depth_files: list  # one per frame ("depths", "dense"); empty for "sparse"
+    dist: np.ndarray  # (F, 4) OpenCV k1, k2, p1, p2; zeros for a pinhole camera
+    source_size: tuple  # (H, W) of the image files read
+    model: str = ""  # "sparse": the folder holding cameras.bin, images.bin, points3D.bin
+    image_ids: np.ndarray = None  # "sparse": (F,) COLMAP image id of each frame
+    keypoint_scale: np.ndarray = None  # "sparse": (F, 2) COLMAP camera pixels -> pixels at `size`
+    invalid_depth: int = 0  # NaN/inf/negative depth pixels zeroed so far
+    cache: dict = field(default_factory=dict, repr=False)
+
+    def __len__(self):
+        return len(self.image_files)
+
+    def image(self, i):
+        """Frame i as uint8 (H, W, 3), bilinear-resized to `size`."""
+        if ("image", i) in self.cache:
+            return self.cache["image", i]
+        with Image.open(self.image_files[i]) as im:
+            if im.size[::-1] != self.source_size:
+                raise ValueError(f"{self.image_files[i]}: image is {im.height}x{im.width}, the scene's "
+                                 f"first frame is {self.source_size[0]}x{self.source_size[1]}")
+            return resize_image(np.asarray(im.convert("RGB")), self.size)
+
+    def depth(self, i):
+        """Depth of frame i as float32 (H, W), nearest-resized to `size`; NaN/inf/negative -> 0, counted."""
+        if ("depth", i) in self.cache:
+            return self.cache["depth", i]
+        d = read_depth(self.depth_files[i])
+        if not _scaled_from(self.source_size, d.shape):
+            raise GeometryError(f"{self.depth_files[i]}: depth is {d.shape[0]}x{d.shape[1]}, its image "
+                                f"{self.image_files[i]} is {self.source_size[0]}x{self.source_size[1]}: not the "
+                                f"same picture at another scale, so depth cannot be aligned to the image")
+        bad = ~np.isfinite(d) | (d < 0)
+        if bad.any():
+            self.invalid_depth += int(bad.sum())
+            d = np.where(bad, 0, d)
+        return resize_nearest(d.astype(np.float32), self.size)
+
+    def observations(self):
+        """"sparse": per frame, the keypoints that belong to 3D points, sorted by point id:
+        a list of (ids (n,) int64, uv (n, 2) float64 px at `size`, X (n, 3) world points). Read once, cached."""
+        if "observations" not in self.cache:
+            ids, xyz = read_points3d_bin(Path(self.model) / "points3D.bin")
+            order = np.argsort(ids)
+            ids, xyz = ids[order], xyz[order]
+            images = read_images_bin(Path(self.model) / "images.bin")
+            obs = []
+            for i, iid in enumerate(self.image_ids):
+                p = images[iid]["points2D"]
+                p = p[p["point3D_id"] >= 0]
+                p = p[np.argsort(p["point3D_id"], kind="stable")]
+                at = np.minimum(np.searchsorted(ids, p["point3D_id"]), len(ids) - 1)
+                if (ids[at] != p["point3D_id"]).any():
+                    raise ColmapError(f"{self.model}/images.bin: image {iid} observes 3D points missing from "
+                                      f"points3D.bin: the model files do not belong together")
+                obs.append((p["point3D_id"], p["xy"] * self.keypoint_scale[i], xyz[at]))
+            self.cache["observations"] = obs
+        return self.cache["observations"]
+
+    def preload(self, indices=None):
+        """Decode and resize frames (and read depth or the SfM model) once into memory, so `make_sample`
+        then costs sampling only."""
+        for i in range(len(self)) if indices is None else indices:
+            self.cache["image", i] = self.image(i)
+            if self.source != "sparse":
+                self.cache["depth", i] = self.depth(i)
+        if self.source == "sparse":
+            self.observations()
+        return self
+
+
+def gl_to_cv(c2w):
+    """nerfstudio/OpenGL camera (y up, z back) -> OpenCV (y down, z forward): c2w_cv = c2w_gl · diag(1,-1,-1,1).
+    The same product converts back. c2w (..., 4, 4)."""
+    return c2w @ GL_TO_CV
 
 
 def _check_pose(m, where):
-    R = m[:3, :3]
+    """m: a rigid 4 x 4 camera-to-world pose (finite, orthonormal rotation, det +1, last row 0 0 0 1)."""
+    try:
+        m = np.asarray(m, np.float64)
+    except (TypeError, ValueError):
+        m = np.full(1, np.nan)
+    R = m[:3, :3] if m.shape == (4, 4) else np.zeros((3, 3))
     if not (m.shape == (4, 4) and np.isfinite(m).all() and np.allclose(m[3], [0, 0, 0, 1])
             and np.allclose(R.T @ R, np.eye(3), atol=1e-3) and np.linalg.det(R) > 0):
-        raise ValueError(f"{where}: transform_matrix is not a rigid camera-to-world pose "
+        raise ValueError(f"{where}: pose is not a rigid 4 x 4 camera-to-world transform "
                          f"(singular, scaled, reflected or non-finite): {m.tolist()}")
+    return m
+
+
+def _check_camera(K, dist, wh, where):
+    """Intrinsics finite, focal lengths and image size positive."""
+    if not (np.isfinite(K).all() and np.isfinite(dist).all() and K[0, 0] > 0 and K[1, 1] > 0):
+        raise ValueError(f"{where}: intrinsics must be finite with positive focal lengths, got "
+                         f"fx={K[0, 0]}, fy={K[1, 1]}, cx={K[0, 2]}, cy={K[1, 2]}, distortion {dist.tolist()}")
+    if not (wh[0] > 0 and wh[1] > 0):
+        raise ValueError(f"{where}: image size must be positive, got w={wh[0]}, h={wh[1]}")
+
+
+def _scaled_from(big, small):
+    """Is `small` (H, W) a downscale of `big` (H, W) by one factor, up to rounding to whole pixels?"""
+    s = big[1] / small[1]
+    return abs(big[0] / s - small[0]) <= 1
+
+
+def _frame_order(names):
+    """Frame numbers (the last number in each file name, else the listing order) and the sorting order."""
+    numbers = [re.findall(r"\d+", Path(n).stem) for n in names]
+    index = [int(m[-1]) for m in numbers] if all(numbers) else list(range(len(names)))
+    return np.array(index, np.int64), sorted(range(len(names)), key=lambda k: (index[k], names[k]))
+
+
+def _image_folder(path, name, size, folders=IMAGE_DIRS):
+    """The smallest of path/folders holding `name` at least `size` (H, W) big, else the largest.
+    -> (folder, (H, W) of its image)."""
+    sizes = {}
+    for d in folders:
+        if (path / d / name).is_file():
+            with Image.open(path / d / name) as im:
+                sizes[d] = (im.height, im.width)
+    if not sizes:
+        raise FileNotFoundError(f"{path / folders[0] / name}: missing image (looked in {', '.join(folders)})")
+    big = [d for d in sizes if size is not None and sizes[d][0] >= size[0] and sizes[d][1] >= size[1]]
+    folder = min(big, key=lambda d: sizes[d][0]) if big else max(sizes, key=lambda d: sizes[d][0])
+    return folder, sizes[folder]
+
+
+def scene_source(path):
+    """The track source of a scene folder, in this order: "depths" (depths/*.npy), "dense" (dense/),
+    "sparse" (colmap/sparse/0/images.bin)."""
+    path = Path(path)
+    if (path / "depths").is_dir() and next((path / "depths").glob("*.npy"), None):
+        return "depths"
+    if (path / "dense").is_dir():
+        return "dense"
+    if (path / SPARSE_MODEL / "images.bin").is_file():
+        return "sparse"
+    raise FileNotFoundError(f"{path}: no track source: needs depths/<stem>.npy, a COLMAP dense/ workspace, "
+                            f"or DL3DV's SfM model {SPARSE_MODEL}/{{cameras,images,points3D}}.bin")
 
 
 def load_scene(path, size=None):
-    """Read a DL3DV scene folder. size = (H, W) wanted: frames are decoded from the smallest of
-    images/, images_2/, images_4/, images_8/ at least that big and resized to it; K is scaled to it.
-    size=None: full resolution of the largest folder present."""
+    """Read and validate a scene folder (one holding transforms.json), taking frames, intrinsics, poses and
+    depth from ONE source (see `scene_source`). size = (H, W) wanted: frames are decoded from the
+    smallest image folder at least that big and resized to it; K is scaled to it. size=None: full
+    resolution of the largest folder present. Checks: intrinsics finite and positive, sizes positive,
+    file paths strings, poses finite and rigid, depth present with some valid pixels (first frame)."""
     path = Path(path)
+    if not (path / "transforms.json").is_file():
+        raise FileNotFoundError(f"{path / 'transforms.json'}: missing; a scene folder holds a nerfstudio "
+                                f"transforms.json next to images*/ (write synthetic scenes with `python synth.py`)")
+    source = scene_source(path)
+    scene = {"depths": _load_depths, "dense": _load_dense, "sparse": _load_sparse}[source](path, size)
+    if source != "sparse":  # Assumption: one depth map per scene is read here (scans stay cheap); the
+        d = scene.depth(0)  # others are checked when a sample reads them (a bad one is replaced, counted)
+        scene.invalid_depth = 0  # counts what samples read
+        if not (d > 0).any():
+            raise ValueError(f"{scene.depth_files[0]}: no valid depth (all zero, negative or non-finite)")
+    return scene
+
+
+def _load_depths(path, size):
+    """transforms.json (nerfstudio, OpenGL poses, full-resolution intrinsics) + images_N/ + depths/<stem>.npy."""
     tf = path / "transforms.json"
-    if not tf.is_file():
-        raise FileNotFoundError(f"{tf}: missing; a scene folder holds a nerfstudio transforms.json next to "
-                                f"images*/ (write synthetic scenes with `python data.py synth`)")
     try:
         meta = json.loads(tf.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{tf}: malformed JSON ({e})") from None
     frames = meta.get("frames") if isinstance(meta, dict) else None
     if not isinstance(frames, list) or not frames or not all(
-            isinstance(f, dict) and "file_path" in f and "transform_matrix" in f for f in frames):
-        raise ValueError(f"{tf}: needs a non-empty 'frames' list whose entries have file_path and transform_matrix")
-    if meta.get("camera_model", "OPENCV") not in ("OPENCV", "PINHOLE"):
+            isinstance(f, dict) and isinstance(f.get("file_path"), str) and "transform_matrix" in f for f in frames):
+        raise ValueError(f"{tf}: needs a non-empty 'frames' list whose entries have a file_path string and "
+                         f"a transform_matrix")
+    if meta.get("camera_model", "OPENCV") not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
         raise ValueError(f"{tf}: camera_model {meta['camera_model']} not supported (OPENCV or PINHOLE)")
     names = [Path(f["file_path"]).name for f in frames]  # DL3DV says images/ even inside images_4/ packages
-    sizes = {}  # folder -> (H, W) of its first frame
-    for d in IMAGE_DIRS:
-        if (path / d / names[0]).is_file():
-            with Image.open(path / d / names[0]) as im:
-                sizes[d] = (im.height, im.width)
-    if not sizes:
-        raise FileNotFoundError(f"{path / IMAGE_DIRS[0] / names[0]}: missing image (first frame of {tf}; "
-                                f"looked in {', '.join(IMAGE_DIRS)})")
-    big = [d for d in sizes if size is not None and sizes[d][0] >= size[0] and sizes[d][1] >= size[1]]
-    folder = min(big, key=lambda d: sizes[d][0]) if big else max(sizes, key=lambda d: sizes[d][0])
-    H, W = size or sizes[folder]
-
-    # Frame order: by the number in the file name (DL3DV's frames[] follows COLMAP ids), else as listed.
-    numbers = [re.findall(r"\d+", Path(n).stem) for n in names]
-    index = [int(m[-1]) for m in numbers] if all(numbers) else list(range(len(names)))
-    order = sorted(range(len(frames)), key=lambda k: (index[k], names[k]))
-    K, c2w, dist, images, depths, no_depth = [], [], [], [], [], []
+    folder, source_size = _image_folder(path, names[0], size)
+    H, W = size or source_size
+    index, order = _frame_order(names)
+    K, c2w, dist, images, depths = [], [], [], [], []
     for k in order:
         fr, where = frames[k], f"{tf} frame {frames[k]['file_path']}"
         cam = {key: fr.get(key, meta.get(key)) for key in CAMERA_KEYS + DIST_KEYS}
         missing = [key for key in CAMERA_KEYS if cam[key] is None]
         if missing:
             raise ValueError(f"{where}: intrinsics {missing} missing (top level or per frame)")
-        if not _same_aspect((cam["h"], cam["w"]), sizes[folder]):
-            raise ValueError(f"{where}: transforms.json says {cam['h']}x{cam['w']}, but {folder}/ holds "
-                             f"{sizes[folder][0]}x{sizes[folder][1]} images: aspect ratios differ")
-        sx, sy = W / cam["w"], H / cam["h"]  # exact with pixel centres at +0.5; Assumption: zero skew (as nerfstudio)
-        K.append([[cam["fl_x"] * sx, 0, cam["cx"] * sx], [0, cam["fl_y"] * sy, cam["cy"] * sy], [0, 0, 1]])
-        m = np.asarray(fr["transform_matrix"], dtype=np.float64)
-        _check_pose(m, where)
-        c2w.append(gl_to_cv(m))
-        # Assumption: DL3DV images are distorted (OPENCV k1, k2, p1, p2) and depth maps are aligned with
-        # them, so unproject/project undistort/distort exactly; a pinhole scene has zeros here.
-        dist.append([cam[key] or 0.0 for key in DIST_KEYS])
+        wrong = [key for key, v in cam.items() if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))]
+        if wrong:
+            raise ValueError(f"{where}: {', '.join(f'{key}={cam[key]!r}' for key in wrong)}: intrinsics must be numbers")
+        Kf, distf = np.array([[cam["fl_x"], 0, cam["cx"]], [0, cam["fl_y"], cam["cy"]], [0, 0, 1.0]]), \
+            np.array([cam[key] or 0.0 for key in DIST_KEYS], np.float64)
+        _check_camera(Kf, distf, (cam["w"], cam["h"]), where)
+        if not _scaled_from((cam["h"], cam["w"]), source_size):
+            raise GeometryError(f"{where}: transforms.json says {cam['h']}x{cam['w']}, but {folder}/ holds "
+                                f"{source_size[0]}x{source_size[1]} images: not a downscale of that size")
+        K.append(np.diag([W / cam["w"], H / cam["h"], 1.0]) @ Kf)  # exact with pixel centres at +0.5; zero skew
+        c2w.append(gl_to_cv(_check_pose(fr["transform_matrix"], where)))
+        # Assumption: depths/*.npy are aligned with the distorted images_N frames (OPENCV k1, k2, p1, p2),
+        # so unproject/project undistort/distort exactly; a pinhole scene has zeros here.
+        dist.append(distf)
         images.append(path / folder / names[k])
-        if not images[-1].is_file():
-            raise FileNotFoundError(f"{images[-1]}: missing image (listed in {tf})")
-        # Assumption: COLMAP depth comes from a dense workspace of these very images (same K, no crop).
-        candidates = [path / "depths" / f"{Path(names[k]).stem}.npy",
-                      path / "dense" / "stereo" / "depth_maps" / f"{names[k]}.geometric.bin"]
-        found = [p for p in candidates if p.is_file()]
-        if not found:
-            no_depth.append(candidates)
-            continue
-        depths.append(found[0])
-        if not _same_aspect(read_depth(found[0], header_only=True), sizes[folder]):
-            raise ValueError(f"{found[0]}: depth is {read_depth(found[0], True)}, images are {sizes[folder]} "
-                             f"(H, W): aspect ratios differ, so depth cannot be aligned to the image")
-    if no_depth:
-        raise FileNotFoundError(f"{path}: no depth for {len(no_depth)} of {len(frames)} frames, e.g. "
-                                f"{no_depth[0][0]} or {no_depth[0][1]}; DL3DV ships no depth: write float32 "
-                                f"z-depth maps as depths/<image stem>.npy")
-    return Scene(str(path), np.array(K), np.stack(c2w), (H, W), np.array(index)[order].astype(np.int64),
-                 images, depths, np.array(dist, dtype=np.float64), sizes[folder])
+        depths.append(path / "depths" / f"{Path(names[k]).stem}.npy")
+    _must_exist(images, "image", f"listed in {tf}")
+    _must_exist(depths, "depth", "DL3DV ships no depth: write float32 z-depth maps as depths/<image stem>.npy, "
+                                 "or remove depths/ to use the SfM model")
+    return Scene(str(path), "depths", np.array(K), np.stack(c2w), (H, W), index[order], images, depths,
+                 np.array(dist), source_size)
+
+
+def _must_exist(files, what, fix):
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: missing {what} ({len(missing)} of {len(files)} frames); {fix}")
+
+
+def _colmap_frames(path, model, size, folders, where):
+    """Cameras and poses of a COLMAP model, frames sorted by frame number and matched to image files by
+    name. -> names, index, K at size, dist, c2w, image ids, keypoint scale, image folder, its (H, W), size."""
+    cameras = read_cameras_bin(model / "cameras.bin")
+    images = read_images_bin(model / "images.bin", keypoints=False)
+    if not images:
+        raise ValueError(f"{model / 'images.bin'}: no registered image")
+    ids = list(images)
+    names = [Path(images[i]["name"]).name for i in ids]
+    index, order = _frame_order(names)
+    folder, source_size = _image_folder(path, names[order[0]], size, folders)
+    H, W = size or source_size
+    K, dist, c2w, scale = [], [], [], []
+    for k in order:
+        img, at = images[ids[k]], f"{model / 'images.bin'} image {ids[k]} ({names[k]})"
+        if img["camera_id"] not in cameras:
+            raise ColmapError(f"{at}: camera {img['camera_id']} is not in cameras.bin")
+        cam = cameras[img["camera_id"]]
+        Kc, dc = colmap_intrinsics(cam, f"{model / 'cameras.bin'} camera {img['camera_id']}")
+        _check_camera(Kc, dc, cam[1:3], f"{model / 'cameras.bin'} camera {img['camera_id']}")
+        if not _scaled_from((cam[2], cam[1]), source_size):
+            raise GeometryError(f"{at}: the camera is {cam[2]}x{cam[1]}, but {folder}/ holds {source_size[0]}x"
+                                f"{source_size[1]} images: not a downscale of that size")
+        scale.append([W / cam[1], H / cam[2]])
+        K.append(np.diag(scale[-1] + [1.0]) @ Kc)
+        dist.append(dc)
+        c2w.append(colmap_c2w(img))
+        _check_pose(c2w[-1], at)
+    files = [path / folder / names[k] for k in order]
+    _must_exist(files, "image", f"registered in {model / 'images.bin'}; {where}")
+    return (files, index[order], np.array(K), np.array(dist), np.stack(c2w), np.array(ids)[order],
+            np.array(scale), source_size, (H, W))
+
+
+def _load_dense(path, size):
+    """A COLMAP dense workspace (`colmap image_undistorter` + `patch_match_stereo`): frames dense/images/,
+    PINHOLE cameras dense/sparse/cameras.bin, poses dense/sparse/images.bin, depth
+    dense/stereo/depth_maps/<name>.geometric.bin: image, K and depth share the undistorted geometry."""
+    ws = path / "dense"
+    need = [ws / "sparse" / "cameras.bin", ws / "sparse" / "images.bin", ws / "images", ws / "stereo" / "depth_maps"]
+    if not all(p.exists() for p in need):
+        raise GeometryError(f"{ws}: incomplete MVS workspace (needs {', '.join(str(p.relative_to(path)) for p in need)}): "
+                            f"its depth maps belong to the undistorted images and cameras image_undistorter writes, "
+                            f"never to {'/'.join(IMAGE_DIRS)} with transforms.json; keep the whole workspace or remove dense/")
+    files, index, K, dist, c2w, _, _, source_size, size = _colmap_frames(
+        path, ws / "sparse", size, ("dense/images",), "the dense workspace must be complete")
+    if np.any(dist):
+        raise GeometryError(f"{ws / 'sparse' / 'cameras.bin'}: cameras are distorted; an image_undistorter "
+                            f"workspace holds PINHOLE cameras only")
+    depths = [ws / "stereo" / "depth_maps" / f"{f.name}.geometric.bin" for f in files]
+    _must_exist(depths, "depth", "run `colmap patch_match_stereo` (geometric consistency) on the workspace")
+    return Scene(str(path), "dense", K, c2w, size, index, files, depths, dist, source_size)
+
+
+def _load_sparse(path, size):
+    """DL3DV's SfM model (colmap/sparse/0, full resolution) + frames from images_N/ matched by file name."""
+    model = path / SPARSE_MODEL
+    with open(model / "points3D.bin", "rb") if (model / "points3D.bin").is_file() else open(os.devnull, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or struct.unpack("<Q", head)[0] == 0:
+        raise ValueError(f"{model / 'points3D.bin'}: missing or holds no 3D point: no track can be made")
+    files, index, K, dist, c2w, ids, scale, source_size, size = _colmap_frames(
+        path, model, size, IMAGE_DIRS, f"frames are matched to {'/'.join(IMAGE_DIRS)} by file name")
+    return Scene(str(path), "sparse", K, c2w, size, index, files, [], dist, source_size, str(model), ids, scale)
 
 
 # ----------------------------------------------------------------------------- projection math
@@ -375,239 +679,183 @@ def choose_frames(frame_index, rng, num_frames, window=48, anchor=None, contiguo
     return ids, int(np.searchsorted(ids, anchor))
 
 
+def sparse_tracks(scene, ids, anchor, size, grids, K, c2w, dist):
+    """Tracks from the SfM model alone (no depth map): the anchor frame's keypoints that belong to 3D points,
+    at most one per cell of each g x g grid (the grids' budget, N <= Σ g²); tracks[f] = the same 3D point's
+    keypoint in frame f, visible = COLMAP observed it there; where it was not observed, its projection
+    (-1 behind the camera), as `track` gives for hidden points. track_depth = the point's z in each camera.
+    depth (F, H, W) = z of every observed point at its pixel (the nearest if several), 0 elsewhere.
+    ids (F,) frame positions; K (F, 3, 3) and c2w (F, 4, 4) at `size`; dist (F, 4).
+    -> depth (F, H, W), tracks (F, N, 2), track_depth (F, N), visible (F, N)."""
+    H, W = size
+    to_size = np.array([W / scene.size[1], H / scene.size[0]])
+    obs = [scene.observations()[i] for i in ids]
+    depth = np.full((len(ids), H, W), np.inf, np.float32)
+    for f, (_, uv, X) in enumerate(obs):
+        uv = uv * to_size
+        z = world_to_cam(X, c2w[f])[:, 2]
+        u, v = np.floor(uv).astype(np.intp).T
+        ok = (z > EPS) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        np.minimum.at(depth[f], (v[ok], u[ok]), z[ok])
+    depth[np.isinf(depth)] = 0
+    pid, uv_a, X_a = obs[anchor]
+    uv_a = uv_a * to_size
+    seen = np.zeros(len(pid), np.int64)  # (n,) other frames of the sample observing each point
+    for f in range(len(ids)):
+        seen += np.isin(pid, obs[f][0]) if f != anchor else 0
+    # Assumption: in each cell, the keypoint seen in the most other frames of the sample, then the one
+    # nearest the cell centre (the paper's grid queries, moved to where the SfM model has points).
+    chosen = np.zeros(len(pid), bool)
+    query = []
+    for g in grids:
+        cell_uv = np.minimum(np.floor(uv_a / [W / g, H / g]), g - 1)  # (n, 2)
+        cell = (cell_uv[:, 1] * g + cell_uv[:, 0]).astype(np.int64)
+        off = np.linalg.norm(uv_a - (cell_uv + 0.5) * [W / g, H / g], axis=1)
+        free = np.flatnonzero(~chosen)
+        order = free[np.lexsort((off[free], -seen[free], cell[free]))]
+        _, first = np.unique(cell[order], return_index=True)
+        query.append(order[first])  # row-major cells
+        chosen[order[first]] = True
+    q = np.concatenate(query) if query else np.zeros(0, np.intp)  # (N,) rows of the anchor's observations
+    uv, z = project(world_to_cam(X_a[q], c2w), K, dist)  # (F, N, 2), (F, N)
+    tracks, visible = np.where((z > EPS)[..., None], uv, -1.0), np.zeros(z.shape, bool)
+    for f, (pid_f, uv_f, _) in enumerate(obs):
+        at = np.minimum(np.searchsorted(pid_f, pid[q]), max(len(pid_f) - 1, 0))
+        visible[f] = (pid_f[at] == pid[q]) if len(pid_f) else False
+        tracks[f, visible[f]] = uv_f[at[visible[f]]] * to_size
+    visible[anchor] = True
+    return depth, tracks.astype(np.float32), np.where(z > EPS, z, 0.0).astype(np.float32), visible
+
+
 def make_sample(scene, rng, num_frames, size=None, grids=(8, 24), window=48, anchor=None,
                 contiguous=False, margin=MARGIN):
-    """One training sample, the DESIGN.md contract: frames (F, H, W, 3) uint8, depth (F, H, W) float32,
-    K (F, 3, 3), c2w (F, 4, 4) float32, frame_index (F,) int64, tracks (F, N, 2), track_depth (F, N)
-    float32, visible (F, N) bool; plus anchor (position of the anchor frame) and scene (path).
-    Frames in temporal order; query points on the anchor frame's grids; size=None keeps scene.size.
+    """One training sample, the data contract: frames (F, H, W, 3) uint8, depth (F, H, W) float32 (0 =
+    invalid), K (F, 3, 3), c2w (F, 4, 4) float32, frame_index (F,) int64, tracks (F, N, 2), track_depth
+    (F, N) float32, visible (F, N) bool; plus anchor (position of the anchor frame) and scene (path).
+    Frames in temporal order; size=None keeps scene.size. Query points: the anchor frame's grids (depth
+    sources) or its SfM keypoints spread over the same grids (`sparse_tracks`). Raises ValueError if
+    anything came out non-finite.
     Assumption: frames are resized to `size`, not cropped (K scaled per axis), as the paper gives no crop."""
     ids, a = choose_frames(scene.frame_index, rng, num_frames, window, anchor, contiguous, scene.path)
     H, W = size = tuple(size or scene.size)
     frames = np.stack([resize_image(scene.image(i), size) for i in ids])  # (F, H, W, 3)
-    depth = np.stack([resize_nearest(scene.depth(i), size) for i in ids])  # (F, H, W)
     K = scene.K[ids] * np.array([[W / scene.size[1]], [H / scene.size[0]], [1.0]])  # diag(sx, sy, 1) · K
     c2w = scene.c2w[ids]
-    tracks, track_depth, visible = track(query_grid(size, grids), a, depth, K, c2w, margin, dist=scene.dist[ids])
-    return dict(frames=frames, depth=depth, K=K.astype(np.float32), c2w=c2w.astype(np.float32),
-                frame_index=scene.frame_index[ids], tracks=tracks, track_depth=track_depth,
-                visible=visible, anchor=a, scene=scene.path)
+    if scene.source == "sparse":
+        depth, tracks, track_depth, visible = sparse_tracks(scene, ids, a, size, grids, K, c2w, scene.dist[ids])
+    else:
+        depth = np.stack([resize_nearest(scene.depth(i), size) for i in ids])  # (F, H, W)
+        tracks, track_depth, visible = track(query_grid(size, grids), a, depth, K, c2w, margin, dist=scene.dist[ids])
+    sample = dict(frames=frames, depth=depth, K=K.astype(np.float32), c2w=c2w.astype(np.float32),
+                  frame_index=scene.frame_index[ids], tracks=tracks, track_depth=track_depth,
+                  visible=visible, anchor=a, scene=scene.path)
+    bad = [k for k in ("depth", "K", "c2w", "tracks", "track_depth") if not np.isfinite(sample[k]).all()]
+    if bad:
+        raise ValueError(f"{scene.path}: non-finite {', '.join(bad)} in the sample of frames "
+                         f"{scene.frame_index[ids].tolist()}; check its intrinsics, poses and depth")
+    return sample
+
+
+def find_scenes(root):
+    """Scene folders under root (each holds transforms.json; symlinked folders are followed, each real
+    folder is visited once), and the folders that hold neither transforms.json nor a scene below them.
+    -> (scenes, folders without transforms.json), both sorted lists of Paths."""
+    scenes, missing, seen = [], [], set()
+
+    def walk(d):  # -> True if d is or holds a scene
+        real = os.path.realpath(d)
+        if real in seen:
+            return True  # a second link to a folder already visited, or a loop: nothing new here
+        seen.add(real)
+        if (d / "transforms.json").is_file():
+            scenes.append(d)
+            return True
+        found = {p: walk(p) for p in sorted(d.iterdir()) if p.is_dir()}
+        if any(found.values()):
+            missing.extend(p for p, ok in found.items() if not ok)
+        return any(found.values())
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder (--data must be a folder of scene folders)")
+    if not walk(root):
+        missing.append(root)
+    return sorted(scenes), sorted(missing)
+
+
+def scan(root, size=None, num_frames=1, window=48, contiguous=False, preload=False):
+    """Validate every scene under root (one `load_scene` each, and enough frames for a sample): a failing
+    scene is listed with its reason, whatever the exception. tqdm bar on a terminal.
+    -> (scenes, broken [(folder, reason)], folders without transforms.json)."""
+    dirs, missing = find_scenes(root)
+    scenes, broken = [], []
+    for d in tqdm(dirs, desc=f"scanning {root}", disable=None, leave=False):
+        try:
+            scene = load_scene(d, size)
+            choose_frames(scene.frame_index, np.random.default_rng(0), num_frames, window,
+                          contiguous=contiguous, name=str(d))  # raises if too few frames
+            scenes.append(scene.preload() if preload else scene)
+        except Exception as e:  # one bad scene never stops the scan
+            reason = str(e) if isinstance(e, (OSError, ValueError)) else f"{type(e).__name__}: {e}"
+            broken.append((d, reason))
+    return scenes, broken, missing
 
 
 class SceneDataset(torch.utils.data.Dataset):
     """Samples from every scene folder (one holding transforms.json) under `root`, searched recursively.
-    Item i is a pure function of (seed, i): scene i mod #scenes, F ~ U{num_frames}, frames and anchor.
-    Items have different F, so batch them with batch_size=None or a list-returning collate_fn."""
+    Item k is a pure function of (seed, k): scene k mod #scenes, F ~ U{num_frames}, frames and anchor.
+    A candidate with no track visible in the anchor and another frame, or whose files fail to read, is
+    replaced by the next candidate (scene k + j, rng (seed, k, j)), counted in `skipped["samples"]` and
+    warned once per scene; each item says how many candidates it replaced in item["replaced"].
+    Items have different F, so batch them with batch_size=None or a list-returning collate_fn.
+    Picklable and cheap in DataLoader workers: the scan happens once, here."""
 
     def __init__(self, root, size=(336, 336), num_frames=(8, 24), grids=(8, 24), window=48, seed=0,
-                 length=None, contiguous=False, preload=False):
+                 length=None, contiguous=False, preload=False, max_tries=8):
         self.size, self.grids, self.window, self.seed, self.contiguous = tuple(size), grids, window, seed, contiguous
         self.num_frames = (num_frames, num_frames) if isinstance(num_frames, int) else tuple(num_frames)
-        dirs = sorted({p.parent for p in Path(root).rglob("transforms.json")})
-        self.scenes = []
-        for d in dirs:
-            try:
-                scene = load_scene(d, self.size)
-                choose_frames(scene.frame_index, np.random.default_rng(0), self.num_frames[1], window,
-                              contiguous=contiguous, name=str(d))  # raises if too few frames
-                self.scenes.append(scene.preload() if preload else scene)
-            except (OSError, ValueError) as e:
-                print(f"warning: skipping scene {d}: {e}", file=sys.stderr)
-        if len(self.scenes) < len(dirs):
-            print(f"warning: skipped {len(dirs) - len(self.scenes)} of {len(dirs)} scenes under {root}",
-                  file=sys.stderr)
+        self.max_tries = max_tries
+        self.scenes, broken, self.missing = scan(root, self.size, self.num_frames[1], window, contiguous, preload)
+        for d, reason in broken:
+            print(f"warning: skipping scene {d}: {reason}", file=sys.stderr)
+        for d in self.missing:
+            print(f"warning: skipping folder {d}: no transforms.json in it or below it", file=sys.stderr)
+        self.broken = broken
+        self.skipped = {"scenes": len(broken), "folders": len(self.missing), "samples": 0}
+        self.sources = {s: sum(sc.source == s for sc in self.scenes) for s in ("depths", "dense", "sparse")}
+        if broken or self.missing:
+            print(f"warning: skipped {len(broken)} of {len(broken) + len(self.scenes)} scenes and "
+                  f"{len(self.missing)} folders without transforms.json under {root}", file=sys.stderr)
         if not self.scenes:
-            raise FileNotFoundError(f"{root}: no usable scene (a folder with transforms.json, images*/ and "
-                                    f"depth); write synthetic ones with `python data.py synth --out {root}`")
+            raise FileNotFoundError(f"{root}: no usable scene (a folder with transforms.json, images*/ and depth "
+                                    f"or a COLMAP model); write synthetic ones with `python synth.py --out {root}`")
         self.length = length or 100 * len(self.scenes)
+        self.warned = set()
 
     def __len__(self):
         return self.length
 
-    def __getitem__(self, i):
-        rng = np.random.default_rng([self.seed, i])
-        F = int(rng.integers(self.num_frames[0], self.num_frames[1] + 1))
-        return make_sample(self.scenes[i % len(self.scenes)], rng, F, self.size, self.grids, self.window,
-                           contiguous=self.contiguous)
-
-
-# ----------------------------------------------------------------------------- synthetic scenes
-
-TEXELS_PER_M = 64.0
-SYNTH_VERSION = 2  # bump when the renderer changes, so stale scenes are re-rendered
-
-
-def _texture(rng, h, w):
-    """A locally distinctive texture (h, w, 3) in [0, 1]: colour noise at three scales through a random
-    per-surface colour mix, plus high-contrast discs and bars."""
-    t = np.zeros((h, w, 3), np.float32)
-    # Assumption: most energy at 2-6 tokens (about 60-200 px at 448 px), little below: finer noise
-    # decorrelates under a few pixels of motion and no grid-aligned token could match it.
-    for cell, weight in ((64, 1.0), (20, 0.5), (6, 0.1)):
-        small = (rng.random((h // cell + 2, w // cell + 2, 3)) * 255).astype(np.uint8)
-        t += weight * np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), np.float32) / 255
-    t = (t - t.mean((0, 1))) / (t.std((0, 1)) + EPS)
-    t = np.clip(0.5 + 0.25 * t @ rng.normal(size=(3, 3)) + 0.15 * rng.normal(size=3), 0, 1).astype(np.float32)
-    for _ in range(h * w // 2000 + 2):  # ~one shape per 45 x 45 texels
-        y, x, r = rng.random() * h, rng.random() * w, rng.uniform(6, 16)
-        y0, y1, x0, x1 = int(max(y - r, 0)), int(min(y + r + 1, h)), int(max(x - r, 0)), int(min(x + r + 1, w))
-        yy, xx = np.mgrid[y0:y1, x0:x1] + 0.5
-        shape = ((yy - y) ** 2 + (xx - x) ** 2 < r * r) if rng.random() < 0.7 else (abs(yy - y) < r / 4)
-        t[y0:y1, x0:x1][shape] = rng.random(3) ** 2 if rng.random() < 0.5 else 1 - rng.random(3) ** 2
-    return t
-
-
-def _face_axes(face):
-    return [a for a in range(3) if a != face // 2]
-
-
-def _rot_z(yaw):
-    c, s = np.cos(yaw), np.sin(yaw)
-    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-
-
-def _synth_layout(rng):
-    """A room (world z up, floor at z = 0) and boxes standing on the floor: (centre, half, yaw, id) each.
-    Inner boxes lie within 1.5 m of the centre, outer ones beyond 2.8 m; the camera orbits at 2.4-2.7 m.
-    Two look-alike boxes (same size and textures) sit at clearly different depths in the first view."""
-    L = rng.uniform(4.5, 5.5, 2)
-    room = (np.array([0, 0, 1.5]), np.array([L[0], L[1], 1.5]) * [1, 1, rng.uniform(0.95, 1.15)], 0.0, 0)
-    boxes, theta0 = [room], rng.uniform(0, 2 * np.pi)
-
-    def place(radius, angle, half, tex):
-        centre = np.array([radius * np.cos(angle), radius * np.sin(angle), half[2]])
-        boxes.append((centre, half, rng.uniform(0, np.pi / 2), tex))
-    twin, offset = rng.uniform([0.3, 0.3, 0.3], [0.45, 0.45, 0.6]), rng.choice([-1, 1]) * rng.uniform(0.25, 0.4)
-    place(rng.uniform(0.5, 0.8), theta0 + offset, twin, 1)  # ~2 m from the first camera, on one side
-    place(rng.uniform(3.5, min(L) - 0.8), theta0 + np.pi + offset, twin, 1)  # ~6 m, on the other side
-    for k in range(5):
-        place(rng.uniform(0, 0.9) if k < 3 else rng.uniform(3.5, min(L) - 0.8), rng.uniform(0, 2 * np.pi),
-              rng.uniform([0.15, 0.15, 0.15], [0.4, 0.4, 0.8]) * (1 if k < 3 else 1.25), k + 2)
-    return boxes, theta0
-
-
-def _camera_path(rng, n, theta0):
-    """Smooth orbit (radius 2.4-2.7 m, 0.5-0.8°/frame) looking at a slowly wandering point near the room
-    centre, with a little bob and roll. -> c2w (n, 4, 4) OpenCV."""
-    k = np.arange(n)
-    theta = theta0 + np.radians(rng.uniform(0.5, 0.8) * rng.choice([-1, 1])) * k
-    ph = rng.uniform(0, 2 * np.pi, 4)
-    radius = rng.uniform(2.4, 2.7)
-    eye = np.stack([radius * np.cos(theta), radius * np.sin(theta), 1.5 + 0.1 * np.sin(k / 9 + ph[0])], -1)
-    target = np.stack([0.7 * np.cos(k / 40 + ph[1]), 0.7 * np.sin(k / 40 + ph[1]), 0.8 + 0.2 * np.sin(k / 25 + ph[2])], -1)
-    fwd = (target - eye) / np.linalg.norm(target - eye, axis=-1, keepdims=True)
-    right = np.cross(fwd, [0, 0, 1.0])
-    right /= np.linalg.norm(right, axis=-1, keepdims=True)
-    down = np.cross(fwd, right)
-    roll = 0.05 * np.sin(k / 15 + ph[3])[:, None]
-    right, down = np.cos(roll) * right + np.sin(roll) * down, np.cos(roll) * down - np.sin(roll) * right
-    c2w = np.tile(np.eye(4), (n, 1, 1))
-    c2w[:, :3, :3], c2w[:, :3, 3] = np.stack([right, down, fwd], -1), eye
-    return c2w
-
-
-def _render(boxes, textures, K, c2w, size):
-    """Ray-cast one frame: RGB float32 (H, W, 3) and exact z-depth (H, W). Box 0 is the room, seen from inside.
-    Ray p(t) = o + t·R K⁻¹[u, v, 1]ᵀ has camera z = t, so the hit parameter t is the z-depth."""
-    H, W = size
-    v, u = np.mgrid[:H, :W].reshape(2, -1).astype(np.float32) + 0.5
-    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)])  # (3, P)
-    # (3, P) world ray directions, coordinates first; einsum, as BLAS threads slow this (3, 3) @ (3, P) down
-    d = np.einsum("ij,jp->ip", c2w[:3, :3].astype(np.float32), rays)
-    best, hit_box, hit_face = np.full(d.shape[1], np.inf, np.float32), np.zeros(d.shape[1], int), np.zeros(d.shape[1], int)
-    for b, (centre, half, yaw, _) in enumerate(boxes):  # slab test in the box frame
-        if b and (centre - c2w[:3, 3]) @ c2w[:3, 2] < -np.linalg.norm(half):
-            continue  # wholly behind the camera
-        R = _rot_z(yaw).astype(np.float32)
-        o, db = R.T @ (c2w[:3, 3] - centre).astype(np.float32), np.einsum("ji,jp->ip", R, d)  # (3,), (3, P)
-        h, o = half.astype(np.float32)[:, None], o[:, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t1, t2 = (-h - o) / db, (h - o) / db  # (3, P)
-        near, far = np.minimum(t1, t2), np.maximum(t1, t2)
-        slab = far if b == 0 else near  # leave the room through its far slab, enter a box through its near one
-        t = slab.min(0) if b == 0 else slab.max(0)  # (P,)
-        axis = np.where(slab[0] == t, 0, np.where(slab[1] == t, 1, 2))
-        side = np.where(axis == 0, db[0], np.where(axis == 1, db[1], db[2])) > 0  # face 2·axis + side
-        hit = np.isfinite(t) if b == 0 else (t <= far.min(0)) & (t > EPS) & (t < best)
-        best, hit_box = np.where(hit, t, best), np.where(hit, b, hit_box)
-        hit_face = np.where(hit, 2 * axis + (side == (b == 0)), hit_face)
-    rgb = np.zeros((d.shape[1], 3), np.float32)
-    light = np.array([0.4, 0.3, 0.87])
-    for b, (centre, half, yaw, tex_id) in enumerate(boxes):
-        in_b = np.flatnonzero(hit_box == b)
-        points = c2w[:3, 3, None] + best[in_b] * d[:, in_b]  # (3, P_b) world hit points
-        local = np.einsum("ji,jp->ip", _rot_z(yaw), points - centre[:, None]) + half[:, None]  # (3, P_b) in [0, 2·half]
-        for face in np.unique(hit_face[in_b]):
-            sel, (s_ax, t_ax) = hit_face[in_b] == face, _face_axes(face)
-            tex = textures[tex_id][face]
-            s = np.clip(local[s_ax, sel] * TEXELS_PER_M - 0.5, 0, tex.shape[1] - 1.001)  # bilinear lookup
-            t = np.clip(local[t_ax, sel] * TEXELS_PER_M - 0.5, 0, tex.shape[0] - 1.001)
-            s0, t0 = s.astype(int), t.astype(int)
-            fs, ft, i, w = (s - s0)[:, None], (t - t0)[:, None], t0 * tex.shape[1] + s0, tex.shape[1]
-            flat = tex.reshape(-1, 3)
-            colour = ((flat[i] * (1 - fs) + flat[i + 1] * fs) * (1 - ft)
-                      + (flat[i + w] * (1 - fs) + flat[i + w + 1] * fs) * ft)
-            normal = _rot_z(yaw)[:, face // 2] * (1 if face % 2 else -1)
-            rgb[in_b[sel]] = colour * (0.75 + 0.25 * abs(normal @ light))
-    return rgb.reshape(H, W, 3), best.reshape(H, W)
-
-
-def synth_scene(out_dir, seed, num_frames=64, size=448):
-    """Render one synthetic scene in DL3DV layout: images/ (size x size), images_2/ (half), depths/
-    (float32 z-depth at full size), transforms.json (nerfstudio/OpenGL c2w, OPENCV with zero distortion).
-    transforms.json is written last, so its presence marks a complete scene. Deterministic in seed.
-    One core renders 24 frames at 448 px in ~4 s, 64 frames in ~11 s; a 64-frame scene takes ~85 MB."""
-    rng = np.random.default_rng(seed)
-    boxes, theta0 = _synth_layout(rng)
-    textures = {}  # texture id -> six face textures; face 2·axis + side spans the two other axes (s, t)
-    for centre, half, _, tex_id in boxes:
-        if tex_id not in textures:
-            textures[tex_id] = [_texture(rng, int(2 * half[t] * TEXELS_PER_M) + 2, int(2 * half[s] * TEXELS_PER_M) + 2)
-                                for s, t in (_face_axes(face) for face in range(6))]
-    c2w = _camera_path(rng, num_frames, theta0)
-    f = size * rng.uniform(0.8, 1.0)
-    K = np.array([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]])
-    out = Path(out_dir)
-    for sub in ("images", "images_2", "depths"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    frames = []
-    for k in range(num_frames):
-        rgb, depth = _render(boxes, textures, K, c2w[k], (size, size))
-        name = f"frame_{k + 1:05d}"
-        image = Image.fromarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8))
-        image.save(out / "images" / f"{name}.png", compress_level=1)
-        image.resize((size // 2, size // 2), Image.BILINEAR).save(out / "images_2" / f"{name}.png", compress_level=1)
-        np.save(out / "depths" / f"{name}.npy", depth.astype(np.float32))
-        frames.append({"file_path": f"images/{name}.png", "transform_matrix": gl_to_cv(c2w[k]).tolist(),
-                       "colmap_im_id": k + 1})
-    meta = {"camera_model": "OPENCV", "w": size, "h": size, "fl_x": f, "fl_y": f, "cx": size / 2, "cy": size / 2,
-            "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames,
-            "synthetic": {"version": SYNTH_VERSION, "seed": seed, "boxes": [dict(centre=c.tolist(), half=h.tolist(), yaw=y, texture=t)
-                                                  for c, h, y, t in boxes[1:]]}}
-    (out / "transforms.json.tmp").write_text(json.dumps(meta, indent=1))
-    (out / "transforms.json.tmp").replace(out / "transforms.json")
-    return out
-
-
-def make_synthetic(root, n_scenes, seed=0, num_frames=64, size=448):
-    """Write scenes root/scene_0000 ... with seeds seed, seed + 1, ...; complete matching scenes are kept."""
-    root = Path(root)
-    for k in tqdm(range(n_scenes), desc=f"synthetic scenes in {root}"):
-        out, tf = root / f"scene_{k:04d}", root / f"scene_{k:04d}" / "transforms.json"
-        if tf.is_file():
-            meta = json.loads(tf.read_text())
-            if (meta["w"], len(meta["frames"]), meta["synthetic"]["seed"], meta["synthetic"].get("version")) == \
-                    (size, num_frames, seed + k, SYNTH_VERSION):
-                continue
-        synth_scene(out, seed + k, num_frames, size)
-    return root
-
-
-def ensure_synthetic(root="data/synthetic", n_train=6, n_val=2, size=448, frames=48):
-    """The project's default data: root/train (seeds 0...) and root/val (seeds 10000...), made if absent."""
-    root = Path(root)
-    return (make_synthetic(root / "train", n_train, 0, frames, size),
-            make_synthetic(root / "val", n_val, 10_000, frames, size))
+    def __getitem__(self, k):
+        for j in range(self.max_tries):
+            rng = np.random.default_rng([self.seed, k] if j == 0 else [self.seed, k, j])
+            scene = self.scenes[(k + j) % len(self.scenes)]
+            F = int(rng.integers(self.num_frames[0], self.num_frames[1] + 1))
+            try:
+                s = make_sample(scene, rng, F, self.size, self.grids, self.window, contiguous=self.contiguous)
+                a = s["anchor"]
+                if (s["visible"][a] & np.delete(s["visible"], a, 0).any(0)).any():
+                    s["replaced"] = j
+                    return s
+                reason = "no track is visible in the anchor and another frame"
+            except (OSError, ValueError, EOFError, SyntaxError) as e:  # PIL reports broken files as these
+                reason = str(e)
+            self.skipped["samples"] += 1
+            if scene.path not in self.warned:
+                self.warned.add(scene.path)
+                print(f"warning: item {k}: replacing a sample of {scene.path} (warned once per scene): {reason}",
+                      file=sys.stderr)
+        raise RuntimeError(f"item {k}: {self.max_tries} candidates in a row gave no usable sample (last: "
+                           f"{reason}); check the scenes with `python data.py scan --data ROOT`")
 
 
 # ----------------------------------------------------------------------------- instruction data (L_LM stream)
@@ -733,17 +981,11 @@ def show(scene_dir, out, num_frames=4, stride=12, grid=8, size=336, anchor=0):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="DL3DV-format data for GASP: synthetic scenes and the tracks figure.")
+    p = argparse.ArgumentParser(description="DL3DV-format scenes for GASP: the tracks figure and a scan of a data root. "
+                                            "(Synthetic scenes: python synth.py --help.)")
     sub = p.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("synth", help="write synthetic scenes in DL3DV layout",
-                       description="Render textured rooms (images/, images_2/, depths/, transforms.json).")
-    a.add_argument("--out", required=True, help="folder to write scene_0000, scene_0001, ... into")
-    a.add_argument("--scenes", type=int, default=8, help="number of scenes")
-    a.add_argument("--frames", type=int, default=64, help="frames per scene")
-    a.add_argument("--size", type=int, default=448, help="image height = width in pixels (images_2/ is half)")
-    a.add_argument("--seed", type=int, default=0, help="seed of the first scene (scene k uses seed + k)")
     b = sub.add_parser("show", help="draw frames with tracks (top) and depth (bottom) for one scene",
-                       description="Draw the paper's training-data figure for one scene folder.")
+                       description="Draw the paper's training-data figure for one scene folder; prints its track source.")
     b.add_argument("--scene", required=True, help="scene folder (holds transforms.json)")
     b.add_argument("--out", default="tracks.png", help="output PNG")
     b.add_argument("--frames", type=int, default=4, help="number of frames (columns)")
@@ -751,12 +993,39 @@ def main(argv=None):
     b.add_argument("--grid", type=int, default=8, help="query points on a grid x grid grid of the anchor frame")
     b.add_argument("--size", type=int, default=336, help="frame size in pixels")
     b.add_argument("--anchor", type=int, default=0, help="position of the anchor frame (first column)")
+    c = sub.add_parser("scan", help="validate every scene under a root: counts per track source, broken scenes",
+                       description="Load and validate every scene folder under --data (as training does) and "
+                                   "print how many use each track source and which are broken, with the reason.")
+    c.add_argument("--data", required=True, help="folder of scene folders (searched recursively, symlinks followed)")
+    c.add_argument("--size", type=int, default=336, help="frame size in pixels the scenes are checked at")
     args = p.parse_args(argv)
-    if args.command == "synth":
-        make_synthetic(args.out, args.scenes, args.seed, args.frames, args.size)
-    else:
+    if args.command == "show":
+        for flag in ("frames", "stride", "grid", "size"):
+            if getattr(args, flag) < 1:
+                p.error(f"--{flag} must be positive, got {getattr(args, flag)}")
+        source = scene_source(args.scene) if Path(args.scene).is_dir() else "none"
+        print(f"{args.scene}: track source {source}")
         print(f"wrote {show(args.scene, args.out, args.frames, args.stride, args.grid, args.size, args.anchor)}")
+        return
+    scenes, broken, missing = scan(args.data, (args.size, args.size))
+    counts = {s: sum(sc.source == s for sc in scenes) for s in ("depths", "dense", "sparse")}
+    print(f"{args.data}: {len(scenes)} usable scenes ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
+          f"{len(broken)} broken, {len(missing)} folders without transforms.json")
+    for d, reason in broken:
+        print(f"  broken {d}: {reason}")
+    for d in missing:
+        print(f"  no transforms.json: {d}")
+
+
+def __getattr__(name):
+    """Transitional: the synthetic renderer moved to synth.py; data.<name> keeps old callers working until
+    they call synth.<name>. Remove once train.py, probe.py, bench.py and tests use synth."""
+    if name in ("synth_scene", "make_synthetic", "ensure_synthetic"):
+        import synth
+        return getattr(synth, name)
+    raise AttributeError(f"module 'data' has no attribute {name!r}")
 
 
 if __name__ == "__main__":
     main()
+

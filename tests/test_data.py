@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 
 import data
+import scenes
+import synth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,16 +192,7 @@ def test_load_scene_converts_poses_and_sorts_frames(tmp_path):
 
 # ----------------------------------------------------------------------------- COLMAP depth
 
-def write_colmap_array(path, array):
-    """COLMAP's scripts/python/read_write_dense.py::write_array, transcribed."""
-    height, width = array.shape[:2]
-    channels = 1 if array.ndim == 2 else array.shape[2]
-    with open(path, "w") as fid:
-        fid.write(str(width) + "&" + str(height) + "&" + str(channels) + "&")
-    with open(path, "ab") as fid:
-        array_trans = np.transpose(array, (1, 0)) if array.ndim == 2 else np.transpose(array, (1, 0, 2))
-        data_1d = array_trans.reshape(-1, order="F").tolist()
-        fid.write(struct.pack("<" + "f" * len(data_1d), *data_1d))
+write_colmap_array = scenes.write_colmap_array
 
 
 def test_colmap_depth_reader(tmp_path):
@@ -220,15 +213,27 @@ def test_colmap_depth_reader(tmp_path):
         data.read_colmap_array(tmp_path / "junk.bin")
 
 
-def test_scene_reads_colmap_depth_and_resizes_it(tmp_path):
+def test_mvs_depth_is_never_paired_with_the_original_frames(tmp_path):
+    """MVS depth maps without their workspace's undistorted images and cameras: a named error, even when
+    their size matches images/ (the old 2 % aspect tolerance accepted this)."""
     root = flat_scene(tmp_path, n=2)
-    (root / "depths" / "frame_00002.npy").unlink()
+    for f in (root / "depths").iterdir():
+        f.unlink()
+    (root / "depths").rmdir()
     maps = root / "dense" / "stereo" / "depth_maps"
     maps.mkdir(parents=True)
-    half = np.arange(80, dtype=np.float32).reshape(8, 10)  # half the image resolution
-    write_colmap_array(maps / "frame_00002.png.geometric.bin", half)
+    for k in (1, 2):
+        write_colmap_array(maps / f"frame_0000{k}.png.geometric.bin", np.full((16, 20), 5, np.float32))
+    with pytest.raises(data.GeometryError, match="dense: incomplete MVS workspace.*undistorted"):
+        data.load_scene(root)
+
+
+def test_dense_depth_is_nearest_resized(tmp_path):
+    root, g = scenes.dense_scene(tmp_path / "d", n=3, size=(20, 26), crop=1)  # workspace images 18 x 24
+    half = np.arange(108, dtype=np.float32).reshape(9, 12) + 1  # depth at half the workspace resolution
+    write_colmap_array(root / "dense" / "stereo" / "depth_maps" / "frame_00002.png.geometric.bin", half)
     scene = data.load_scene(root)
-    assert scene.depth_files[1].name == "frame_00002.png.geometric.bin"
+    assert scene.source == "dense" and scene.depth_files[1].name == "frame_00002.png.geometric.bin"
     np.testing.assert_array_equal(scene.depth(1), np.repeat(np.repeat(half, 2, 0), 2, 1))  # nearest
 
 
@@ -237,6 +242,8 @@ def test_scene_reads_colmap_depth_and_resizes_it(tmp_path):
 def test_missing_or_malformed_transforms(tmp_path):
     with pytest.raises(FileNotFoundError, match="transforms.json"):
         data.load_scene(tmp_path)
+    (tmp_path / "depths").mkdir()  # the depths source reads transforms.json (the COLMAP sources do not)
+    np.save(tmp_path / "depths" / "frame_00001.npy", np.ones((2, 2), np.float32))
     (tmp_path / "transforms.json").write_text("{ not json")
     with pytest.raises(ValueError, match="transforms.json: malformed JSON"):
         data.load_scene(tmp_path)
@@ -260,14 +267,21 @@ def test_missing_intrinsics_and_image(tmp_path):
 
 def test_missing_and_wrong_size_depth(tmp_path):
     root = flat_scene(tmp_path)
-    np.save(root / "depths" / "frame_00002.npy", np.ones((16, 16), np.float32))  # images are 16 x 20
-    with pytest.raises(ValueError, match="frame_00002.npy: depth is"):
-        data.load_scene(root)
-    np.save(root / "depths" / "frame_00002.npy", np.ones((16, 20, 2), np.float32))
-    with pytest.raises(ValueError, match="frame_00002.npy: depth must be a 2-D"):
+    np.save(root / "depths" / "frame_00001.npy", np.ones((16, 16), np.float32))  # images are 16 x 20
+    with pytest.raises(data.GeometryError, match="frame_00001.npy: depth is 16x16"):
+        data.load_scene(root)  # the first depth map is checked on load,
+    np.save(root / "depths" / "frame_00001.npy", np.ones((16, 20), np.float32))
+    np.save(root / "depths" / "frame_00002.npy", np.ones((8, 10), np.float32))  # half size: fine
+    np.save(root / "depths" / "frame_00003.npy", np.ones((16, 16), np.float32))
+    scene = data.load_scene(root)
+    assert scene.depth(1).shape == (16, 20)
+    with pytest.raises(data.GeometryError, match="frame_00003.npy: depth is 16x16"):
+        scene.depth(2)  # the others when read
+    np.save(root / "depths" / "frame_00001.npy", np.ones((16, 20, 2), np.float32))
+    with pytest.raises(ValueError, match="frame_00001.npy: depth must be a 2-D"):
         data.load_scene(root)
     (root / "depths" / "frame_00002.npy").unlink()
-    with pytest.raises(FileNotFoundError, match="no depth for 1 of 4 frames"):
+    with pytest.raises(FileNotFoundError, match="frame_00002.npy: missing depth .1 of 4 frames"):
         data.load_scene(root)
 
 
@@ -292,7 +306,7 @@ def test_singular_pose(tmp_path):
     meta = json.loads((root / "transforms.json").read_text())
     meta["frames"][1]["transform_matrix"] = np.zeros((4, 4)).tolist()
     (root / "transforms.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="frame images/frame_00002.png: transform_matrix is not a rigid"):
+    with pytest.raises(ValueError, match="frame images/frame_00002.png: pose is not a rigid"):
         data.load_scene(root)
 
 
@@ -316,7 +330,7 @@ def test_dataset_skips_broken_scenes(tmp_path, capsys):
     assert len(ds.scenes) == 1 and ds.scenes[0].path.endswith("good")
     assert len(err) == 3 and "noimage" in err[0] and "short" in err[1] and "skipped 2 of 3" in err[2]
     assert ds[5]["frames"].shape == (3, 16, 20, 3)
-    with pytest.raises(FileNotFoundError, match="python data.py synth"):
+    with pytest.raises(FileNotFoundError, match="python synth.py"):
         data.SceneDataset(tmp_path / "short")
 
 
@@ -349,14 +363,14 @@ def test_resizing_scales_tracks_and_intrinsics(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
+def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
-    data.make_synthetic(root, 2, seed=3, num_frames=12, size=192)
+    synth.make_synthetic(root, 2, seed=3, num_frames=12, size=192)
     return root
 
 
-def test_sample_contract(synth):
-    scene = data.load_scene(synth / "scene_0000", (64, 64))
+def test_sample_contract(synthetic):
+    scene = data.load_scene(synthetic / "scene_0000", (64, 64))
     s = data.make_sample(scene, np.random.default_rng(0), 6, grids=(4, 8), window=5)
     assert set(s) == {"frames", "depth", "K", "c2w", "frame_index", "tracks", "track_depth", "visible", "anchor", "scene"}
     shapes = dict(frames=(6, 64, 64, 3), depth=(6, 64, 64), K=(6, 3, 3), c2w=(6, 4, 4), frame_index=(6,),
@@ -368,14 +382,14 @@ def test_sample_contract(synth):
     a = s["anchor"]
     assert (np.diff(s["frame_index"]) > 0).all() and np.abs(s["frame_index"] - s["frame_index"][a]).max() <= 5
     np.testing.assert_array_equal(s["tracks"][a], data.query_grid((64, 64), (4, 8)))
-    np.testing.assert_allclose(s["K"][0, 0, 0], json.loads((synth / "scene_0000" / "transforms.json").read_text())["fl_x"] * 64 / 192, rtol=1e-6)
+    np.testing.assert_allclose(s["K"][0, 0, 0], json.loads((synthetic / "scene_0000" / "transforms.json").read_text())["fl_x"] * 64 / 192, rtol=1e-6)
     c = data.make_sample(scene, np.random.default_rng(0), 6, contiguous=True)
     assert c["anchor"] == 0 and (np.diff(c["frame_index"]) == 1).all()
 
 
-def test_synthetic_tracks_follow_the_texture(synth):
+def test_synthetic_tracks_follow_the_texture(synthetic):
     """Images, depth and poses agree: colours at tracked points match; shuffled points do not."""
-    scene = data.load_scene(synth / "scene_0001", (96, 96))  # downsampled from 192 px: anti-aliased
+    scene = data.load_scene(synthetic / "scene_0001", (96, 96))  # downsampled from 192 px: anti-aliased
     s = data.make_sample(scene, np.random.default_rng(1), 8, grids=(24,))
     a = s["anchor"]
     diffs, shuffled = [], []
@@ -389,8 +403,8 @@ def test_synthetic_tracks_follow_the_texture(synth):
     assert np.mean(diffs) < 0.35 * np.mean(shuffled)
 
 
-def test_synthetic_scene_files_and_determinism(synth, tmp_path):
-    root = synth / "scene_0000"
+def test_synthetic_scene_files_and_determinism(synthetic, tmp_path):
+    root = synthetic / "scene_0000"
     meta = json.loads((root / "transforms.json").read_text())
     assert meta["frames"][0]["file_path"] == "images/frame_00001.png" and meta["camera_model"] == "OPENCV"
     assert Image.open(root / "images_2" / "frame_00001.png").size == (96, 96)
@@ -402,18 +416,18 @@ def test_synthetic_scene_files_and_determinism(synth, tmp_path):
     eye = data.load_scene(root).c2w[0, :3, 3]
     assert len(twins) == 2 and twins[0]["half"] == twins[1]["half"]
     assert abs(np.linalg.norm(np.array(twins[0]["centre"]) - eye) - np.linalg.norm(np.array(twins[1]["centre"]) - eye)) > 1.0
-    again = data.synth_scene(tmp_path / "again", 3, num_frames=1, size=192)
+    again = synth.synth_scene(tmp_path / "again", 3, num_frames=1, size=192)
     assert (again / "images" / "frame_00001.png").read_bytes() == (root / "images" / "frame_00001.png").read_bytes()
-    other = data.synth_scene(tmp_path / "other", 4, num_frames=1, size=192)
+    other = synth.synth_scene(tmp_path / "other", 4, num_frames=1, size=192)
     assert (other / "images" / "frame_00001.png").read_bytes() != (root / "images" / "frame_00001.png").read_bytes()
     stamp = (root / "transforms.json").stat().st_mtime_ns
-    data.make_synthetic(synth, 2, seed=3, num_frames=12, size=192)  # complete: nothing rewritten
+    synth.make_synthetic(synthetic, 2, seed=3, num_frames=12, size=192)  # complete: nothing rewritten
     assert (root / "transforms.json").stat().st_mtime_ns == stamp
 
 
-def test_dataset_is_deterministic_and_worker_safe(synth):
-    ds = data.SceneDataset(synth, size=(48, 48), num_frames=(3, 6), grids=(4,), window=4, seed=7, length=4)
-    again = data.SceneDataset(synth, size=(48, 48), num_frames=(3, 6), grids=(4,), window=4, seed=7, length=4)
+def test_dataset_is_deterministic_and_worker_safe(synthetic):
+    ds = data.SceneDataset(synthetic, size=(48, 48), num_frames=(3, 6), grids=(4,), window=4, seed=7, length=4)
+    again = data.SceneDataset(synthetic, size=(48, 48), num_frames=(3, 6), grids=(4,), window=4, seed=7, length=4)
     assert len(ds) == 4 and ds[1]["scene"] != ds[2]["scene"]
     np.testing.assert_array_equal(ds[3]["tracks"], again[3]["tracks"])
     assert not np.array_equal(ds[0]["frame_index"], ds[2]["frame_index"]) or ds[0]["anchor"] != ds[2]["anchor"]
@@ -423,22 +437,26 @@ def test_dataset_is_deterministic_and_worker_safe(synth):
         np.testing.assert_array_equal(item["frames"].numpy(), ds[i]["frames"])
 
 
-def test_command_line(synth, tmp_path, capsys):
-    for args in ([], ["synth"], ["show"]):
+def test_command_line(synthetic, tmp_path, capsys):
+    for main, args in ((data.main, []), (data.main, ["show"]), (data.main, ["scan"]), (synth.main, [])):
         with pytest.raises(SystemExit) as e:
-            data.main(args + ["--help"])
+            main(args + ["--help"])
         assert e.value.code == 0 and "usage" in capsys.readouterr().out
-    data.main(["synth", "--out", str(tmp_path), "--scenes", "1", "--frames", "3", "--size", "32"])
-    assert (tmp_path / "scene_0000" / "transforms.json").is_file()
+    synth.main(["--out", str(tmp_path / "new"), "--scenes", "1", "--frames", "3", "--size", "32"])
+    assert (tmp_path / "new" / "scene_0000" / "transforms.json").is_file()
+    with pytest.raises(SystemExit):
+        synth.main(["--out", str(tmp_path / "new"), "--scenes", "0"])
+    assert "--scenes must be positive" in capsys.readouterr().err
     out = tmp_path / "fig.png"
-    data.main(["show", "--scene", str(synth / "scene_0000"), "--out", str(out), "--frames", "3", "--stride", "4",
+    data.main(["show", "--scene", str(synthetic / "scene_0000"), "--out", str(out), "--frames", "3", "--stride", "4",
                "--size", "64"])
     assert Image.open(out).size == (3 * 72 + 8, 2 * 72 + 22)
+    assert "track source depths" in capsys.readouterr().out
 
 
 @pytest.mark.slow
 def test_default_synthetic_scene_renders_and_runs_as_a_script(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "data.py"), "synth", "--out", str(tmp_path), "--scenes", "1",
+    subprocess.run([sys.executable, str(ROOT / "synth.py"), "--out", str(tmp_path), "--scenes", "1",
                     "--frames", "24"], check=True, capture_output=True)
     scene = data.load_scene(tmp_path / "scene_0000", (336, 336))
     s = data.make_sample(scene, np.random.default_rng(0), 16)
