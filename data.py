@@ -158,8 +158,8 @@ def read_points3d_bin(path, tracks=False):
     buf = _read_bin(path)
     (count,), pos = _unpack(buf, 0, "<Q", path, "the point count")
     if count > (len(buf) - 8) // 51:
-        raise ColmapError(f"{path}: says {count} points, but {len(buf)} bytes hold at most {(len(buf) - 8) // 51}: "
-                          f"truncated or corrupt")
+        raise ColmapError(f"{path}: truncated or corrupt: says {count} points, but {len(buf)} bytes hold at "
+                          f"most {(len(buf) - 8) // 51}")
     ids, xyz, track_list = np.empty(count, np.int64), np.empty((count, 3)), []
     for k in range(count):
         (ids[k], *xyz[k], _, _, _, _, n), pos = _unpack(buf, pos, "<Q3d3BdQ", path, f"point {k}")
