@@ -19,7 +19,11 @@ References: Qwen2.5-VL (arXiv 2502.13923), LLaVA-NeXT-Video (llava-vl.github.io/
 GASP arXiv 2605.30231.
 """
 
+import importlib
+import json
 import os
+import shutil
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -28,63 +32,67 @@ import transformers
 from PIL import Image
 from torch.utils.checkpoint import checkpoint
 
-from heads import CorrespondenceHeads, repeat_kv
+from families import SUPPORTED as FAMILIES_SUPPORTED
+from families import family
+from heads import CorrespondenceHeads
 
 # Notation: F frames, (h, w) token grid per frame, T = F*h*w visual tokens, L supervised layers,
 # H query heads, d_h head size, S sequence length, B batch.
 
-SUPPORTED = ("qwen2_5_vl", "qwen2_vl", "llava_next_video")
+SUPPORTED = FAMILIES_SUPPORTED
 PROMPT = "These are frames of a video."  # the short generic prompt of geometry samples (no answer, no L_LM)
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                "<|image_pad|>", "<|video_pad|>"]
-LLAVA_SPECIAL = ["<unk>", "<s>", "</s>", "<image>", "<video>"]
+# What export() copies unchanged from the base model's folder, next to the saved weights.
+PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json",
+                   "chat_template.json", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
+                   "generation_config.json")
 
 
 def check_supported(config) -> str:
-    if config.model_type not in SUPPORTED:
-        raise ValueError(f"model type {config.model_type!r} has no visual-token map here; supported: "
-                         f"{', '.join(SUPPORTED)}. Add its token layout to model.py (Processor, token_px).")
+    family(config)  # one clear error naming the supported families
     return config.model_type
 
 
-def token_px(config) -> int:
-    """Pixels per LLM visual token along each axis."""
-    if check_supported(config) == "llava_next_video":
-        v = config.vision_config
-        return v.image_size // (v.image_size // v.patch_size // config.spatial_pool_stride)
-    return config.vision_config.patch_size * config.vision_config.spatial_merge_size
+def token_px(config) -> float:
+    """Pixels per LLM visual token along each axis (an int where the pitch is whole)."""
+    px = family(config).token_px(config)
+    return int(px) if float(px).is_integer() else px
 
 
 def frame_size(config, target: int = 448) -> tuple[int, int]:
-    """(H, W) of the frames to feed so that every token covers whole pixels: Qwen takes any
-    multiple of 28 px (target rounded), LLaVA-NeXT-Video its CLIP input size."""
-    if check_supported(config) == "llava_next_video":
-        return config.vision_config.image_size, config.vision_config.image_size
-    px = token_px(config)
-    side = max(px, round(target / px) * px)
-    return side, side
+    """(H, W) of the frames to feed so that every token covers whole pixels: Qwen takes any multiple of its
+    token pitch (28 or 32 px; target rounded), LLaVA its vision tower's input size."""
+    return family(config).frame_size(config, target)
 
 
 class Processor:
-    """Frames + prompt (+ answer) -> input dict of the stock model, with labels on answer tokens only."""
+    """Frames + prompt (+ answer) -> input dict of the stock model, with labels on answer tokens only.
 
-    def __init__(self, config, tokenizer, size: tuple[int, int] | None = None):
-        self.config, self.tokenizer = config, tokenizer
-        self.kind = check_supported(config)
+    The prompt goes through the tokenizer's own chat template (the family's default where it has none) and
+    the visual placeholders are expanded to the token grid as the stock processor does; the frames are
+    resized here to `size` (whole tokens) and normalised as the checkpoint's preprocessor_config.json says.
+    `source`: the checkpoint folder or id the processor files came from (export() copies them unchanged)."""
+
+    def __init__(self, config, tokenizer, size: tuple[int, int] | None = None, source: str | None = None):
+        self.config, self.tokenizer, self.source = config, tokenizer, source
+        self.kind, self.family = check_supported(config), family(config)
         self.size = tuple(size or frame_size(config))
         self.token_px = token_px(config)
-        self.grid = (self.size[0] // self.token_px, self.size[1] // self.token_px)  # (h, w) tokens per frame
+        self.grid = self.family.grid(config, self.size)  # (h, w) tokens per frame
+        if self.family.layout == "images" and (self.size[0] % self.token_px or self.size[1] % self.token_px):
+            raise ValueError(f"frame size {self.size}: {self.kind} needs multiples of {self.token_px} px "
+                             f"(model.frame_size gives one)")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if self.kind == "llava_next_video":
-            self.vis_id = config.video_token_index
-        else:
+        self.vis_id = getattr(config, self.family.placeholder_id)
+        mean, std = self.family.mean_std
+        pre = _read_json(source, "preprocessor_config.json")
+        self.mean, self.std = pre.get("image_mean", mean), pre.get("image_std", std)
+        if self.family.layout == "images":
             from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-            self.vis_id = config.image_token_id
             v = config.vision_config
-            self.image_processor = Qwen2VLImageProcessorPil(
+            self.image_processor = Qwen2VLImageProcessorPil(  # frames already at `size`: patchify only
                 do_resize=False, patch_size=v.patch_size, merge_size=v.spatial_merge_size,
-                temporal_patch_size=v.temporal_patch_size)
+                temporal_patch_size=v.temporal_patch_size, image_mean=self.mean, image_std=self.std)
 
     def resize(self, frame) -> np.ndarray:
         img = frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame))
@@ -93,29 +101,36 @@ class Processor:
             img = img.resize((self.size[1], self.size[0]), Image.BICUBIC)
         return np.asarray(img)
 
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def _sequence(self, num_frames: int, prompt: str, answer: str | None) -> tuple[list[int], int]:
-        """Token ids of one conversation and the index where the answer starts."""
-        tok, n = self.tokenizer, self.grid[0] * self.grid[1]
-        if self.kind == "llava_next_video":  # llava-hf chat template: "USER: <video>\n{prompt} ASSISTANT:"
-            ids = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + self._ids("USER: ")
-            ids += [self.vis_id] * (num_frames * n) + self._ids("\n" + prompt + " ASSISTANT:")
-            start = len(ids)
-            if answer is not None:
-                ids += self._ids(" " + answer) + [tok.eos_token_id]
-            return ids, start
-        # Qwen chat template, one <|vision_start|><|image_pad|>*n<|vision_end|> block per frame.
-        c = self.config
-        ids = self._ids("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
-        for _ in range(num_frames):
-            ids += [c.vision_start_token_id] + [self.vis_id] * n + [c.vision_end_token_id]
-        ids += self._ids(prompt + "<|im_end|>\n<|im_start|>assistant\n")
-        start = len(ids)
+    def _conversation(self, num_frames: int, prompt: str, answer: str | None) -> tuple[list[int], list[int]]:
+        """Token ids and labels (-100 outside the answer) of one conversation."""
+        fam, tok = self.family, self.tokenizer
+        visual = [{"type": "image"}] * num_frames if fam.layout == "images" else [{"type": "video"}]
+        messages = [{"role": "user", "content": visual + [{"type": "text", "text": prompt}]}]
+        kw = dict(tokenize=False, chat_template=None if tok.chat_template else fam.template)
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, **kw)  # ready for generate()
+        start = len(text)  # where the labels start (nothing labelled without an answer)
         if answer is not None:
-            ids += self._ids(answer + "<|im_end|>") + self._ids("\n")
-        return ids, start
+            # The training text is the conversation with the answer turn as the template writes it (which need
+            # not extend the generation prompt: LLaVA-OneVision's writes "assistant \n" vs "assistant\n").
+            mark = "\ue000"  # a private-use character standing in for the answer, to find where it starts
+            text = tok.apply_chat_template(messages + [{"role": "assistant", "content": [
+                {"type": "text", "text": mark}]}], **kw)
+            if text.count(mark) != 1:
+                raise ValueError(f"{self.kind} chat template: cannot find the answer in the assistant turn")
+            start, text = text.index(mark), text.replace(mark, answer)
+        # The stock processors' rule: each placeholder becomes one placeholder token per visual token (one image
+        # per frame, or all frames of the video, plus the family's trailing newline), then the whole text is
+        # tokenized at once (tokenizing piece by piece would add a '▁' after <video> with SentencePiece).
+        n = self.grid[0] * self.grid[1] * (1 if fam.layout == "images" else num_frames) + fam.newline
+        grow = (n - 1) * len(fam.placeholder) * text[:start].count(fam.placeholder)  # the answer's shift
+        text, start = text.replace(fam.placeholder, fam.placeholder * n), start + grow
+        enc = tok(text, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        labels = [i if end > start else -100 for i, (_, end) in zip(ids, enc["offset_mapping"])]  # answer tokens
+        if answer is not None and tok.eos_token_id not in labels:
+            # Assumption: the answer ends with EOS (L_LM teaches the model to stop) where the template has none.
+            ids, labels = ids + [tok.eos_token_id], labels + [tok.eos_token_id]
+        return ids, labels
 
     def __call__(self, frames, prompts, answers=None) -> dict:
         """frames: list (batch) of frame lists/arrays (F, H, W, 3) uint8; prompts: list of str.
@@ -124,16 +139,16 @@ class Processor:
         seqs, labels, pixels, grids = [], [], [], []
         for i, (clip, prompt) in enumerate(zip(frames, prompts)):
             clip = [self.resize(f) for f in clip]
-            ids, start = self._sequence(len(clip), prompt, None if answers is None else answers[i])
+            ids, lab = self._conversation(len(clip), prompt, None if answers is None else answers[i])
             seqs.append(ids)
-            labels.append([-100] * start + ids[start:])
-            if self.kind == "llava_next_video":
+            labels.append(lab)
+            if self.family.layout == "video":
                 x = torch.from_numpy(np.stack(clip)).permute(0, 3, 1, 2).float() / 255  # (F, 3, H, W)
-                pixels.append((x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None])
+                pixels.append((x - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None])
             else:
                 out = self.image_processor(images=clip, return_tensors="pt")
-                pixels.append(out["pixel_values"])
-                grids.append(out["image_grid_thw"])
+                pixels.append(out["pixel_values"])  # (F * patches, C * t * p * p)
+                grids.append(out["image_grid_thw"])  # (F, 3)
         S = max(len(s) for s in seqs)
         left = answers is None
         pad = lambda s, v: ([v] * (S - len(s)) + s) if left else (s + [v] * (S - len(s)))  # noqa: E731
@@ -141,9 +156,9 @@ class Processor:
                  "attention_mask": torch.tensor([pad([1] * len(s), 0) for s in seqs])}
         if answers is not None:
             batch["labels"] = torch.tensor([pad(lab, -100) for lab in labels])
-        if self.kind == "llava_next_video":
+        if self.family.layout == "video":
             if len({p.shape for p in pixels}) > 1:
-                raise ValueError("LLaVA-NeXT-Video batches need the same number of frames per item")
+                raise ValueError(f"{self.kind} batches need the same number of frames per item")
             batch["pixel_values_videos"] = torch.stack(pixels)  # (B, F, 3, H, W)
         else:
             batch["pixel_values"] = torch.cat(pixels)
@@ -155,14 +170,42 @@ class Processor:
         """(F, h, w) sequence positions of each frame's visual tokens in one sequence (S,)."""
         pos = (input_ids == self.vis_id).nonzero().flatten()
         h, w = self.grid
-        if pos.numel() != num_frames * h * w:
-            raise ValueError(f"expected {num_frames}x{h}x{w} visual tokens, found {pos.numel()}")
-        return pos.view(num_frames, h, w)  # frame-major, row-major: the order the vision tower emits
+        n = num_frames * h * w
+        if pos.numel() != n + self.family.newline:
+            raise ValueError(f"expected {num_frames}x{h}x{w} visual tokens (+{self.family.newline} newline), "
+                             f"found {pos.numel()}")
+        return pos[:n].view(num_frames, h, w)  # frame-major, row-major; a trailing newline is skipped
 
     def save_pretrained(self, path: str):
+        """The processor files next to a checkpoint: the source's own files, copied byte for byte; without a
+        source folder, the tokenizer (with its chat template) and the family's stock image processor."""
+        folder = _folder(self.source)
+        if folder is not None:
+            for name in PROCESSOR_FILES:
+                if os.path.exists(os.path.join(folder, name)):
+                    shutil.copyfile(os.path.join(folder, name), os.path.join(path, name))
+            return
+        if not self.tokenizer.chat_template:
+            self.tokenizer.chat_template = self.family.template
         self.tokenizer.save_pretrained(path)
-        if self.kind != "llava_next_video":
-            self.image_processor.save_pretrained(path)
+        self.family.image_processor(self.config).save_pretrained(path)
+
+
+def _folder(source: str | None) -> str | None:
+    """The local folder of a checkpoint given as a folder or a cached hub id (None: no source)."""
+    if source is None or os.path.isdir(source):
+        return source
+    from huggingface_hub import snapshot_download
+    return snapshot_download(source, local_files_only=True)
+
+
+def _read_json(source: str | None, name: str) -> dict:
+    folder = _folder(source) if source is not None else None
+    path = os.path.join(folder, name) if folder else None
+    if path is None or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def load(path: str, device="cpu", dtype=None, size=None, attn_implementation: str | None = None):
@@ -176,75 +219,76 @@ def load(path: str, device="cpu", dtype=None, size=None, attn_implementation: st
     model = transformers.AutoModelForImageTextToText.from_pretrained(
         path, dtype=dtype or torch.float32, attn_implementation=attn_implementation)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    return model.to(device).eval(), Processor(model.config, tokenizer, size)
+    return model.to(device).eval(), Processor(model.config, tokenizer, size, source=path)
 
 
 # ----------------------------------------------------------------------------- tiny random-init models
 
 def build_tokenizer(kind: str, vocab_size: int = 512):
-    """A small byte-level BPE tokenizer made offline with `tokenizers`, carrying the model's special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    special = LLAVA_SPECIAL if kind == "llava_next_video" else QWEN_SPECIAL
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    """A small tokenizer made offline with `tokenizers`, of the family's kind and with its special tokens and
+    chat template: byte-level BPE (Qwen, Qwen2) or SentencePiece-style Metaspace BPE with a BOS (Llama/Vicuna)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    fam = family(kind)
     corpus = ["These are frames of a video. Which point in the last frame matches the marked point?",
               "Answer with the option's letter from the given choices directly. A B C D 0 1 2 3 4 5 6 7 8 9",
-              "USER: ASSISTANT: system user assistant You are a helpful assistant. yes no left right"] * 4
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    names = dict(zip(["unk_token", "bos_token", "eos_token"], special)) if kind == "llava_next_video" else \
-        {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, **names)
+              "USER: ASSISTANT: system user assistant You are a helpful assistant. yes no left right\n"] * 4
+    if fam.tokenizer == "metaspace":
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+        alphabet = sorted(set("".join(corpus).replace(" ", "▁")) | {"▁", "\n"})
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=fam.special,
+                                                        initial_alphabet=alphabet, show_progress=False))
+    if fam.tokenizer == "metaspace":
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+        names = dict(unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    else:
+        names = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+    out = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, **names)
+    out.chat_template = fam.template
+    return out
 
 
 def tiny_config(kind: str = "qwen2_5_vl", tokenizer=None, layers: int = 4, hidden: int = 128, heads: int = 2,
                 kv_heads: int = 2, vision_layers: int = 2, vision_hidden: int = 64, intermediate: int | None = None,
                 head_dim: int | None = None, mrope_section: list[int] | None = None, rope_theta: float = 1e6):
-    """A few-MB config of the real class: same code paths as the 7B models, random weights.
+    """A few-MB config of the real class: same code paths as the 7B models, random weights. intermediate
+    (default 2 x hidden), head_dim (default hidden / heads), mrope_section and rope_theta let 7B-shaped layers
+    be built (Qwen2.5-VL-7B: hidden 3584, heads 28, kv_heads 4, intermediate 18944, head_dim 128).
     The defaults are the embedded default's model. Two heads of 64 (as Qwen's head size is 128, M-RoPE
     sections in the same proportions) instead of four of 32 with 2 KV heads: native Q-K PCK@2 after the
     demo 0.76 vs 0.66 (measured; M-RoPE scrambles a quarter of each head's dimensions across frames)."""
     tokenizer = tokenizer or build_tokenizer(kind)
-    tid = tokenizer.convert_tokens_to_ids
-    d_h = head_dim or hidden // heads
     text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                max_position_embeddings=32768, head_dim=d_h)
-    if kind == "llava_next_video":
-        text.update(model_type="llama", bos_token_id=tid("<s>"), eos_token_id=tid("</s>"), pad_token_id=tid("</s>"))
-        vision = dict(model_type="clip_vision_model", hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
-                      num_hidden_layers=vision_layers, num_attention_heads=2, image_size=224, patch_size=14,
-                      projection_dim=hidden)
-        return transformers.LlavaNextVideoConfig(text_config=text, vision_config=vision,
-                                                 video_token_index=tid("<video>"), image_token_index=tid("<image>"))
-    section = mrope_section or [d_h // 8, d_h // 8 * 3 // 2, d_h // 8 * 3 // 2]  # sums to d_h/2 (128: [16, 24, 24])
-    text.update(rope_parameters=dict(rope_type="default", mrope_section=section, rope_theta=rope_theta),
-                bos_token_id=tid("<|endoftext|>"), eos_token_id=tid("<|im_end|>"), pad_token_id=tid("<|endoftext|>"))
-    ids = dict(image_token_id=tid("<|image_pad|>"), video_token_id=tid("<|video_pad|>"),
-               vision_start_token_id=tid("<|vision_start|>"), vision_end_token_id=tid("<|vision_end|>"))
-    if kind == "qwen2_vl":
-        vision = dict(depth=vision_layers, embed_dim=vision_hidden, hidden_size=hidden, num_heads=2, mlp_ratio=2)
-        return transformers.Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
-    vision = dict(depth=vision_layers, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_heads=2,
-                  out_hidden_size=hidden, fullatt_block_indexes=[vision_layers - 1], window_size=112)
-    return transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
+                max_position_embeddings=32768, head_dim=head_dim or hidden // heads, mrope_section=mrope_section,
+                rope_theta=rope_theta)
+    return family(kind).tiny(text, tokenizer.convert_tokens_to_ids, vision_layers, vision_hidden)
 
 
-def build_tiny(out_dir: str, kind: str = "qwen2_5_vl", seed: int = 0, **config_kwargs) -> str:
-    """Write a tiny random-init checkpoint of the real class + its tokenizer/image processor to out_dir
+def build_tiny(out_dir: str, kind: str = "qwen2_5_vl", seed: int = 0, dtype=None, **config_kwargs) -> str:
+    """Write a tiny random-init checkpoint of the real class (weights in `dtype`, default float32) with realistic
+    processor files (the family's stock image processor with resizing on, tokenizer, chat template) to out_dir
     (kept if out_dir already holds the same architecture; rebuilt if it holds another, e.g. an older default)."""
     tokenizer = build_tokenizer(kind)
     config = tiny_config(kind, tokenizer, **config_kwargs)
     if os.path.exists(os.path.join(out_dir, "config.json")):
-        keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
-        old, new = (getattr(c, "text_config", c) for c in (transformers.AutoConfig.from_pretrained(out_dir), config))
-        if [getattr(old, k) for k in keys] == [getattr(new, k) for k in keys]:
+        keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "head_dim", "intermediate_size")
+        old_cfg = transformers.AutoConfig.from_pretrained(out_dir)
+        old, new = (getattr(c, "text_config", c) for c in (old_cfg, config))
+        same = [getattr(old, k, None) for k in keys] == [getattr(new, k, None) for k in keys]
+        if same and old_cfg.model_type == kind and old_cfg.dtype == (dtype or torch.float32):
             return out_dir
         print(f"{out_dir}: holds another tiny architecture; rebuilding it")
     torch.manual_seed(seed)
-    model = transformers.AutoModelForImageTextToText.from_config(config)
+    model = transformers.AutoModelForImageTextToText.from_config(config).to(dtype or torch.float32)
     model.save_pretrained(out_dir)
     Processor(model.config, tokenizer).save_pretrained(out_dir)
     return out_dir
@@ -448,59 +492,101 @@ def bare_vlm(model: nn.Module) -> nn.Module:
 
 
 def export(model: nn.Module, processor: Processor, out_dir: str) -> str:
-    """Save a stock checkpoint: heads dropped, LoRA merged, plus tokenizer / image processor."""
+    """Save a stock checkpoint: heads dropped, LoRA merged, weights in the base model's dtype (config.json of
+    processor.source; the model's own dtype without a source), and the base model's processor, tokenizer,
+    chat-template and generation files copied unchanged, so the stock Auto* classes load it as they load the base."""
     vlm = bare_vlm(model)
-    vlm.save_pretrained(out_dir)
+    base = _read_json(processor.source, "config.json")
+    name = base.get("dtype") or base.get("torch_dtype") or base.get("text_config", {}).get("dtype")
+    dtype = getattr(torch, name) if isinstance(name, str) else vlm.dtype
+    kept = {}  # the trained values stay untouched in memory: cast copies for the save, restored after
+    for p in vlm.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            kept[p] = p.data
+            p.data = p.data.to(dtype)
+    try:
+        vlm.save_pretrained(out_dir)
+    finally:
+        for p, data in kept.items():
+            p.data = data
     processor.save_pretrained(out_dir)
     return out_dir
 
 
 # ----------------------------------------------------------------------------- native Q-K (probe, G8)
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+@contextmanager
+def attention_reader(vlm: nn.Module, read):
+    """Within the block, every LLM attention call first hands read(module, query, key) the exact q and k it
+    attends with: query (B, H, S, d_h), key (B, H_kv, S, d_h), after q_norm / k_norm and rotary / M-RoPE, as
+    the model computed them. A wrapping function registered with transformers' AttentionInterface is selected
+    for the language model, then its own implementation (eager, sdpa, flash_attention_2) is restored."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+    tc = text_config(vlm)
+    own = tc._attn_implementation or "eager"
+    attn_cls = type(llm_layers(vlm)[0].self_attn)
+    eager = importlib.import_module(attn_cls.__module__).eager_attention_forward  # the family's own eager path
+    stock = ALL_ATTENTION_FUNCTIONS.get_interface(own, eager)
+    name = f"gasp_read_{own}"
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        read(module, query, key)
+        return stock(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[own])  # the same mask as the model's own
+    tc._attn_implementation = name
+    try:
+        yield
+    finally:
+        tc._attn_implementation = own
 
 
 @torch.no_grad()
 def native_qk(vlm: nn.Module, inputs: dict, token_map: torch.Tensor, fn, layers=None, run=None, rotary: bool = True):
-    """G8 input: for every layer l (or those listed), call fn(l, q, k) with the layer's own
-    q (F, h*w, H, d_h) and k (F, h*w, H, d_h) of the visual tokens, rotary / M-RoPE applied exactly as
-    its attention does, keys repeated over query heads (GQA). Called inside the forward, one layer at
-    a time, so no (layers x tokens x tokens) tensor is ever held. `run` replaces the plain forward
-    (e.g. a GASP forward, so the heads are read in the same pass); its result is returned.
-    rotary=False: q and k before the rotary embedding (a diagnostic of what M-RoPE costs the match, not G8)."""
+    """G8 input: for every layer l (or those listed), call fn(l, q, k) with the q (F, h*w, H, d_h) and
+    k (F, h*w, H, d_h) of the visual tokens exactly as the layer's attention receives them (q_norm / k_norm,
+    rotary / M-RoPE applied by the model itself), keys repeated over query heads (GQA). Called inside the
+    forward, one layer at a time, so no (layers x tokens x tokens) tensor is ever held. `run` replaces the
+    plain forward (e.g. lambda: gasp.embed(...), so the heads are read in the same pass); its result is returned.
+    rotary=False: q and k before the rotary embedding, where the heads read them (a diagnostic of what
+    M-RoPE costs the match, not G8)."""
     blocks, tc = llm_layers(vlm), text_config(vlm)
-    H = tc.num_attention_heads
-    d_h = tc.hidden_size // H
-    layers = range(len(blocks)) if layers is None else layers
+    H, d_h = tc.num_attention_heads, head_size(tc)
+    layers = set(range(len(blocks)) if layers is None else layers)
     pos, Fr = token_map.flatten(), token_map.shape[0]
+    forward = run if run is not None else (lambda: vlm(**inputs, use_cache=False))
+
+    def hand(l, q, k):  # q (T, H, d_h), k (T, H_kv, d_h)
+        k = k.repeat_interleave(H // k.shape[1], dim=1)  # key head g serves query heads g*n .. g*n + n - 1
+        fn(l, q.float().view(Fr, -1, H, d_h), k.float().view(Fr, -1, H, d_h))
+
+    if rotary:
+        layer_of = {id(b.self_attn): l for l, b in enumerate(blocks)}
+
+        def read(module, query, key):  # (B, H, S, d_h), (B, H_kv, S, d_h)
+            l = layer_of.get(id(module))
+            if l in layers:
+                hand(l, query[0, :, pos].transpose(0, 1), key[0, :, pos].transpose(0, 1))
+
+        with attention_reader(vlm, read):
+            return forward()
     state, handles = {}, []
 
-    def rotate(x, cos, sin):  # x (T, H, d_h); cos, sin (T, d_h)
-        return x * cos[:, None] + rotate_half(x) * sin[:, None]
-
-    def on_rotary(module, args, out):
-        state["cos"], state["sin"] = out[0][0, pos].float(), out[1][0, pos].float()  # (T, d_h)
-
     def on_q(module, args, out):
-        state["q"] = out[0, pos].float().view(len(pos), H, d_h)
+        state["q"] = out[0, pos].reshape(len(pos), H, d_h)
 
     def on_k(l):
         def hook(module, args, out):
-            k = repeat_kv(out[0, pos].float(), H, d_h).view(len(pos), H, d_h)
-            q = state.pop("q")
-            if rotary:
-                q, k = rotate(q, state["cos"], state["sin"]), rotate(k, state["cos"], state["sin"])
-            fn(l, q.view(Fr, -1, H, d_h), k.view(Fr, -1, H, d_h))
+            hand(l, state.pop("q"), out[0, pos].reshape(len(pos), -1, d_h))
         return hook
 
-    handles.append(find_module(vlm, "language_model.rotary_emb").register_forward_hook(on_rotary))
     for l in layers:
-        handles.append(blocks[l].self_attn.q_proj.register_forward_hook(on_q))
-        handles.append(blocks[l].self_attn.k_proj.register_forward_hook(on_k(l)))
+        q_mod, k_mod = qk_modules(blocks[l].self_attn)
+        handles += [q_mod.register_forward_hook(on_q), k_mod.register_forward_hook(on_k(l))]
     try:
-        return run() if run is not None else vlm(**inputs, use_cache=False)
+        return forward()
     finally:
         for hd in handles:
             hd.remove()
