@@ -266,11 +266,15 @@ class Scene:
         """Frame i as uint8 (H, W, 3), bilinear-resized to `size`."""
         if ("image", i) in self.cache:
             return self.cache["image", i]
-        with Image.open(self.image_files[i]) as im:
-            if im.size[::-1] != self.source_size:
-                raise ValueError(f"{self.image_files[i]}: image is {im.height}x{im.width}, the scene's "
-                                 f"first frame is {self.source_size[0]}x{self.source_size[1]}")
-            return resize_image(np.asarray(im.convert("RGB")), self.size)
+        try:
+            with Image.open(self.image_files[i]) as im:
+                rgb = np.asarray(im.convert("RGB"))
+        except (OSError, SyntaxError, EOFError) as e:  # how PIL reports broken files
+            raise ValueError(f"{self.image_files[i]}: cannot decode image ({e}); extract the frame again") from None
+        if rgb.shape[:2] != self.source_size:
+            raise ValueError(f"{self.image_files[i]}: image is {rgb.shape[0]}x{rgb.shape[1]}, the scene's "
+                             f"first frame is {self.source_size[0]}x{self.source_size[1]}")
+        return resize_image(rgb, self.size)
 
     def depth(self, i):
         """Depth of frame i as float32 (H, W), nearest-resized to `size`; NaN/inf/negative -> 0, counted."""
@@ -847,7 +851,7 @@ class SceneDataset(torch.utils.data.Dataset):
                     s["replaced"] = j
                     return s
                 reason = "no track is visible in the anchor and another frame"
-            except (OSError, ValueError, EOFError, SyntaxError) as e:  # PIL reports broken files as these
+            except (OSError, ValueError) as e:  # missing or undecodable files, bad depth
                 reason = str(e)
             self.skipped["samples"] += 1
             if scene.path not in self.warned:

@@ -229,7 +229,7 @@ CAMERAS = {  # model -> params at the full resolution 320 x 240 (images_4/ is 80
 def camera_K_dist(model, p):
     """Builders' own reading of a COLMAP camera: K (3, 3), OPENCV-style (k1, k2, p1, p2)."""
     fx, fy, cx, cy = (p[0], p[1], p[2], p[3]) if model in ("OPENCV", "PINHOLE") else (p[0], p[0], p[1], p[2])
-    dist = {"OPENCV": p[4:8], "SIMPLE_RADIAL": [p[3], 0, 0, 0], "RADIAL": [p[3], p[4], 0, 0]}.get(model, [0, 0, 0, 0])
+    dist = {"OPENCV": p[4:8], "SIMPLE_RADIAL": [*p[3:4], 0, 0, 0], "RADIAL": [*p[3:5], 0, 0]}.get(model, [0, 0, 0, 0])
     return np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]]), np.array(dist, float)
 
 

@@ -1,7 +1,9 @@
 """data.py against geometry worked by hand: closed-form plane tracks, round trips, occlusion, the
 OpenGL -> OpenCV conversion, COLMAP's depth format, bad inputs, the sample contract, synthetic scenes."""
 import json
-import struct
+import pickle
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -461,3 +463,215 @@ def test_default_synthetic_scene_renders_and_runs_as_a_script(tmp_path):
     scene = data.load_scene(tmp_path / "scene_0000", (336, 336))
     s = data.make_sample(scene, np.random.default_rng(0), 16)
     assert s["tracks"].shape == (16, 640, 2) and s["visible"].mean() > 0.5
+
+
+# ----------------------------------------------------------------------------- one contract, three sources
+
+def layout_checks(s, g, grids):
+    """Tracks of a depth-source sample against the plane homographies of tests/scenes.py."""
+    a = s["anchor"]
+    assert s["tracks"].shape[1] == sum(k * k for k in grids)
+    idx = [int(np.flatnonzero(np.arange(len(g["c2w"])) + 1 == fi)[0]) for fi in s["frame_index"]]
+    K, c2w = g["K"][idx], g["c2w"][idx]
+    np.testing.assert_allclose(s["K"], K, rtol=1e-6)
+    np.testing.assert_allclose(s["c2w"], c2w, atol=1e-6)
+    query = s["tracks"][a].astype(np.float64)
+    expect, z = scenes.plane_tracks(query, a, K, c2w, s["track_depth"][a])
+    H, W = g["size"]
+    for f in range(len(idx)):
+        inside = (expect[f] >= 4).all(1) & (expect[f, :, 0] <= W - 4) & (expect[f, :, 1] <= H - 4)
+        vis = s["visible"][f]
+        np.testing.assert_allclose(s["tracks"][f][vis], expect[f][vis], atol=1e-3)
+        np.testing.assert_allclose(s["track_depth"][f][vis], z[f][vis], rtol=1e-5)
+        assert (vis <= (inside | (f == a))).all() and vis.sum() >= 0.95 * inside.sum() and inside.mean() > 0.5
+
+
+def test_depths_layout_tracks_are_exact(tmp_path):
+    root, g = scenes.depths_scene(tmp_path / "s", size=(60, 84))
+    scene = data.load_scene(root)
+    assert scene.source == "depths" and scene.size == (60, 84)
+    s = data.make_sample(scene, np.random.default_rng(0), 4, grids=(12,))  # cell centres = pixel centres
+    layout_checks(s, g, (12,))
+
+
+def test_dense_layout_takes_frames_K_and_poses_from_the_workspace(tmp_path):
+    """A workspace cropped by 3 px beside distorted images_4/ + transforms.json (another K, k1 = -0.06):
+    frames, K, poses and depth all come from dense/, and the tracks are exact in that geometry."""
+    root, g = scenes.dense_scene(tmp_path / "s", size=(66, 90), crop=3)
+    scene = data.load_scene(root)
+    assert scene.source == "dense" and scene.size == (60, 84) and not scene.dist.any()
+    assert all(f.parent == root / "dense" / "images" for f in scene.image_files)
+    np.testing.assert_allclose(scene.K, g["K"])
+    s = data.make_sample(scene, np.random.default_rng(1), 4, grids=(12,))
+    layout_checks(s, g, (12,))
+
+
+@pytest.mark.parametrize("model", list(scenes.CAMERAS))
+def test_sparse_layout_tracks_are_the_models_keypoints(tmp_path, model):
+    """DL3DV as downloaded (no depth): the poses are COLMAP's (never transforms.json's, which lives in another
+    world frame); tracks = keypoints scaled from 320 x 240 to 80 x 60, visible = observed, track_depth = z;
+    query points one per cell of the 8x8 grid first; depth = observed points' z at their pixels."""
+    root, g = scenes.sparse_scene(tmp_path / "s", model=model)
+    scene = data.load_scene(root)
+    assert scene.source == "sparse" and scene.size == (60, 80) and scene.depth_files == []
+    np.testing.assert_allclose(scene.c2w, g["c2w"], atol=1e-12)
+    np.testing.assert_allclose(scene.K, g["K"] / [[4], [4], [1]])
+    np.testing.assert_array_equal(scene.dist, np.tile(g["dist"], (6, 1)))
+    s = data.make_sample(scene, np.random.default_rng(3), 5, grids=(8, 24))
+    a, N = s["anchor"], s["tracks"].shape[1]
+    frames = s["frame_index"] - 1
+    obs_a = g["observations"][frames[a]]
+    ids = [min(obs_a, key=lambda p: np.abs(obs_a[p] / 4 - q).sum()) for q in s["tracks"][a]]
+    np.testing.assert_allclose(s["tracks"][a], [obs_a[p] / 4 for p in ids], atol=1e-5)
+    assert len(set(ids)) == N and 64 < N <= 64 + 576
+    cells = (np.floor(s["tracks"][a][:64] / [10, 7.5])).astype(int)
+    assert len({tuple(c) for c in cells}) == 64  # the 8x8 grid's budget: one point in each cell
+    for f, k in enumerate(frames):
+        X = np.array([g["points"][p] for p in ids])
+        Xc = (X - g["c2w"][k][:3, 3]) @ g["c2w"][k][:3, :3]
+        np.testing.assert_allclose(s["track_depth"][f], Xc[:, 2], rtol=1e-6)
+        assert s["visible"][f].tolist() == [p in g["observations"][k] for p in ids]
+        vis = s["visible"][f]
+        np.testing.assert_allclose(s["tracks"][f][vis], [g["observations"][k][p] / 4 for p in np.array(ids)[vis]],
+                                   atol=1e-5)
+        uv = np.floor(np.array(list(g["observations"][k].values())) / 4).astype(int)
+        assert (s["depth"][f][uv[:, 1], uv[:, 0]] > 0).all() and (s["depth"][f] > 0).sum() <= len(uv)
+
+
+def test_source_order(tmp_path):
+    """depths/ first, then dense/, then the SfM model; each scene records its source."""
+    root, _ = scenes.sparse_scene(tmp_path / "s")
+    assert data.scene_source(root) == "sparse"
+    dense, _ = scenes.dense_scene(tmp_path / "d")
+    shutil.copytree(dense / "dense", root / "dense")
+    assert data.load_scene(root).source == "dense"
+    (root / "depths").mkdir()
+    for f in (root / "images_4").iterdir():
+        np.save(root / "depths" / f"{f.stem}.npy", np.full((60, 80), 3, np.float32))
+    meta = json.loads((root / "transforms.json").read_text())
+    for fr in meta["frames"]:  # the sparse builder wrote another world frame: make these rigid poses
+        fr["transform_matrix"] = np.eye(4).tolist()
+    (root / "transforms.json").write_text(json.dumps(meta))
+    assert data.load_scene(root).source == "depths"
+    with pytest.raises(FileNotFoundError, match="no track source"):
+        data.scene_source(flat_scene(tmp_path, name="bare").parent / "bare" / "images")
+
+
+# ----------------------------------------------------------------------------- bad scenes: counted skips
+
+def edit_meta(root, change):
+    meta = json.loads((root / "transforms.json").read_text())
+    change(meta)
+    (root / "transforms.json").write_text(json.dumps(meta))
+    return root
+
+
+BAD_SCENES = {
+    "fl_x_zero": (lambda m: m.update(fl_x=0), "positive focal lengths"),
+    "file_path_null": (lambda m: m["frames"][1].update(file_path=None), "file_path string"),
+    "fl_x_string": (lambda m: m.update(fl_x="20"), "fl_x='20'.*must be numbers"),
+    "w_zero": (lambda m: m.update(w=0), "image size must be positive"),
+    "nan_pose": (lambda m: m["frames"][2]["transform_matrix"][0].__setitem__(3, float("nan")), "not a rigid"),
+    "pose_string": (lambda m: m["frames"][2].update(transform_matrix="eye"), "not a rigid"),
+}
+
+
+def test_each_bad_scene_is_a_counted_skip(tmp_path, capsys):
+    """#11: every broken scene is skipped with one line naming it and the reason, and counted; good scenes,
+    symlinked scenes and scenes in nested folders are kept; folders without transforms.json are listed."""
+    root = tmp_path / "root"
+    flat_scene(root, name="good")
+    for name, (change, _) in BAD_SCENES.items():
+        edit_meta(flat_scene(root, name=name), change)
+    np.save(flat_scene(root, name="zero_depth") / "depths" / "frame_00001.npy", np.zeros((16, 20), np.float32))
+    np.save(flat_scene(root, name="nan_depth") / "depths" / "frame_00001.npy", np.full((16, 20), np.nan, np.float32))
+    flat_scene(tmp_path / "elsewhere", name="linked")
+    (root / "link").symlink_to(tmp_path / "elsewhere" / "linked", target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)  # a loop is visited once
+    flat_scene(root / "batch_1K", name="nested")
+    (root / "batch_1K" / "no_transforms" / "images").mkdir(parents=True)
+    (root / "stray").mkdir()
+    ds = data.SceneDataset(root, size=(16, 20), num_frames=3, grids=(2,))
+    err = capsys.readouterr().err
+    kept = sorted(Path(s.path).name for s in ds.scenes)
+    assert kept == ["good", "link", "nested"]
+    assert ds.skipped["scenes"] == len(BAD_SCENES) + 2 and ds.skipped["folders"] == 2
+    for name, (_, reason) in BAD_SCENES.items():
+        line = [l for l in err.splitlines() if f"root/{name}:" in l]
+        assert len(line) == 1 and re.search(reason, line[0]), (name, line)
+    assert re.search(r"zero_depth/depths/frame_00001.npy: no valid depth", err)
+    assert re.search(r"nan_depth/depths/frame_00001.npy: no valid depth", err)
+    assert "batch_1K/no_transforms: no transforms.json" in err and "root/stray: no transforms.json" in err
+    assert f"skipped {len(BAD_SCENES) + 2} of {len(BAD_SCENES) + 5} scenes and 2 folders" in err
+    for k in range(6):
+        s = ds[k]
+        assert all(np.isfinite(s[key]).all() for key in ("depth", "K", "c2w", "tracks", "track_depth"))
+
+
+def test_any_exception_while_loading_is_a_counted_skip(tmp_path, monkeypatch, capsys):
+    flat_scene(tmp_path, name="a")
+    flat_scene(tmp_path, name="b")
+    real = data.load_scene
+
+    def flaky(path, size=None):
+        if Path(path).name == "b":
+            raise ZeroDivisionError("division by zero")
+        return real(path, size)
+    monkeypatch.setattr(data, "load_scene", flaky)
+    ds = data.SceneDataset(tmp_path, size=(16, 20), num_frames=3, grids=(2,))
+    assert len(ds.scenes) == 1 and ds.skipped["scenes"] == 1
+    assert "b: ZeroDivisionError: division by zero" in capsys.readouterr().err
+
+
+def test_unusable_samples_are_replaced_deterministically(tmp_path, capsys):
+    """A scene whose later frames have no depth gives no track pair; a corrupt later PNG fails to decode
+    (no preload): each such candidate is replaced by the next one (scene k + j, rng (seed, k, j)), counted,
+    warned once per scene; item k stays a pure function of (seed, k)."""
+    flat_scene(tmp_path, name="a_good")
+    blind = flat_scene(tmp_path, name="b_blind")
+    for k in (2, 3, 4):
+        np.save(blind / "depths" / f"frame_0000{k}.npy", np.zeros((16, 20), np.float32))
+    broken = flat_scene(tmp_path, name="c_broken")
+    (broken / "images" / "frame_00003.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    ds = data.SceneDataset(tmp_path, size=(16, 20), num_frames=4, grids=(2,), seed=5, length=9)
+    assert len(ds.scenes) == 3
+    capsys.readouterr()
+    items = [ds[k] for k in range(9)]
+    err = capsys.readouterr().err.splitlines()
+    assert [Path(s["scene"]).name for s in items] == ["a_good"] * 9
+    assert [s["replaced"] for s in items] == [0, 2, 1] * 3
+    assert ds.skipped["samples"] == 9 and len(err) == 2
+    assert "b_blind" in err[0] and "no track is visible in the anchor and another frame" in err[0]
+    assert "c_broken" in err[1] and "frame_00003.png" in err[1]
+    again = data.SceneDataset(tmp_path, size=(16, 20), num_frames=4, grids=(2,), seed=5, length=9)
+    expect = data.make_sample(ds.scenes[0], np.random.default_rng([5, 4, 2]), 4, (16, 20), (2,))
+    np.testing.assert_array_equal(again[4]["frames"], items[4]["frames"])
+    np.testing.assert_array_equal(expect["tracks"], items[4]["tracks"])
+    np.testing.assert_array_equal(expect["frame_index"], items[4]["frame_index"])
+
+
+def test_scan_counts_sources_and_lists_broken_scenes(tmp_path, capsys):
+    scenes.depths_scene(tmp_path / "d1")
+    scenes.dense_scene(tmp_path / "d2")
+    scenes.sparse_scene(tmp_path / "d3")
+    scenes.sparse_scene(tmp_path / "d4")
+    (tmp_path / "d4" / "colmap" / "sparse" / "0" / "cameras.bin").write_bytes(b"\1\0")
+    (tmp_path / "d5").mkdir()
+    data.main(["scan", "--data", str(tmp_path), "--size", "32"])
+    out = capsys.readouterr().out
+    assert "3 usable scenes (1 depths, 1 dense, 1 sparse), 1 broken, 1 folders without transforms.json" in out
+    assert re.search(r"broken .*d4: .*cameras.bin: truncated", out) and re.search(r"no transforms.json: .*d5", out)
+
+
+def test_sparse_and_dense_datasets_in_loader_workers(tmp_path):
+    """Picklable scenes of every source: two workers give exactly what the main process gives."""
+    scenes.dense_scene(tmp_path / "a")
+    scenes.sparse_scene(tmp_path / "b")
+    ds = data.SceneDataset(tmp_path, size=(32, 40), num_frames=(3, 4), grids=(4, 8), window=10, seed=1, length=4)
+    assert ds.sources == {"depths": 0, "dense": 1, "sparse": 1}
+    clone = pickle.loads(pickle.dumps(ds))
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+    for k, item in enumerate(loader):
+        for key in ("frames", "tracks", "visible", "depth", "track_depth"):
+            np.testing.assert_array_equal(item[key].numpy(), ds[k][key])
+            np.testing.assert_array_equal(clone[k][key], ds[k][key])
