@@ -394,7 +394,10 @@ def main(argv=None):
     os.makedirs(cfg.out, exist_ok=True)
     if ddp:
         dist.barrier()
-    ckpt = prepare_out(cfg, master)
+    try:
+        ckpt = prepare_out(cfg, master)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"--resume: {e}")
     if ddp:
         dist.barrier()
 
@@ -426,10 +429,13 @@ def main(argv=None):
                                                            total=cfg.steps))
 
     # Data: item k of the whole run is fully determined by (seed, k), so resuming needs only the step.
-    geo = data.SceneDataset(cfg.data, size=proc.size, num_frames=parse_range(cfg.frames),
-                            grids=tuple(int(g) for g in cfg.grids.split(",")), window=cfg.window, seed=cfg.seed,
-                            preload=cfg.preload)
-    sft = data.InstructionDataset(cfg.sft_data, cfg.sft_root or None, parse_range(cfg.frames)) if cfg.sft_data else None
+    try:
+        geo = data.SceneDataset(cfg.data, size=proc.size, num_frames=parse_range(cfg.frames),
+                                grids=tuple(int(g) for g in cfg.grids.split(",")), window=cfg.window, seed=cfg.seed,
+                                preload=cfg.preload)
+        sft = data.InstructionDataset(cfg.sft_data, cfg.sft_root or None, parse_range(cfg.frames)) if cfg.sft_data else None
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"--data / --sft-data: {e}")
     items = Items(cfg, proc, geo, sft)
 
     start, probe_before, log = 0, None, os.path.join(cfg.out, "log.jsonl")
