@@ -1,4 +1,4 @@
-"""The paper's correspondence diagnostic (GASP §4 "Correspondence Analysis", DESIGN.md G8-G10).
+"""The paper's correspondence diagnostic (GASP §4 "Correspondence Analysis").
 
 For every LLM layer: does the layer's own query of a point in a later frame attend to the same
 surface point in an earlier frame?
@@ -6,32 +6,45 @@ surface point in an earlier frame?
     G8   P = mean_heads softmax_j(q_i · k_j / √d_h)   q from frame a (later), k from frame b (earlier),
          rotary / M-RoPE applied; prediction = argmax_j P, confidence = max_j P
     G9   hit@δ = ||token(pred) - token(gt)||₂ ≤ δ tokens, δ ∈ {1, 2}  (paper: PCK@2patch)
+         chance = mean over gt tokens of |{tokens within δ of gt}| / (h·w)  (a uniformly random prediction)
     G10  ρ_l = Pearson(confidence, hit@2) per layer;  Y(Δt) = PCK(Δt) / PCK(1), Δt in original frames
 
-With a training checkpoint the same metrics also run on the heads' embeddings (softmax(e_q·e_k/τ)).
+With a training checkpoint of a GASP objective (corr, full) the same metrics also run on the heads'
+embeddings: P = softmax_j(e_q,i · e_k,j / τ) with the run's own τ.
+
+--model takes a stock model (HF id or folder; train.py's export/ is one) or a training checkpoint
+(checkpoint.pt, or the run folder holding it) of any objective, LoRA or not: train.load_checkpoint rebuilds
+it with the run's own settings (base model, layers, r, τ, LoRA rank, frame size).
 
 Run:
     python probe.py                                              # the embedded tiny model, synthetic val scenes
     python probe.py --model Qwen/Qwen2.5-VL-7B-Instruct --scenes /data/dl3dv_val --limit 200 --out runs/probe
-    python probe.py --model runs/base --model runs/gasp/checkpoint.pt --out runs/compare   # side by side
-    python probe.py --model runs/gasp/checkpoint.pt --no-rotary --out runs/prerope  # diagnostic: q/k before M-RoPE
-Outputs probe.json (every number, settings, model and data) and probe.png (panels a-d).
+    python probe.py --model runs/tiny-qwen2_5_vl --model runs/vqa/checkpoint.pt --model runs/gasp \\
+        --model runs/gasp/export --out runs/compare               # side by side: stock, baseline, GASP, export
+    python probe.py --model runs/gasp --no-rotary --out runs/prerope   # diagnostic: q/k before M-RoPE
+Outputs probe.json (every number, settings, model and data), probe.png (panels a-d) and a printed table.
 References: GASP arXiv 2605.30231; DiffTrack (arXiv 2506.17220) for Q-K matching and confidence.
 """
 
 import argparse
 import json
+import math
 import os
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 import data
 import model as M
+import synth
+import train
 
-# Notation: F frames, T = h*w tokens per frame, H heads, d head size, N tracks, L layers.
+# Notation: F frames, T = h*w tokens per frame, H heads, d head size, N tracks, L layers, r embedding size.
+
+DTYPES = ("bfloat16", "float16", "float32")
+ATTN = ("sdpa", "eager", "flash_attention_2")
 
 
 def match(q: torch.Tensor, k: torch.Tensor, sample: dict, token_px: int, grid, scale: float) -> dict:
@@ -91,31 +104,67 @@ def summarize(records: list[dict]) -> dict:
     return res
 
 
-def load_for_probe(path: str, device: str = "cpu"):
-    """A stock checkpoint -> (vlm, processor, None); a training checkpoint.pt -> (vlm, processor, GASP)."""
+def chance_pck(grid, delta: float = 2.0) -> float:
+    """G9 at chance: the PCK@δ of a prediction drawn uniformly over the frame's h*w tokens, i.e. the mean over
+    ground-truth tokens of the fraction of tokens within δ of it (the disc of radius δ, clipped at the border)."""
+    h, w = grid
+    ys, xs = np.mgrid[0:h, 0:w]
+    oy, ox = np.mgrid[-h + 1 : h, -w + 1 : w]  # every offset between two tokens of the grid
+    disc = (ox**2 + oy**2 <= delta**2).astype(np.float64)  # (2h-1, 2w-1)
+    # tokens within δ of (y, x) = disc entries whose offset lands on the grid; summed over all (y, x) at once:
+    # each offset (oy, ox) lands (h - |oy|) * (w - |ox|) times.
+    return float((disc * (h - abs(oy)) * (w - abs(ox))).sum() / (h * w) ** 2)
+
+
+def load_for_probe(path: str, device: str = "cpu", dtype: str | None = None, attn_implementation: str | None = None):
+    """A stock model (HF id or folder, an export too) -> (vlm, processor, None, {"model": path});
+    a training checkpoint (checkpoint.pt, or a run folder holding one) -> train.load_checkpoint's
+    (vlm with LoRA active, processor at the training frame size, GASP or None, the run's resolved config).
+    dtype: 'bfloat16' | 'float16' | 'float32' (None: float32 for a stock model, the run's own for a checkpoint)."""
     in_dir = os.path.join(path, "checkpoint.pt")
     ckpt_file = in_dir if os.path.isfile(in_dir) else path
     if not ckpt_file.endswith(".pt"):
-        vlm, proc = M.load(path, device)
-        return vlm, proc, None
-    if not os.path.exists(ckpt_file):
-        raise FileNotFoundError(f"{ckpt_file}: no training checkpoint here; pass a stock model folder or HF id")
-    ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
-    cfg = ckpt["config"]
-    vlm, proc = M.load(cfg["model"], device, size=(cfg["size"], cfg["size"]))
-    vlm = M.freeze_and_lora(vlm, cfg["lora_rank"])
-    gasp = M.GASP(vlm, M.parse_layers(cfg["layers"], len(M.llm_layers(vlm))), cfg["head_input"], cfg["head_dim"])
-    unexpected = gasp.load_state_dict(ckpt["model"], strict=False).unexpected_keys  # frozen weights come from cfg["model"]
-    if unexpected:
-        raise ValueError(f"{ckpt_file}: weights {unexpected[:3]}... do not fit {cfg['model']} with these settings")
-    return gasp.vlm.eval(), proc, gasp.to(device).eval()
+        vlm, proc = M.load(path, device, getattr(torch, dtype or "float32"), attn_implementation=attn_implementation)
+        return vlm, proc, None, {"model": path}
+    if not os.path.isfile(ckpt_file):
+        raise FileNotFoundError(f"{ckpt_file}: no training checkpoint here; pass a stock model folder or HF id, "
+                                "or a run folder holding checkpoint.pt")
+    if attn_implementation is not None:
+        raise ValueError(f"{ckpt_file}: a training checkpoint is rebuilt with its run's own --attn-implementation; "
+                         "drop the flag, or probe the run's export/ with it")
+    return train.load_checkpoint(ckpt_file, device, dtype)
+
+
+def default_names(paths: list[str]) -> list[str]:
+    """Short legend names, unique: the run folder's name ('runs/vqa/checkpoint.pt' and 'runs/vqa' -> 'vqa';
+    an export keeps its run, 'runs/vqa/export' -> 'vqa/export'), more of the path where two would clash
+    ('a/vqa', 'b/vqa'), and ' #2', ' #3' for the same path given again."""
+    parts = []
+    for p in paths:
+        ps = [s for s in os.path.normpath(p).split(os.sep) if s not in ("", ".")]
+        parts.append(ps[:-1] if len(ps) > 1 and ps[-1] == "checkpoint.pt" else ps or [p])
+    depth = [2 if len(ps) > 1 and ps[-1] == "export" else 1 for ps in parts]
+    while True:
+        names = ["/".join(ps[-d:]) for ps, d in zip(parts, depth)]
+        grow = [i for i, n in enumerate(names) if depth[i] < len(parts[i])
+                and any(names[j] == n and parts[j] != parts[i] for j in range(len(names)))]
+        if not grow:
+            break
+        for i in grow:
+            depth[i] += 1
+    seen = {}
+    for i, n in enumerate(names):
+        seen[n] = seen.get(n, 0) + 1
+        names[i] = n if seen[n] == 1 else f"{n} #{seen[n]}"
+    return names
 
 
 @torch.no_grad()
 def run_probe(vlm, proc, samples, gasp=None, tau: float = 0.07, device="cpu", desc="probe",
               rotary: bool = True) -> dict:
-    """Native Q-K metrics for every layer (and head metrics when gasp is given), pooled over samples.
-    rotary=False reads q and k before the rotary embedding (diagnostic, not G8)."""
+    """Native Q-K metrics for every layer (and head metrics with temperature tau when gasp is given), pooled
+    over samples, plus the grid and the chance PCK. rotary=False reads q and k before the rotary embedding
+    (diagnostic, not G8). q/k and embeddings are compared in float32 whatever the model's dtype."""
     n_layers = len(M.llm_layers(vlm))
     native = [[] for _ in range(n_layers)]
     heads = [[] for _ in range(len(gasp.layer_ids))] if gasp is not None else None
@@ -123,21 +172,22 @@ def run_probe(vlm, proc, samples, gasp=None, tau: float = 0.07, device="cpu", de
         inputs = {k: v.to(device) for k, v in proc([sample["frames"]], [M.PROMPT]).items()}
         tmap = proc.token_map(inputs["input_ids"][0], len(sample["frames"]))
 
-        def on_layer(l, q, k):
+        def on_layer(l, q, k):  # q, k (F, T, H, d) float32
             native[l].append(match(q, k, sample, proc.token_px, proc.grid, q.shape[-1] ** -0.5))
 
-        run = (lambda: gasp(inputs, tmap)) if gasp is not None else None  # heads read in the same forward
-        out = M.native_qk(vlm, inputs, tmap, on_layer, run=run, rotary=rotary)
+        forward = (lambda: gasp.embed(inputs, tmap)) if gasp is not None else None  # heads read in the same pass
+        out = M.native_qk(vlm, inputs, tmap, on_layer, run=forward, rotary=rotary)
         if gasp is not None:
-            _, e_q, e_k = out  # (L, F, h, w, r)
+            _, e_q, e_k = out  # (L, F, h, w, r) each
             for j in range(e_q.shape[0]):
-                q, k = e_q[j].flatten(1, 2)[:, :, None].float(), e_k[j].flatten(1, 2)[:, :, None].float()
+                q = e_q[j].flatten(1, 2)[:, :, None].float()  # (F, T, 1, r): one "head"
+                k = e_k[j].flatten(1, 2)[:, :, None].float()
                 heads[j].append(match(q, k, sample, proc.token_px, proc.grid, 1 / tau))
     pool = lambda recs: {key: np.concatenate([r[key] for r in recs]) for key in recs[0]}  # noqa: E731
-    out = {"native": summarize([pool(r) for r in native])}
+    out = {"native": summarize([pool(r) for r in native]), "grid": list(proc.grid),
+           "chance_pck1": chance_pck(proc.grid, 1), "chance_pck2": chance_pck(proc.grid, 2)}
     if heads is not None:
-        out["heads"] = summarize([pool(r) for r in heads])
-        out["head_layers"] = gasp.layer_ids
+        out.update(heads=summarize([pool(r) for r in heads]), head_layers=gasp.layer_ids, tau=tau)
     return out
 
 
@@ -152,110 +202,266 @@ def probe_samples(scenes: str, size, frames: int, limit: int, seed: int = 0) -> 
 
 # ----------------------------------------------------------------------------- plots (pillow only)
 
-COLORS = [(150, 150, 150), (66, 133, 244), (234, 67, 53), (52, 168, 83), (251, 188, 5)]
+FONT, SMALL = ImageFont.load_default(size=13), ImageFont.load_default(size=11)  # ASCII only (no Greek glyphs)
+FIG_W = 1000  # px, every panel
+LEGEND_W = 250  # px, the legend column right of each chart's plot area
+# One hue per model in every panel; the model's head: the same hue, hatched bars / dashed lines.
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (23, 190, 207), (188, 189, 34)]
+GREY, LIGHT = (90, 90, 90), (225, 225, 225)
 
 
-def chart(series: dict, title: str, xlabel: str, bars: bool = False, ylim=(0.0, 1.0), size=(520, 300)) -> Image.Image:
-    """A small bar or line chart. series: name -> (xs, ys)."""
-    W, H = size
-    img = Image.new("RGB", size, "white")
+def model_color(m: int) -> tuple:
+    return PALETTE[m % len(PALETTE)]
+
+
+def _tint(color, keep: float = 0.35) -> tuple:
+    return tuple(int(255 - (255 - c) * keep) for c in color)
+
+
+def _dashed(d: ImageDraw.ImageDraw, p0, p1, color, width: int = 2, dash: int = 6, gap: int = 4):
+    (x0, y0), (x1, y1) = p0, p1
+    n = math.hypot(x1 - x0, y1 - y0)
+    for s in np.arange(0, n, dash + gap):
+        e = min(s + dash, n)
+        d.line((x0 + (x1 - x0) * s / n, y0 + (y1 - y0) * s / n, x0 + (x1 - x0) * e / n, y0 + (y1 - y0) * e / n),
+               fill=color, width=width)
+
+
+def _hatched(d: ImageDraw.ImageDraw, box, color, step: int = 5):
+    """A light tint of color crossed by 45° stripes of it, outlined."""
+    left, top, right, bottom = box
+    d.rectangle(box, fill=_tint(color))
+    w, h = right - left, bottom - top
+    for off in range(-int(h), int(w) + 1, step):  # stripe from (left + off, bottom) up to the right
+        t0, t1 = max(0, -off), min(h, w - off)
+        if t1 > t0:
+            d.line((left + off + t0, bottom - t0, left + off + t1, bottom - t1), fill=color)
+    d.rectangle(box, outline=color)
+
+
+def _triangle(d: ImageDraw.ImageDraw, x: float, y: float, up: bool, color):
+    """A clip mark: apex at (x, y), pointing up (value above the axis) or down (below)."""
+    s = 1 if up else -1
+    d.polygon([(x, y), (x - 5, y + 8 * s), (x + 5, y + 8 * s)], fill=color, outline="black")
+
+
+def _vertical_text(img: Image.Image, text: str, x: int, y_mid: int):
+    w = int(ImageDraw.Draw(img).textlength(text, font=FONT)) + 4
+    label = Image.new("L", (w, 16), 0)
+    ImageDraw.Draw(label).text((2, 0), text, fill=255, font=FONT)
+    label = label.rotate(90, expand=True)
+    img.paste(Image.new("RGB", label.size, "black"), (x, y_mid - label.height // 2), label)
+
+
+def _swatch(d: ImageDraw.ImageDraw, x: int, y: int, color, style: str):
+    """Legend key (22 x 12 px) drawn as the series is: bar (solid / hatched) or line (solid / dashed)."""
+    if style == "solid bar":
+        d.rectangle((x, y, x + 22, y + 12), fill=color)
+    elif style == "hatched bar":
+        _hatched(d, (x, y, x + 22, y + 12), color, step=4)
+    elif style == "dashed":
+        _dashed(d, (x, y + 6), (x + 22, y + 6), color, dash=5, gap=3)
+    else:
+        d.line((x, y + 6, x + 22, y + 6), fill=color, width=2)
+        d.ellipse((x + 8, y + 3, x + 14, y + 9), fill=color)
+
+
+def chart(series: list[dict], title: str, xlabel: str, ylabel: str, bars: bool = False, ylim=(0.0, 1.0),
+          hlines=(), size=(FIG_W, 300)) -> Image.Image:
+    """A bar or line chart with its legend outside the plot area (right).
+    series: dicts of label, xs, ys, color, style ('solid' | 'hatched' for bars, 'solid' | 'dashed' for lines);
+    the x values are categories (layers, frame gaps). hlines: (value, label, color) reference lines, dashed.
+    Values beyond ylim are drawn at the limit and marked with a triangle and their value."""
+    keys = [(s["label"], s["color"], f"{s['style']} bar" if bars else s["style"]) for s in series]
+    keys += [(label, color, "dashed") for _, label, color in hlines]
+    W, H = size[0], max(size[1], 70 + 18 * len(keys))
+    img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
-    x0, y0, x1, y1 = 44, 28, W - 10, H - 40
-    d.text((x0, 6), title, fill="black")
-    d.text(((x0 + x1) // 2 - 3 * len(xlabel), H - 16), xlabel, fill="black")
-    d.rectangle((x0, y0, x1, y1), outline="black")
+    x0, y0, x1, y1 = 70, 30, W - LEGEND_W - 20, H - 42
+    d.text((8, 6), title, fill="black", font=FONT)
     lo, hi = ylim
     Y = lambda v: y1 - (min(max(v, lo), hi) - lo) / (hi - lo) * (y1 - y0)  # noqa: E731
-    for t in np.linspace(lo, hi, 5):
-        d.line((x0 - 3, Y(t), x0, Y(t)), fill="black")
-        d.text((4, Y(t) - 6), f"{t:.2f}", fill="black")
+    step = next(st for st in (0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0) if (hi - lo) / st <= 8)
+    for t in np.arange(math.ceil(lo / step) * step, hi + step / 2, step):  # y grid, ticks, tick labels
+        d.line((x0, Y(t), x1, Y(t)), fill=LIGHT)
+        d.line((x0 - 4, Y(t), x0, Y(t)), fill="black")
+        label = f"{t:.2f}"
+        d.text((x0 - 7 - d.textlength(label, font=SMALL), Y(t) - 7), label, fill="black", font=SMALL)
     if lo < 0 < hi:
-        d.line((x0, Y(0), x1, Y(0)), fill=(200, 200, 200))
-    xs_all = sorted({x for xs, _ in series.values() for x in xs})
+        d.line((x0, Y(0), x1, Y(0)), fill=(150, 150, 150))
+    d.rectangle((x0, y0, x1, y1), outline="black")
+    _vertical_text(img, ylabel, 6, (y0 + y1) // 2)
+    d.text(((x0 + x1 - d.textlength(xlabel, font=FONT)) / 2, H - 20), xlabel, fill="black", font=FONT)
+    for k, (label, color, style) in enumerate(keys):  # legend, outside the plot area
+        lx, ly = x1 + 16, y0 + 4 + 18 * k
+        _swatch(d, lx, ly, color, style)
+        while d.textlength(label, font=SMALL) > LEGEND_W - 36 and len(label) > 4:
+            label = label[:-4] + "..."
+        d.text((lx + 28, ly - 1), label, fill="black", font=SMALL)
+    xs_all = sorted({x for s in series for x in s["xs"]})
     if not xs_all:
         return img
-    X = lambda x: x0 + (xs_all.index(x) + 0.5) / len(xs_all) * (x1 - x0)  # noqa: E731
     slot = (x1 - x0) / len(xs_all)
-    for x in xs_all[:: max(1, len(xs_all) // 12)]:
-        d.text((X(x) - 4, y1 + 4), str(x), fill="black")
-    for m, (name, (xs, ys)) in enumerate(series.items()):
-        c = COLORS[m % len(COLORS)]
-        d.text((x1 - 150, y0 + 4 + 12 * m), f"-- {name}", fill=c)
+    X = lambda x: x0 + (xs_all.index(x) + 0.5) * slot  # noqa: E731
+    for x in xs_all[:: math.ceil(len(xs_all) / 16)]:
+        d.line((X(x), y1, X(x), y1 + 4), fill="black")
+        d.text((X(x) - d.textlength(str(x), font=SMALL) / 2, y1 + 6), str(x), fill="black", font=SMALL)
+    def reference_lines():  # dashed, named at their right end too (two chance lines differ only there)
+        for value, label, color in hlines:
+            _dashed(d, (x0, Y(value)), (x1, Y(value)), color, width=2, dash=8, gap=5)
+            lx = x1 - 4 - d.textlength(label, font=SMALL)
+            d.rectangle((lx - 2, Y(value) - 15, x1 - 2, Y(value) - 3), fill="white")
+            d.text((lx, Y(value) - 15), label, fill=GREY, font=SMALL)
+
+    if not bars:
+        reference_lines()  # under the lines; over the bars
+    clipped = []  # (x px, value, colour)
+    for m, s in enumerate(series):
+        pts = [(X(x), v) for x, v in zip(s["xs"], s["ys"]) if np.isfinite(v)]
         if bars:
             bw = slot * 0.8 / len(series)
-            for x, v in zip(xs, ys):
-                left = X(x) - slot * 0.4 + m * bw
-                d.rectangle((left, Y(v), left + bw - 1, Y(lo)), fill=c)
+            for xc, v in pts:
+                box = (xc - slot * 0.4 + m * bw, min(Y(v), Y(max(lo, 0))), xc - slot * 0.4 + (m + 1) * bw - 1,
+                       max(Y(v), Y(max(lo, 0))))
+                _hatched(d, box, s["color"]) if s["style"] == "hatched" else d.rectangle(box, fill=s["color"])
+                clipped += [(xc - slot * 0.4 + (m + 0.5) * bw, v, s["color"])] if not lo <= v <= hi else []
         else:
-            pts = [(X(x), Y(v)) for x, v in zip(xs, ys)]
-            if len(pts) > 1:
-                d.line(pts, fill=c, width=2)
-            for p in pts:
-                d.ellipse((p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2), fill=c)
+            xy = [(xc, Y(v)) for xc, v in pts]
+            for p, q in zip(xy, xy[1:]):
+                _dashed(d, p, q, s["color"]) if s["style"] == "dashed" else d.line((p, q), fill=s["color"], width=2)
+            for (xc, v), (_, yv) in zip(pts, xy):
+                d.ellipse((xc - 3, yv - 3, xc + 3, yv + 3), fill=s["color"])
+                clipped += [(xc, v, s["color"])] if not lo <= v <= hi else []
+    if bars:
+        reference_lines()
+    for xc, v, color in clipped:  # clip marks last, on top
+        up = v > hi
+        _triangle(d, xc, y0 + 2 if up else y1 - 2, up, color)
+        d.text((xc + 7, y0 + 1 if up else y1 - 14), f"{v:.2f}", fill="black", font=SMALL)
     return img
 
 
-def correspondence_figure(vlm, proc, sample, layer: int, device="cpu", size=(520, 300)) -> Image.Image:
-    """(d) Left: a query point on the later frame; middle: that layer's attention heatmap on the
-    earlier frame; right: patch-wise flow (each token of the later frame -> its argmax token), colour = direction."""
+def flow_rgb(dx: np.ndarray, dy: np.ndarray, scale: float) -> np.ndarray:
+    """Displacements (tokens, y down) -> RGB (..., 3): hue = direction, saturation = sqrt(length / scale)."""
+    hue = ((np.arctan2(dy, dx) / (2 * np.pi) + 0.5) * 255).astype(np.uint8)
+    sat = (255 * np.clip(np.hypot(dx, dy) / scale, 0, 1) ** 0.5).astype(np.uint8)
+    hsv = np.stack([hue, sat, np.full_like(hue, 255)], -1)
+    return np.array(Image.fromarray(hsv, "HSV").convert("RGB"))
+
+
+def colour_wheel(scale: float, side: int = 110) -> Image.Image:
+    """The flow panel's key: a disc coloured by flow_rgb, the rim = a displacement of `scale` tokens."""
+    c = (side - 1) / 2
+    yy, xx = np.mgrid[0:side, 0:side] - c  # (side, side), y down as in the image
+    rgb = flow_rgb(xx / c * scale, yy / c * scale, scale)
+    rgb[np.hypot(xx, yy) > c] = 255
+    return Image.fromarray(rgb)
+
+
+def correspondence_figure(vlm, proc, sample, layer: int, device="cpu", name: str = "", color=GREY,
+                          width: int = FIG_W) -> Image.Image:
+    """(d), one row per model. Left: a query point on the last (later) frame; middle: that layer's native Q-K
+    attention from it over the first (earlier) frame; right: patch flow, every token of the later frame ->
+    its argmax token in the earlier one, with a colour-wheel key."""
     a, b = len(sample["frames"]) - 1, 0
     inputs = {k: v.to(device) for k, v in proc([sample["frames"]], [M.PROMPT]).items()}
     tmap = proc.token_map(inputs["input_ids"][0], len(sample["frames"]))
     got = {}
     M.native_qk(vlm, inputs, tmap, lambda l, q, k: got.setdefault("qk", (q, k)), layers=[layer])
-    q, k = got["qk"]
-    P = torch.softmax(torch.einsum("thd,shd->hts", q[a], k[b]) / q.shape[-1] ** 0.5, -1).mean(0)  # (T, T)
+    q, k = got["qk"]  # (F, T, H, d) float32
+    P = torch.softmax(torch.einsum("thd,shd->hts", q[a], k[b]) / q.shape[-1] ** 0.5, -1).mean(0).cpu()  # (T, T)
     h, w = proc.grid
     vis = np.nonzero(sample["visible"][a] & sample["visible"][b])[0]
     i = vis[len(vis) // 2] if len(vis) else 0
     u, v = sample["tracks"][a, i]
     qi = int(min(v // proc.token_px, h - 1)) * w + int(min(u // proc.token_px, w - 1))
-    side = size[1] - 20
-    frame_a = Image.fromarray(sample["frames"][a]).resize((side, side))
-    da = ImageDraw.Draw(frame_a)
+    key_w, gap = 170, 12
+    side = (width - key_w - 4 * gap) // 3
     s = side / sample["frames"].shape[2]
-    da.ellipse((u * s - 5, v * s - 5, u * s + 5, v * s + 5), outline="red", width=3)
+    frame_a = Image.fromarray(sample["frames"][a]).resize((side, side))
+    for c, wd in (("white", 6), ("red", 3)):  # a white rim keeps the ring visible on any texture
+        ImageDraw.Draw(frame_a).ellipse((u * s - 9, v * s - 9, u * s + 9, v * s + 9), outline=c, width=wd)
     heat = P[qi].view(h, w).numpy()
     heat = (255 * ((heat - heat.min()) / max(heat.max() - heat.min(), 1e-12)) ** 2).astype(np.uint8)  # contrast
     heat_img = Image.fromarray(heat).resize((side, side), Image.NEAREST)
     dim = Image.fromarray(sample["frames"][b]).resize((side, side)).convert("L").point(lambda p: p // 3).convert("RGB")
-    frame_b = Image.composite(Image.new("RGB", (side, side), (255, 40, 0)), dim, heat_img)  # heat in red on a dimmed frame
+    frame_b = Image.composite(Image.new("RGB", (side, side), (255, 40, 0)), dim, heat_img)  # heat in red, dimmed frame
     gu, gv = sample["tracks"][b, i] * s
-    ImageDraw.Draw(frame_b).ellipse((gu - 5, gv - 5, gu + 5, gv + 5), outline="lime", width=3)
-    pred = P.argmax(-1)
-    dy = (pred // w - torch.arange(h * w) // w).view(h, w).float()
-    dx = (pred % w - torch.arange(h * w) % w).view(h, w).float()
-    hue = ((torch.atan2(dy, dx) / (2 * np.pi) + 0.5) * 255).byte().numpy()
-    mag = (255 * (torch.hypot(dx, dy) / max(h, w)).clamp(0, 1) ** 0.5).byte().numpy()
-    flow = Image.merge("HSV", (Image.fromarray(hue), Image.fromarray(mag), Image.new("L", (w, h), 255)))
-    flow = flow.convert("RGB").resize((side, side), Image.NEAREST)
-    img = Image.new("RGB", (3 * side + 20, size[1]), "white")
-    for j, (im, t) in enumerate([(frame_a, "query (red)"), (frame_b, f"layer {layer} attention, gt green"),
-                                 (flow, "patch flow (hue = direction)")]):
-        img.paste(im, (j * (side + 10), 18))
-        ImageDraw.Draw(img).text((j * (side + 10), 3), t, fill="black")
+    for c, wd in (("white", 6), ("lime", 3)):
+        ImageDraw.Draw(frame_b).ellipse((gu - 9, gv - 9, gu + 9, gv + 9), outline=c, width=wd)
+    pred, tok = P.argmax(-1).numpy(), np.arange(h * w)
+    flow = flow_rgb((pred % w - tok % w).reshape(h, w), (pred // w - tok // w).reshape(h, w), max(h, w))
+    flow = Image.fromarray(flow).resize((side, side), Image.NEAREST)
+    fa, fb = (int(sample["frame_index"][f]) for f in (a, b))
+    img = Image.new("RGB", (width, side + 62), "white")
+    d = ImageDraw.Draw(img)
+    d.rectangle((8, 7, 30, 19), fill=color)
+    d.text((38, 5), f"(d) {name}: native Q-K attention of layer {layer} (its peak PCK@2), frame {fa} -> frame {fb}",
+           fill="black", font=FONT)
+    titles = [f"query: red ring on frame {fa} (later)", f"attention on frame {fb}; green = truth",
+              f"patch flow: frame {fa} -> best match"]
+    for j, (im, t) in enumerate(zip((frame_a, frame_b, flow), titles)):
+        img.paste(im, (gap + j * (side + gap), 44))
+        d.text((gap + j * (side + gap), 26), t, fill="black", font=SMALL)
+    kx, wy = 3 * (side + gap) + gap, 76  # the flow key's column and its wheel's top
+    wheel = colour_wheel(max(h, w), side=96)
+    wx, cx, cy = kx + (key_w - wheel.width) // 2, kx + key_w // 2, wy + wheel.height // 2
+    img.paste(wheel, (wx, wy))
+    d.text((kx, 26), "flow key: hue = direction,", fill="black", font=SMALL)
+    d.text((kx, 40), "saturation = length", fill="black", font=SMALL)
+    for text, (tx, ty) in (("up", (cx - d.textlength("up", font=SMALL) / 2, wy - 15)),
+                           ("down", (cx - d.textlength("down", font=SMALL) / 2, wy + wheel.height + 2)),
+                           ("left", (wx - 4 - d.textlength("left", font=SMALL), cy - 7)),
+                           ("right", (wx + wheel.width + 4, cy - 7))):
+        d.text((tx, ty), text, fill=GREY, font=SMALL)
+    d.text((kx, wy + wheel.height + 24), f"rim: {max(h, w)} tokens", fill="black", font=SMALL)
+    d.text((kx, wy + wheel.height + 38), "white: no motion", fill="black", font=SMALL)
     return img
 
 
 def figure(results: dict, extra: list[Image.Image]) -> Image.Image:
-    """Panels (a) PCK@2 per layer, (b) ρ per layer, (c) Y(Δt), for every model; then (d)."""
-    a, b, c = {}, {}, {}
-    for name, res in results.items():
-        for kind in ("native", "heads"):
+    """Panels (a) PCK@2 per layer with the chance line, (b) ρ per layer, (c) Y(Δt), one colour per model
+    (its head: the same colour, hatched / dashed); then the rows of (d) in `extra`."""
+    a, b, c = [], [], []
+    for m, (name, res) in enumerate(results.items()):
+        color = model_color(m)
+        for kind, style_bar, style_line in (("native", "solid", "solid"), ("heads", "hatched", "dashed")):
             if kind not in res:
                 continue
-            r, label = res[kind], f"{name} ({'Q-K' if kind == 'native' else 'head'})"
+            r = res[kind]
+            label = f"{name}: {'native Q-K' if kind == 'native' else 'GASP head'}"
             layers = list(range(len(r["pck2"]))) if kind == "native" else res["head_layers"]
-            a[label] = (layers, r["pck2"])
-            b[label] = (layers, r["rho"])
+            a.append(dict(label=label, xs=layers, ys=r["pck2"], color=color, style=style_bar))
+            b.append(dict(label=label, xs=layers, ys=r["rho"], color=color, style=style_line))
             if kind == "native":
-                t = r["temporal"][r["peak_layer"]]
-                c[label] = (sorted(t), [t[g] for g in sorted(t)])
-    panels = [chart(a, "(a) PCK@2 per LLM layer", "layer", bars=True),
-              chart(b, "(b) confidence-accuracy rho per layer", "layer", ylim=(-1.0, 1.0)),
-              chart(c, "(c) PCK(dt)/PCK(1), peak Q-K layer", "frame gap dt", ylim=(0.0, 1.5))] + extra
-    W = max(p.width for p in panels)
-    img = Image.new("RGB", (W, sum(p.height for p in panels)), "white")
+                t = {int(g): y for g, y in r["temporal"][r["peak_layer"]].items()}  # json turns keys into strings
+                c.append(dict(label=f"{name}: native Q-K, layer {r['peak_layer']}", xs=sorted(t),
+                              ys=[t[g] for g in sorted(t)], color=color, style="solid"))
+    grids = {tuple(res["grid"]): res["chance_pck2"] for res in results.values() if "chance_pck2" in res}
+    chance = [(v, f"chance {v:.3f} ({g[0]}x{g[1]} grid)" if len(grids) > 1 else f"chance {v:.3f} (a random token)",
+               GREY) for g, v in grids.items()]
+    panels = [chart(a, "(a) PCK@2: share of tracks whose best-attended earlier-frame token is within 2 tokens "
+                       "of the truth", "LLM layer", "PCK@2", bars=True, hlines=chance),
+              chart(b, "(b) rho: Pearson correlation of match confidence (max attention) and hit@2",
+                    "LLM layer", "rho", ylim=(-1.0, 1.0)),
+              chart(c, "(c) temporal robustness Y(dt) = PCK@2(dt) / PCK@2(smallest gap), at the peak Q-K layer",
+                    "frame gap dt (frames of the source video)", "Y(dt)", ylim=(0.0, 1.5),
+                    hlines=[(1.0, "Y = 1: no decay with distance", LIGHT)])] + extra
+    first = next(iter(results.values()), {})
+    notes = ["Correspondence probe: for every LLM layer, does a token of a later frame attend to the same surface "
+             "point in an earlier frame?",
+             "native Q-K: the layer's own attention, softmax(q.k / sqrt(d)) averaged over heads, rotary applied. "
+             "GASP head: softmax(e_q.e_k / tau) of",
+             "the trained head's embeddings (hatched bars, dashed lines). One colour per model in every panel."]
+    if "samples" in first:
+        notes.append(f"Data: {first['samples']} samples of {first['frames']} consecutive frames from "
+                     f"{first['scenes']}; every later frame queries every earlier one.")
+    header = Image.new("RGB", (FIG_W, 16 * len(notes) + 12), "white")
+    for k, line in enumerate(notes):
+        ImageDraw.Draw(header).text((8, 6 + 16 * k), line, fill="black", font=FONT)
+    panels = [header] + panels
+    img = Image.new("RGB", (max(p.width for p in panels), sum(p.height for p in panels)), "white")
     y = 0
     for p in panels:
         img.paste(p, (0, y))
@@ -264,50 +470,88 @@ def figure(results: dict, extra: list[Image.Image]) -> Image.Image:
 
 
 def table(results: dict) -> str:
-    """Per-layer PCK@2 of native Q-K (and heads) for each model, as plain text."""
+    """PCK@2 per layer of native Q-K (and heads) for each model as plain text, with mean, peak and chance."""
     names = list(results)
-    lines = ["layer  " + "  ".join(f"{n[:18]:>18} Q-K  head" for n in names)]
-    n_layers = len(next(iter(results.values()))["native"]["pck2"])
+    cw = [max(20, len(n) + 2) for n in names]  # one column block per model: Q-K, head
+    n_layers = max(len(r["native"]["pck2"]) for r in results.values())
+
+    def row(label, cells):
+        return f"{label:>6} " + "".join(f"{qk:>{c - 10}}{hd:>10}" for (qk, hd), c in zip(cells, cw))
+
+    def head_at(r, l):
+        return r["heads"]["pck2"][r["head_layers"].index(l)] if "heads" in r and l in r["head_layers"] else None
+
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = ["PCK@2 per LLM layer (Q-K: the layer's own attention; head: its GASP head; -: none)",
+             f"{'':>6} " + "".join(f"{n:>{c}}" for n, c in zip(names, cw)),
+             row("layer", [("Q-K", "head")] * len(names))]
     for l in range(n_layers):
-        row = []
-        for n in names:
-            r = results[n]
-            hp = r["heads"]["pck2"][r["head_layers"].index(l)] if "heads" in r and l in r["head_layers"] else None
-            row.append(f"{r['native']['pck2'][l]:>23.3f} " + (f"{hp:5.3f}" if hp is not None else "    -"))
-        lines.append(f"{l:5d}  " + "  ".join(row))
+        lines.append(row(str(l), [(fmt(r["native"]["pck2"][l] if l < len(r["native"]["pck2"]) else None),
+                                   fmt(head_at(r, l))) for r in results.values()]))
+    lines.append(row("mean", [(fmt(r["native"]["avg_pck2"]), fmt(r["heads"]["avg_pck2"] if "heads" in r else None))
+                              for r in results.values()]))
+    lines.append(row("peak", [(f"{r['native']['peak_pck2']:.3f}@{r['native']['peak_layer']}",
+                               f"{r['heads']['peak_pck2']:.3f}@{r['head_layers'][r['heads']['peak_layer']]}"
+                               if "heads" in r else "-") for r in results.values()]))
+    if any("chance_pck2" in r for r in results.values()):
+        lines.append(row("chance", [(fmt(r.get("chance_pck2")), "") for r in results.values()]))
     return "\n".join(lines)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", help="stock checkpoint (folder or HF id) or training checkpoint.pt; "
-                   "repeat to compare (default: the embedded tiny model)")
-    p.add_argument("--name", action="append", help="legend name per --model (default: folder names)")
-    p.add_argument("--scenes", default="data/synthetic/val", help="folder of DL3DV-layout scenes (held out)")
-    p.add_argument("--out", default="runs/probe", help="output folder for probe.json and probe.png")
-    p.add_argument("--frames", type=int, default=8, help="consecutive frames per sample")
-    p.add_argument("--limit", type=int, default=8, help="number of samples (the paper uses 200 sequences)")
-    p.add_argument("--tau", type=float, default=0.07, help="temperature of the head similarity")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", action="append", help="stock model (HF id or folder, an export too) or training "
+                   "checkpoint (checkpoint.pt or its run folder, any objective); repeat to compare "
+                   "(default: the embedded tiny model, runs/tiny-qwen2_5_vl)")
+    p.add_argument("--name", action="append", help="legend name, one per --model (default: the run folder's "
+                   "name, e.g. vqa for runs/vqa/checkpoint.pt, with more of the path where two would clash)")
+    p.add_argument("--scenes", default="data/synthetic/val", help="folder of DL3DV-layout scenes, held out "
+                   "(default: %(default)s, rendered if absent)")
+    p.add_argument("--out", default="runs/probe", help="output folder for probe.json and probe.png "
+                   "(default: %(default)s)")
+    p.add_argument("--frames", type=int, default=8, help="consecutive frames per sample, at least 2 "
+                   "(default: %(default)s)")
+    p.add_argument("--limit", type=int, default=8, help="number of samples (default: %(default)s; "
+                   "the paper: 200 sequences)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: cuda if available, else cpu; here %(default)s)")
+    p.add_argument("--dtype", choices=DTYPES, help="dtype of the weights (default: bfloat16 on CUDA, float32 on "
+                   "CPU); q, k and embeddings are compared in float32 either way")
+    p.add_argument("--attn-implementation", choices=ATTN, help="attention kernel passed to from_pretrained, stock "
+                   "models only: a checkpoint is rebuilt with its run's own (default: transformers' own, sdpa); "
+                   "the probe reads q and k before attention")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out sample draw (default: %(default)s)")
     p.add_argument("--no-rotary", action="store_true", help="diagnostic: native q/k before the rotary embedding "
                    "(what M-RoPE costs the cross-frame match; G8 itself applies it)")
     args = p.parse_args()
+    if args.name and not args.model:
+        p.error(f"--name given {len(args.name)} time(s) without --model: give one --model per --name")
+    if args.name and len(args.name) != len(args.model):
+        p.error(f"{len(args.model)} --model but {len(args.name)} --name: give one --name per --model, or none")
+    if args.name and len(set(args.name)) < len(args.name):
+        p.error(f"--name {args.name}: names must differ (results are stored by name)")
+    if args.frames < 2 or args.limit < 1:
+        p.error(f"--frames {args.frames} --limit {args.limit}: need at least 2 frames and 1 sample")
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     models = args.model or [M.build_tiny("runs/tiny-qwen2_5_vl")]
-    names = args.name or [os.path.basename(os.path.normpath(m)) for m in models]
+    names = args.name or default_names(models)
     if args.scenes == "data/synthetic/val":
-        data.ensure_synthetic("data/synthetic")
+        synth.ensure_synthetic("data/synthetic")
     os.makedirs(args.out, exist_ok=True)
     results, extra = {}, []
-    for name, path in zip(names, models):
-        vlm, proc, gasp = load_for_probe(path, args.device)
+    for m, (name, path) in enumerate(zip(names, models)):
+        vlm, proc, gasp, cfg = load_for_probe(path, args.device, dtype, args.attn_implementation)
+        tau = cfg.get("tau") if gasp is not None else None  # the run's own τ: the heads were trained with it
         samples = probe_samples(args.scenes, proc.size, args.frames, args.limit, args.seed)
-        results[name] = run_probe(vlm, proc, samples, gasp, args.tau, args.device, f"probe {name}", not args.no_rotary)
-        results[name].update(model=path, scenes=args.scenes, frames=args.frames, samples=len(samples),
-                             rotary=not args.no_rotary)
-        extra.append(correspondence_figure(vlm, proc, samples[0], results[name]["native"]["peak_layer"], args.device))
+        results[name] = run_probe(vlm, proc, samples, gasp, tau, args.device, f"probe {name}", not args.no_rotary)
+        results[name].update(model=path, config=cfg, scenes=args.scenes, frames=args.frames, samples=len(samples),
+                             rotary=not args.no_rotary, dtype=dtype,
+                             attn_implementation=args.attn_implementation)
+        extra.append(correspondence_figure(vlm, proc, samples[0], results[name]["native"]["peak_layer"], args.device,
+                                           name, model_color(m)))
+        del vlm, gasp  # one model in memory at a time
     with open(os.path.join(args.out, "probe.json"), "w") as f:
-        json.dump(results, f, indent=1)
+        json.dump(results, f, indent=1, default=str)
     figure(results, extra).save(os.path.join(args.out, "probe.png"))
     print(table(results))
     print(f"wrote {args.out}/probe.json and {args.out}/probe.png")

@@ -1,10 +1,21 @@
-"""probe.py metrics (G8-G10) on constructed q/k, and the plots."""
+"""probe.py: metrics (G8-G10) on constructed q/k, the chance level, names and flags, the figure, and every
+checkpoint kind train.py writes loaded and probed."""
+
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import model as M
 import probe
+import synth
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PX, H, W = 10, 8, 8  # token size in px, token grid
 
@@ -54,7 +65,17 @@ def test_random_qk_scores_near_chance():
     rec = probe.match(q, k, sample, PX, (H, W), scale=0.25)
     ys, xs = np.mgrid[0:H, 0:W]
     chance = np.mean([((xs - x) ** 2 + (ys - y) ** 2 <= 4).sum() / (H * W) for y in range(H) for x in range(W)])
+    assert probe.chance_pck((H, W), 2) == pytest.approx(chance)  # the chance line of panel (a)
     assert abs(rec["hit2"].mean() - chance) < 0.08
+
+
+def test_chance_pck_worked_by_hand():
+    # 3x3 grid, δ = 2: the centre reaches all 9 tokens, a corner 6 (not the 3 at distance √5 or √8), an edge
+    # middle 7; (9 + 4·6 + 4·7) / 81. δ = 1: centre 5, corner 3, edge 4 -> (5 + 12 + 16) / 81.
+    assert probe.chance_pck((3, 3), 2) == pytest.approx(61 / 81)
+    assert probe.chance_pck((3, 3), 1) == pytest.approx(33 / 81)
+    assert probe.chance_pck((1, 1), 2) == 1.0
+    assert probe.chance_pck((400, 400), 2) == pytest.approx(13 / 400**2, rel=0.02)  # the full disc, borders negligible
 
 
 def test_rho_is_numpy_corrcoef():
@@ -71,22 +92,206 @@ def test_temporal_robustness_on_constructed_hits():
     assert Y == pytest.approx({1: 1.0, 2: 0.5 / 0.75, 5: 0.5 / 0.75})
 
 
-def test_plots_are_written_and_not_blank(tmp_path):
-    sample = _shift_sample()
-    q, k = _identity_qk()
-    r = probe.summarize([probe.match(q, k, sample, PX, (H, W), 50.0)] * 2)
-    img = probe.figure({"base": {"native": r}, "gasp": {"native": r, "heads": r, "head_layers": [0, 1]}}, [])
-    path = tmp_path / "probe.png"
-    img.save(path)
-    arr = np.asarray(img.convert("L"))
-    assert path.stat().st_size > 1000 and (arr < 128).mean() > 0.01
-    assert "1.000" in probe.table({"base": {"native": r}})
+def test_default_names_are_unique():
+    paths = ["runs/vqa/checkpoint.pt", "runs/gasp", "runs/gasp/export", "a/run/checkpoint.pt", "b/run/checkpoint.pt",
+             "runs/vqa/checkpoint.pt", "Qwen/Qwen2.5-VL-7B-Instruct"]
+    names = probe.default_names(paths)
+    assert names == ["vqa", "gasp", "gasp/export", "a/run", "b/run", "vqa #2", "Qwen2.5-VL-7B-Instruct"]
+    assert len(set(names)) == len(names)
 
 
-def test_load_for_probe_reads_a_stock_folder(tmp_path):
-    import model as M
-    path = M.build_tiny(str(tmp_path / "tiny"), layers=2, hidden=64)
-    vlm, proc, gasp = probe.load_for_probe(path)
-    assert gasp is None and len(M.llm_layers(vlm)) == 2
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "a", "--model", "b", "--name", "x"], "2 --model but 1 --name"),
+    (["--name", "x"], "without --model"),
+    (["--model", "a", "--model", "b", "--name", "x", "--name", "x"], "names must differ"),
+    (["--frames", "1"], "at least 2 frames"),
+    (["--dtype", "int8"], "invalid choice"),
+])
+def test_cli_misuse_is_a_usage_error(monkeypatch, capsys, argv, message):
+    monkeypatch.setattr(sys, "argv", ["probe.py", *argv])
+    with pytest.raises(SystemExit) as e:
+        probe.main()
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_load_for_probe_refuses_what_it_cannot_honour(tmp_path):
     with pytest.raises(FileNotFoundError, match="no training checkpoint"):
         probe.load_for_probe(str(tmp_path / "missing.pt"))
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="its run's own --attn-implementation"):
+        probe.load_for_probe(str(tmp_path), attn_implementation="eager")
+
+
+def _results(pck2, rho=0.5, temporal=None, heads=None, grid=(8, 8)):
+    """A probe result as run_probe returns it, from given numbers."""
+    n = len(pck2)
+    native = dict(pck1=pck2, pck2=pck2, rho=[rho] * n, temporal=[temporal or {1: 1.0, 2: 0.8}] * n, n=[10] * n,
+                  peak_layer=int(np.argmax(pck2)), peak_pck2=max(pck2), avg_pck2=float(np.mean(pck2)))
+    out = {"native": native, "grid": list(grid), "chance_pck2": probe.chance_pck(grid, 2)}
+    if heads is not None:
+        out.update(heads={**native, "pck2": heads, "peak_layer": int(np.argmax(heads)), "peak_pck2": max(heads),
+                          "avg_pck2": float(np.mean(heads))}, head_layers=list(range(n)), tau=0.07)
+    return out
+
+
+def _has(img: Image.Image, color, min_px: int = 20) -> bool:
+    return int((np.asarray(img.convert("RGB")) == color).all(-1).sum()) >= min_px
+
+
+def test_chart_marks_clipped_values_and_keeps_the_legend_outside():
+    def draw(v):
+        return probe.chart([dict(label="m", xs=[1, 2], ys=[0.5, v], color=(255, 0, 0), style="solid")],
+                           "t", "x", "y", ylim=(0.0, 1.5))
+    inside, clipped = np.asarray(draw(1.4)), np.asarray(draw(3.0))
+    top = slice(30, 42)  # the band just under the plot's top edge (y0 = 30), where the clip mark sits
+    assert (clipped[top] != inside[top]).any(-1).sum() > 30  # triangle and value text
+    legend_x = 1000 - probe.LEGEND_W - 20 + 16
+    assert (inside[:, legend_x:legend_x + 22] == (255, 0, 0)).all(-1).sum() > 10  # swatch right of the plot area
+
+
+def test_table_is_aligned_and_names_every_model():
+    res = {"stock": _results([0.1, 0.3]), "a rather long run name": _results([0.2, 0.4], heads=[0.5, 0.9])}
+    text = probe.table(res)
+    lines = text.splitlines()
+    assert "stock" in lines[1] and "a rather long run name" in lines[1]
+    widths = {len(line) for line in lines[1:] if line.strip() and not line.startswith("chance")}
+    assert len(widths) == 1, text  # every data row as wide as the header
+    assert "0.900@1" in text and "0.300@1" in text and f"{probe.chance_pck((8, 8), 2):.3f}" in text
+
+
+@pytest.fixture(scope="module")
+def tiny_probe(tmp_path_factory):
+    """A tiny random model probed on one synthetic scene at 112 px."""
+    tmp = tmp_path_factory.mktemp("probe")
+    synth.synth_scene(tmp / "scenes" / "s0", seed=0, num_frames=6, size=112)
+    vlm, proc = M.load(M.build_tiny(str(tmp / "tiny"), layers=2, hidden=64), size=(112, 112))
+    samples = probe.probe_samples(str(tmp / "scenes"), proc.size, 3, 1)
+    return vlm, proc, samples, probe.run_probe(vlm, proc, samples)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_models", [1, 3])
+def test_figure_renders_one_colour_per_model(tiny_probe, tmp_path, n_models):
+    vlm, proc, samples, res = tiny_probe
+    assert res["chance_pck2"] == probe.chance_pck(proc.grid, 2) and res["grid"] == list(proc.grid)
+    results = {"stock": res}
+    if n_models == 3:  # a trained model with heads, and one with a value above (c)'s axis
+        results["gasp"] = {**res, "heads": res["native"], "head_layers": [0, 1], "tau": 0.07}
+        results["vqa"] = _results([0.2, 0.3], temporal={1: 1.0, 2: 2.5}, grid=proc.grid)
+    rows = [probe.correspondence_figure(vlm, proc, samples[0], 1, "cpu", n, probe.model_color(m))
+            for m, n in enumerate(results)]
+    img = probe.figure(results, rows)
+    img.save(tmp_path / "probe.png")
+    assert img.width == probe.FIG_W and (np.asarray(img.convert("L")) < 128).mean() > 0.01
+    bottom = img.height - sum(r.height for r in rows)
+    panels, rows_img = img.crop((0, 0, img.width, bottom)), img.crop((0, bottom, img.width, img.height))
+    for m in range(n_models):  # each model's colour in the charts and on its row of (d)
+        assert _has(panels, probe.model_color(m), 200) and _has(rows_img, probe.model_color(m))
+    assert _has(panels, probe.GREY)  # the chance line
+
+
+# ----------------------------------------------------------------------------- every checkpoint kind (slow)
+
+def _train(env, out, *extra):
+    cmd = [sys.executable, "train.py", "--model", env["tiny"], "--data", env["scenes"], "--out", str(out),
+           "--steps", "1", "--no-probe", "--size", "112", "--frames", "3", "--grids", "8", "--embed-dim", "16",
+           "--window", "4", "--sft-data", env["sft"], *extra]
+    res = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return str(out)
+
+
+KINDS = {  # run name -> train.py flags: both baselines, both GASP objectives, LoRA and full fine-tuning
+    "sft": ["--objective", "sft", "--no-export"],
+    "vqa": ["--objective", "vqa", "--lora-rank", "4", "--no-export"],
+    "corr": ["--objective", "corr", "--tau", "0.2", "--no-export"],
+    "full": ["--objective", "full", "--lora-rank", "4", "--tau", "0.1"],  # with export/
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    for s in range(2):
+        synth.synth_scene(tmp / "scenes" / f"scene_{s}", seed=s, num_frames=12, size=112)
+    frames = tmp / "sft" / "clip0"  # instruction data: a folder of frames + a LLaVA-format JSON
+    frames.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((56, 56, 3), 40 * i, np.uint8)).save(frames / f"{i:03d}.png")
+    (tmp / "sft" / "sft.json").write_text(json.dumps([{"id": "0", "video": "clip0", "conversations": [
+        {"from": "human", "value": "<video>\nIs the room bright?"}, {"from": "gpt", "value": "no"}]}]))
+    env = {"tiny": M.build_tiny(str(tmp / "tiny"), layers=2, hidden=64), "scenes": str(tmp / "scenes"),
+           "sft": str(tmp / "sft" / "sft.json")}
+    return {**env, "tmp": tmp, **{kind: _train(env, tmp / kind, *flags) for kind, flags in KINDS.items()}}
+
+
+def _bare(name: str) -> str:
+    """A parameter's name without the GASP / peft wrapper prefixes."""
+    return name.replace("vlm.", "").replace("base_model.model.", "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_checkpoint_kind_loads_and_probes(runs, kind):
+    import train
+    saved = train.read_checkpoint(runs[kind])
+    vlm, proc, gasp, cfg = probe.load_for_probe(os.path.join(runs[kind], "checkpoint.pt"))
+    geometry = kind in ("corr", "full")
+    assert (gasp is not None) == geometry and cfg["objective"] == kind and proc.size == (112, 112)
+    own = {_bare(n): p for n, p in (gasp or vlm).named_parameters()}
+    assert all(torch.equal(own[_bare(n)].float(), t.float()) for n, t in saved["model"].items())  # trained weights in
+    if "--lora-rank" in KINDS[kind]:
+        assert any("lora_B" in n and t.abs().sum() > 0 for n, t in saved["model"].items())  # LoRA, trained, active
+    samples = probe.probe_samples(runs["scenes"], proc.size, 3, 1)
+    res = probe.run_probe(vlm, proc, samples, gasp, cfg["tau"])
+    assert np.isfinite(res["native"]["pck2"]).all() and len(res["native"]["pck2"]) == 2
+    if geometry:
+        assert gasp.r == 16 and res["tau"] == {"corr": 0.2, "full": 0.1}[kind] and len(res["heads"]["pck2"]) == 2
+    else:
+        assert "heads" not in res
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["corr", "full"])  # full fine-tuning (trained LLM in float32) and LoRA
+def test_bfloat16_checkpoint_probes_in_float32_metrics(runs, kind):
+    vlm, proc, gasp, cfg = probe.load_for_probe(runs[kind], dtype="bfloat16")
+    assert cfg["dtype"] == "bfloat16" and M.find_module(vlm, "visual").patch_embed.proj.weight.dtype == torch.bfloat16
+    res = probe.run_probe(vlm, proc, probe.probe_samples(runs["scenes"], proc.size, 3, 1), gasp, cfg["tau"])
+    assert np.isfinite(res["native"]["pck2"]).all() and np.isfinite(res["heads"]["rho"]).all()
+
+
+@pytest.mark.slow
+def test_probe_cli_compares_every_kind_and_the_export(runs):
+    models = [runs["sft"], os.path.join(runs["vqa"], "checkpoint.pt"), os.path.join(runs["corr"], "checkpoint.pt"),
+              runs["full"], os.path.join(runs["full"], "export")]
+    out = runs["tmp"] / "probe"
+    cmd = [sys.executable, "probe.py", *[a for m in models for a in ("--model", m)], "--scenes", runs["scenes"],
+           "--frames", "3", "--limit", "1", "--out", str(out)]
+    res = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    results = json.loads((out / "probe.json").read_text())
+    assert list(results) == ["sft", "vqa", "corr", "full", "full/export"]  # default names, unique
+    assert [("heads" in r) for r in results.values()] == [False, False, True, True, False]
+    assert results["full"]["tau"] == 0.1 and results["full"]["config"]["embed_dim"] == 16
+    assert results["sft"]["dtype"] == "float32" and Image.open(out / "probe.png").width == probe.FIG_W
+    assert all(name in res.stdout for name in results)
+
+
+@pytest.mark.slow
+def test_eager_attention_probes_as_sdpa(runs):
+    got = {}
+    for attn in ("sdpa", "eager"):
+        vlm, proc, _, _ = probe.load_for_probe(runs["tiny"], attn_implementation=attn)
+        proc = M.Processor(vlm.config, proc.tokenizer, (112, 112))
+        got[attn] = probe.run_probe(vlm, proc, probe.probe_samples(runs["scenes"], proc.size, 3, 1))["native"]
+    assert got["eager"]["pck2"] == pytest.approx(got["sdpa"]["pck2"], abs=0.02)
+
+
+@pytest.mark.slow
+def test_load_for_probe_reads_a_stock_folder(tmp_path):
+    path = M.build_tiny(str(tmp_path / "tiny"), layers=2, hidden=64)
+    vlm, proc, gasp, cfg = probe.load_for_probe(path, dtype="bfloat16")
+    assert gasp is None and cfg == {"model": path} and len(M.llm_layers(vlm)) == 2
+    assert next(vlm.parameters()).dtype == torch.bfloat16
