@@ -308,7 +308,7 @@ class Items(torch.utils.data.Dataset):
         inputs = self.proc([frames], [prompt], None if answer is None else [answer])
         if answer is None:
             inputs["logits_to_keep"] = 1  # no L_LM on geometry items: skip the full-vocabulary logits
-        item = {"inputs": inputs, "lm": answer is not None}
+        item = {"inputs": inputs, "lm": answer is not None, "replaced": 0 if sample is None else sample["replaced"]}
         if cfg.objective in GEOMETRY and sample is not None:
             item.update(token_map=self.proc.token_map(inputs["input_ids"][0], len(frames)), anchor=int(sample["anchor"]),
                         targets=pair_targets(sample, self.proc.token_px, self.proc.grid, cfg.objective == "full"))
@@ -477,11 +477,12 @@ def main(argv=None):
                                          num_workers=cfg.workers, collate_fn=as_is, pin_memory="cuda" in device,
                                          prefetch_factor=4 if cfg.workers else None)
     batches = iter(loader)
-    bad, t0 = 0, time.time()
+    bad, replaced, t0 = 0, 0, time.time()
     for step in range(start, cfg.steps):
         terms = torch.zeros(4, device=device)  # loss, lm, corr, depth (means over micro-steps)
         for micro in range(cfg.accum):
             item = to_device(next(batches), device)
+            replaced += item["replaced"]  # unusable scene samples the dataset replaced by the next candidate
             inputs = item["inputs"]
             sync = nullcontext() if (not ddp or micro == cfg.accum - 1) else net.no_sync()
             with sync, autocast:
@@ -526,8 +527,9 @@ def main(argv=None):
                 save_checkpoint(os.path.join(cfg.out, "checkpoint.pt"), raw, opt, sched, step + 1, cfg, probe_before)
             if ddp:
                 dist.barrier()
-    if master and getattr(geo, "skipped", None):
-        print(f"data: {sum(geo.skipped.values())} samples replaced ({geo.skipped})")
+    if master and (replaced or geo.skipped["scenes"] or geo.skipped["folders"]):
+        print(f"data: {geo.skipped['scenes']} broken scenes and {geo.skipped['folders']} folders without "
+              f"transforms.json skipped; {replaced} samples of this process replaced by the next candidate")
 
     if master and probe_set is not None:
         with autocast:

@@ -110,7 +110,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(env, out, *extra, nproc=1, wait=True, ok=True, model=None):
+def train_run(env, out, *extra, nproc=1, wait=True, ok=True, model=None):
     args = ["--model", model or env["tiny"], "--data", env["scenes"], "--out", str(out), "--no-probe", "--size", "112",
             "--frames", "3", "--grids", "8", "--embed-dim", "16", "--window", "4", "--log-every", "1", *extra]
     cmd = [sys.executable, "train.py", *args] if nproc == 1 else \
@@ -146,7 +146,7 @@ def assert_same_weights(a, b, **tol):
 @pytest.mark.parametrize("objective, lora", [("sft", 0), ("vqa", 4), ("corr", 0), ("full", 4)])
 def test_two_steps_of_each_objective_load_back_and_export_stock(env, objective, lora):
     out = env["tmp"] / objective
-    run(env, out, "--objective", objective, "--steps", "2", "--sft-data", env["sft"], "--sft-ratio", "0.5",
+    train_run(env, out, "--objective", objective, "--steps", "2", "--sft-data", env["sft"], "--sft-ratio", "0.5",
         "--lora-rank", str(lora))
     recs = log(out)
     assert [r["step"] for r in recs] == [1, 2] and all(np.isfinite(r["loss"]) for r in recs)
@@ -169,9 +169,9 @@ def test_two_steps_of_each_objective_load_back_and_export_stock(env, objective, 
 @pytest.mark.slow
 def test_two_process_gloo_and_two_workers_equal_one_process(env):
     one, two, workers = env["tmp"] / "one", env["tmp"] / "two", env["tmp"] / "workers"
-    run(env, one, "--steps", "2", "--accum", "2")
-    run(env, two, "--steps", "2", "--accum", "1", nproc=2)
-    run(env, workers, "--steps", "2", "--accum", "2", "--workers", "2")
+    train_run(env, one, "--steps", "2", "--accum", "2")
+    train_run(env, two, "--steps", "2", "--accum", "1", nproc=2)
+    train_run(env, workers, "--steps", "2", "--accum", "2", "--workers", "2")
     for a, b in zip(log(one), log(two)):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     assert log(one) == log(workers)
@@ -183,8 +183,8 @@ def test_two_process_gloo_and_two_workers_equal_one_process(env):
 def test_sigkill_then_resume_gives_the_same_weights_and_log(env):
     ref, cut = env["tmp"] / "ref", env["tmp"] / "cut"
     common = ("--steps", "6", "--save-every", "2", "--lora-rank", "4")
-    run(env, ref, *common)
-    proc = run(env, cut, *common, wait=False)
+    train_run(env, ref, *common)
+    proc = train_run(env, cut, *common, wait=False)
     ckpt = cut / "checkpoint.pt"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:  # kill once a step past the first checkpoint is logged
@@ -195,7 +195,7 @@ def test_sigkill_then_resume_gives_the_same_weights_and_log(env):
     proc.wait()
     step = torch.load(ckpt, weights_only=False)["step"]
     assert step < 6, "the run finished before it could be killed"
-    out = run(env, cut, *common, "--resume")
+    out = train_run(env, cut, *common, "--resume")
     assert f"resumed from {cut}/checkpoint.pt at step {step}" in out
     assert_same_weights(weights(ref), weights(cut), atol=1e-6, rtol=1e-5)
     assert [r["step"] for r in log(cut)] == list(range(1, 7))  # one record per step, none twice
@@ -204,32 +204,44 @@ def test_sigkill_then_resume_gives_the_same_weights_and_log(env):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("layout", ["depths", "dense", "sparse"])
+def test_two_steps_on_each_real_data_layout(env, layout, tmp_path):
+    import scenes  # tests/scenes.py: one planar scene per DL3DV layout
+    for s in range(2):
+        getattr(scenes, f"{layout}_scene")(tmp_path / "data" / f"scene_{s}", seed=s)
+    out = train_run(env, tmp_path / "run", "--steps", "2", "--data", str(tmp_path / "data"))
+    recs = log(tmp_path / "run")
+    assert [r["step"] for r in recs] == [1, 2] and all(np.isfinite(r["loss"]) and r["corr"] > 0 for r in recs)
+    assert "skipped" not in out
+
+
+@pytest.mark.slow
 def test_out_folder_rules_and_resume_checks(env):
     out = env["tmp"] / "rules"
-    run(env, out, "--steps", "1", "--lora-rank", "4")
-    assert "holds a run" in run(env, out, "--steps", "1", ok=False)
+    train_run(env, out, "--steps", "1", "--lora-rank", "4")
+    assert "holds a run" in train_run(env, out, "--steps", "1", ok=False)
     for flags, key in ((("--layers", "0-0"), "layers"), (("--embed-dim", "8"), "embed_dim"),
                        (("--head-input", "hidden"), "head_input"), (("--lora-rank", "8"), "lora_rank")):
         extra = () if key == "lora_rank" else ("--lora-rank", "4")
-        err = run(env, out, "--steps", "2", "--resume", *extra, *flags, ok=False)
+        err = train_run(env, out, "--steps", "2", "--resume", *extra, *flags, ok=False)
         assert f"{key}: saved" in err
-    assert "the model has layers 0..1" in run(env, env["tmp"] / "bad_layers", "--layers", "1-5", ok=False)
-    run(env, out, "--steps", "2", "--overwrite")  # starts over: a log of this run only
+    assert "the model has layers 0..1" in train_run(env, env["tmp"] / "bad_layers", "--layers", "1-5", ok=False)
+    train_run(env, out, "--steps", "2", "--overwrite")  # starts over: a log of this run only
     assert [r["step"] for r in log(out)] == [1, 2]
-    fresh = run(env, env["tmp"] / "fresh", "--steps", "1", "--resume")
+    fresh = train_run(env, env["tmp"] / "fresh", "--steps", "1", "--resume")
     assert "no checkpoint at" in fresh and "starting fresh" in fresh
     with open(out / "checkpoint.pt", "r+b") as f:  # truncated checkpoint: a named error
         f.truncate(1000)
-    assert "not a readable checkpoint" in run(env, out, "--steps", "3", "--resume", ok=False)
+    assert "not a readable checkpoint" in train_run(env, out, "--steps", "3", "--resume", ok=False)
 
 
 @pytest.mark.slow
 def test_before_probe_is_kept_in_the_checkpoint_and_reused(env):
     out = env["tmp"] / "probed"
     probe_flags = ("--probe", "--probe-scenes", env["scenes"], "--probe-samples", "1", "--no-export")
-    run(env, out, "--steps", "1", *probe_flags)
+    train_run(env, out, "--steps", "1", *probe_flags)
     first = json.load(open(out / "probe.json"))
-    run(env, out, "--steps", "2", "--resume", *probe_flags)
+    train_run(env, out, "--steps", "2", "--resume", *probe_flags)
     second = json.load(open(out / "probe.json"))
     assert second["before"] == first["before"] and torch.load(out / "checkpoint.pt", weights_only=False)["probe_before"]
 
@@ -242,7 +254,7 @@ def test_bf16_base_trains_and_exports_bf16_with_its_processor_files(env, tmp_pat
         if name not in os.listdir(base):
             (base / name).write_bytes(open(os.path.join(env["tiny"], name), "rb").read())
     out = tmp_path / "run"
-    run(env, out, "--steps", "2", "--lora-rank", "4", "--dtype", "bfloat16", model=str(base))
+    train_run(env, out, "--steps", "2", "--lora-rank", "4", "--dtype", "bfloat16", model=str(base))
     assert all(np.isfinite(r["loss"]) for r in log(out))
     exported = transformers.AutoModelForImageTextToText.from_pretrained(str(out / "export"))
     assert next(exported.parameters()).dtype == torch.bfloat16
