@@ -529,6 +529,10 @@ class OfficialInputs:
             # Assumption: crop size = the CLIP input size (336 for llava-hf/LLaVA-NeXT-Video-7B-hf, whose
             # processor config says shortest_edge 336, crop 336); one CLS token the "default" strategy drops.
             self.side, self.patch = v.image_size, v.patch_size
+            odd = [p for p in config.image_grid_pinpoints if p[0] % self.side or p[1] % self.side]
+            if odd and not self.video:  # the processor would cut other tiles than the model unpacks
+                raise ValueError(f"config image_grid_pinpoints {odd} are not multiples of the vision tower's "
+                                 f"image_size {self.side}; anyres tiles would not line up: fix the model's config.json")
             size, crop = {"shortest_edge": self.side}, {"height": self.side, "width": self.side}
             self.frame_processor = CLIPImageProcessorPil(size=size, crop_size=crop)
             self.llava_next = LlavaNextProcessor(
@@ -568,6 +572,12 @@ class OfficialInputs:
         bos = self.tok.bos_token  # as ProcessorMixin.apply_chat_template: no second BOS if the template wrote one
         return self.tok(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
 
+    def check_placeholders(self, ids: list[int], key: str, n: int):
+        found = ids.count(self.pad[key])
+        if found != n:
+            raise ValueError(f"the conversation text ({self.template}) holds {found} {key} placeholder(s) for {n} "
+                             f"{key}(s); fix the tokenizer's chat template")
+
     def qwen_video(self, frames) -> tuple[torch.Tensor, list[int]]:
         """(F, H, W, 3) uint8 -> patches (t*h*w, 3*temporal*patch^2) and grid [t, h, w] in patches."""
         import torch.nn.functional as nnf
@@ -603,6 +613,7 @@ class OfficialInputs:
                     record["second_per_grid"] = self.temporal / fps if fps else 1.0
                     extra["second_per_grid_ts"].append(record["second_per_grid"])
                 key = "video" if self.video else "image"
+                self.check_placeholders(ids, key, len(grids))
                 counts = iter([t * h * w // self.merge ** 2 for t, h, w in grids])
                 ids = [j for i in ids for j in ([i] * next(counts) if i == self.pad[key] else [i])]
                 extra["pixel_values"].append(pixels)
@@ -610,6 +621,7 @@ class OfficialInputs:
             elif self.video:
                 frames = self.frame_processor(images=list(vis), return_tensors="pt")["pixel_values"]  # (F, 3, S, S)
                 n = self.frame_tokens * len(vis)
+                self.check_placeholders(ids, "video", 1)
                 ids = [j for i in ids for j in ([i] * n if i == self.pad["video"] else [i])]
                 extra["pixel_values"].append(frames)
                 grids = [[len(vis), self.side // self.patch, self.side // self.patch]]

@@ -414,18 +414,271 @@ def test_end_to_end_tiny_model(tmp_path, capsys):
     for bench, root in roots.items():
         out = tmp_path / f"{bench}.jsonl"
         run = ("run", "--benchmark", bench, "--data", root, "--model", ckpt, "--out", out, "--limit", 1,
-               "--batch-size", 2, "--frames", 4, "--max-new-tokens", 3, "--device", "cpu", "--frame-size", 112)
+               "--batch-size", 2, "--frames", 4, "--max-new-tokens", 3, "--device", "cpu", "--frame-size", 112,
+               "--inputs", "train-size")
         cap = cli(capsys, *run)
         s, lines = json.loads(cap.out), [json.loads(line) for line in out.read_text().splitlines()]
         assert s["benchmark"] == bench and s["n"] == len(lines) == sum(s["counts"].values())
         assert 0 <= s["overall"] <= 100
         assert all(isinstance(x["prediction"], str) and 0 <= x["score"] <= 1 for x in lines)
-        assert f"| {bench} | " in cap.err  # the one-row table for humans
-        table = cli(capsys, "table", "--benchmark", bench, "--data", root, "--predictions", out).out.splitlines()
+        assert f"| {bench} (partial: " in cap.err  # the one-row table for humans
+        assert all(x["inputs"]["grids"] in ([[1, 8, 8]] * x["inputs"]["frames"],) for x in lines)  # 112 px squares
+        table = cli(capsys, "table", "--benchmark", bench, "--data", root, "--predictions", out,
+                    "--allow-partial").out.splitlines()
         assert table[2].startswith("| Method | ") and table[2].endswith(" | Overall |")
-        assert len(table) == 5 and table[4].startswith(f"| {bench} | ")
+        assert len(table) == 5 and table[4].startswith(f"| {bench} (partial: ")
     single = tmp_path / "single.jsonl"  # batched left-padded generation = one item at a time
     cli(capsys, "run", "--benchmark", "allangles", "--data", roots["allangles"], "--model", ckpt, "--out", single,
-        "--limit", 1, "--batch-size", 1, "--max-new-tokens", 3, "--device", "cpu", "--frame-size", 112)
+        "--limit", 1, "--batch-size", 1, "--max-new-tokens", 3, "--device", "cpu", "--frame-size", 112,
+        "--inputs", "train-size")
     predictions = lambda f: {x["id"]: x["prediction"] for x in map(json.loads, f.read_text().splitlines())}  # noqa
     assert predictions(single) == predictions(tmp_path / "allangles.jsonl")
+
+
+# ----------------------------------------------------------------------------- official inputs (tiny models)
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """kind -> (vlm, tokenizer) of a tiny random-init model, built once per module."""
+    import model
+    out = {}
+
+    def get(kind):
+        if kind not in out:
+            path = model.build_tiny(str(tmp_path_factory.mktemp(kind)), kind)
+            if kind == "llava_next_video":  # anyres pinpoints must be multiples of the tiny CLIP's 224 px
+                config = json.loads(open(f"{path}/config.json").read())
+                config["image_grid_pinpoints"] = [[224, 448], [448, 224], [448, 448], [672, 224], [224, 672]]
+                open(f"{path}/config.json", "w").write(json.dumps(config))
+            vlm, proc = model.load(path)
+            out[kind] = (vlm, proc.tokenizer, path)
+        return out[kind]
+    return get
+
+
+def rgb(h=480, w=640, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def visual_ids(batch, builder):
+    return sum(int((batch["input_ids"] == i).sum()) for i in builder.pad.values())
+
+
+# smart_resize by hand (Qwen2-VL image processor docstring: sides multiples of 28, aspect kept, pixels in bounds):
+#   VSI-Bench 640x480, max 602,112: 476x644 fits -> 17x23 tokens per 2-frame group, 16 groups from 32 frames;
+#   All-Angles 640x480, min 1280*28^2: scale sqrt(1003520/307200) -> ceil to 868x1176 -> 31x42 tokens;
+#   BLINK 640x480 fits -> 17x23 tokens; an 8x8 BLINK image is scaled up to min 256*28^2 -> 448x448 -> 16x16.
+@pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen2_vl"])
+@pytest.mark.parametrize("bench, visual, grids, tokens", [
+    pytest.param("vsibench", [rgb()] * 32, [[16, 34, 46]], 16 * 17 * 23, marks=pytest.mark.slow),  # ~5 s
+    ("allangles", [Image.fromarray(rgb())] * 2, [[1, 62, 84]] * 2, 2 * 31 * 42),
+    ("blink", [Image.fromarray(rgb())], [[1, 34, 46]], 17 * 23),
+    ("blink", [Image.fromarray(rgb(8, 8))], [[1, 32, 32]], 16 * 16)])
+def test_qwen_official_grids(tiny, kind, bench, visual, grids, tokens):
+    vlm, tok, _ = tiny(kind)
+    b = E.OfficialInputs(vlm.config, tok, bench)
+    batch, (record,) = b([visual], ["How many chairs?"], [None])
+    assert record["grids"] == grids and record["tokens"] == tokens == visual_ids(batch, b)
+    assert record["mode"] == ("video" if bench == "vsibench" else "images") and record["frames"] == len(visual)
+    key = "video" if bench == "vsibench" else "image"
+    assert batch[f"{key}_grid_thw"].tolist() == grids
+    assert batch["pixel_values_videos" if key == "video" else "pixel_values"].shape == (sum(
+        t * h * w for t, h, w in grids), 3 * 2 * 14 * 14)
+    assert int((batch["mm_token_type_ids"] == (2 if key == "video" else 1)).sum()) == tokens
+    other = "image" if key == "video" else "video"  # a video is one <|video_pad|> block, not a list of images
+    assert int((batch["input_ids"] == tok.convert_tokens_to_ids(f"<|{key}_pad|>")).sum()) == tokens
+    assert int((batch["input_ids"] == tok.convert_tokens_to_ids(f"<|{other}_pad|>")).sum()) == 0
+    assert ("second_per_grid_ts" in batch) == (kind == "qwen2_5_vl" and key == "video")
+
+
+def test_qwen_video_patches_follow_the_processor_rule(tiny):
+    """Two equal frames as one video group = the stock image processor's patches of one frame (it repeats an
+    image over the temporal patch); an odd frame count repeats the last frame (the video processor's rule)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    vlm, tok, _ = tiny("qwen2_5_vl")
+    b = E.OfficialInputs(vlm.config, tok, "vsibench")
+    b.min_px, b.max_px = 56 * 56, 10 ** 7  # 84x112 stays as it is
+    frame = rgb(84, 112)
+    patches, grid = b.qwen_video([frame, frame])
+    stock = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=10 ** 7)(images=[Image.fromarray(frame)],
+                                                                             return_tensors="pt")
+    assert grid == [1, 6, 8] == stock["image_grid_thw"][0].tolist()
+    assert torch.allclose(patches, stock["pixel_values"].float(), atol=1e-5)
+    three, grid3 = b.qwen_video([rgb(84, 112, 1), rgb(84, 112, 2), frame])
+    assert grid3 == [2, 6, 8] and torch.allclose(three[48:], patches, atol=1e-5)  # 2nd group: frame, frame
+
+
+def test_llava_official_inputs(tiny):
+    """LLaVA-NeXT-Video at the 7B's CLIP size (336): a 640x480 image through anyres (best grid 672x672:
+    2x2 tiles + the base image, 24x24 patches each): 576 base + 36x48 unpadded + 36 newlines = 2340 tokens;
+    a video frame: shortest edge 336, centre crop 336, 12x12 = 144 tokens."""
+    import copy
+    vlm, tok, _ = tiny("llava_next_video")
+    config = copy.deepcopy(vlm.config)
+    config.vision_config.image_size = 336
+    config.image_grid_pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]  # the 7B's
+    b = E.OfficialInputs(config, tok, "allangles")
+    batch, (record,) = b([[Image.fromarray(rgb())] * 2], ["Which view?"])
+    assert record == dict(mode="images", frames=2, grids=[[5, 24, 24]] * 2, tokens=2 * 2340)
+    assert visual_ids(batch, b) == 2 * 2340 and batch["image_sizes"].tolist() == [[480, 640]] * 2
+    assert batch["pixel_values"].shape == (2, 5, 3, 336, 336)
+    v = E.OfficialInputs(config, tok, "vsibench")
+    frame = np.full((480, 640, 3), 255, np.uint8)
+    frame[:, :100] = 0  # edge at x=100: resized x 70, minus the crop's 56 -> 14 (a squash would put it at 52)
+    batch, (record,) = v([[frame] * 32], ["How many chairs?"])
+    assert record == dict(mode="video", frames=32, grids=[[32, 24, 24]], tokens=32 * 144)
+    x = batch["pixel_values_videos"]
+    assert x.shape == (1, 32, 3, 336, 336) and x[0, 0, 0, 168, 5] < 0 < x[0, 0, 0, 168, 25]
+    assert E.rope_factor(32, v.frame_tokens, 4096) == 2 and E.rope_factor(16, 144, 4096) == 1  # 5608, 3304 tokens
+
+
+def test_llava_linear_rope(tiny):
+    vlm, tok, path = tiny("llava_next_video")
+    import model
+    vlm, _ = model.load(path)
+    rot = vlm.model.language_model.rotary_emb
+    before = rot.inv_freq.clone()
+    assert "kept" in E.set_linear_rope(vlm, 1)
+    line = E.set_linear_rope(vlm, 2)
+    after = vlm.model.language_model.rotary_emb
+    assert "'rope_type': 'linear', 'factor': 2.0" in line and after is not rot
+    assert torch.allclose(after.inv_freq, before / 2)  # positions divided by 2
+    assert "kept" in E.set_linear_rope(vlm, 2)
+
+
+def test_chat_template_and_fallback(tiny):
+    vlm, tok, _ = tiny("qwen2_5_vl")
+    import copy
+    tok = copy.deepcopy(tok)
+    tok.chat_template = None
+    b = E.OfficialInputs(vlm.config, tok, "blink")
+    assert "no chat template" in b.describe()
+    assert b.text(2, "Q?") == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                               "<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|image_pad|><|vision_end|>"
+                               "Q?<|im_end|>\n<|im_start|>assistant\n")
+    tok.chat_template = ("{% for m in messages %}<{{ m.role }}>{% for c in m.content %}{% if c.type == 'image' %}"
+                         "<|vision_start|><|image_pad|><|vision_end|>{% elif c.type == 'video' %}<|vision_start|>"
+                         "<|video_pad|><|vision_end|>{% else %}{{ c.text }}{% endif %}{% endfor %}{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    b = E.OfficialInputs(vlm.config, tok, "vsibench")
+    assert b.template == "chat template"
+    assert b.text(3, "Q?") == "<user><|vision_start|><|video_pad|><|vision_end|>Q?<assistant>"  # one video
+    tok.chat_template = "{% for m in messages %}{{ m.content[-1].text }}{% endfor %}"  # drops the media
+    with pytest.raises(ValueError, match="holds 0 video placeholder.*fix the tokenizer's chat template"):
+        E.OfficialInputs(vlm.config, tok, "vsibench")([[rgb(56, 56)] * 2], ["Q?"])
+
+
+def test_unknown_family_is_named():
+    with pytest.raises(ValueError, match="no harness settings for model type 'idefics3'.*--inputs train-size"):
+        E.OfficialInputs(SimpleNamespace(model_type="idefics3"), None, "blink")
+
+
+# ----------------------------------------------------------------------------- BLINK second pass, score refusals
+
+@pytest.mark.parametrize("pred, second", [
+    ("The answer is (B).", "(B)"), ("A. left", "(A)"), ("B) right", "(B)"), ("(A).", "(A)"), ("right", "(B)"),
+    ("left or right", None), ("I cannot tell", None)])
+def test_blink_second_pass(pred, second):
+    item = dict(id="val_Multi-view_Reasoning_1", category="Multi-view_Reasoning", prompt="", answer="(B)",
+                choices=["left", "right"])
+    line = E.score_item("blink", item, pred)
+    assert line["extracted"] is None and line["score"] == 0.0  # the official pass leaves these unresolved
+    assert line["second_pass"] == second
+    assert "second_pass" not in E.score_item("blink", item, "(B)")  # resolved answers skip it
+
+
+def test_blink_second_pass_reported_apart(tmp_path, capsys):
+    root = blink_root(tmp_path)
+    s = json.loads(cli(capsys, "score", "--benchmark", "blink", "--data", root,
+                       "--predictions", write_preds(tmp_path / "p.jsonl", blink_preds())).out)
+    assert s["overall"] == pytest.approx(50.0)  # official, unchanged
+    sp = s["second_pass"]
+    assert "NOT official" in sp["note"]
+    assert sp["resolved"] == {"Jigsaw": 0, "Multi-view_Reasoning": 0, "Spatial_Relation": 1}
+    assert sp["still_unresolved"] == {"Jigsaw": 0, "Multi-view_Reasoning": 0, "Spatial_Relation": 0}
+    assert sp["categories"]["Spatial_Relation"] == 100.0 and sp["overall"] == pytest.approx(200 / 3)
+
+
+def test_score_refuses_duplicates_and_torn_files(tmp_path, capsys):
+    root = vsi_root(tmp_path, frames=1)
+    full = {k: "1" for k in range(8)}
+    score = ("score", "--benchmark", "vsibench", "--data", root, "--predictions")
+    dup = tmp_path / "dup.jsonl"
+    write_preds(dup, full)
+    with dup.open("a") as f:
+        f.write('{"id": 3, "prediction": "C"}\n')
+    for extra in ((), ("--allow-partial",)):  # never scored: which line is meant?
+        with pytest.raises(SystemExit, match="1 duplicate id.*id '3' on lines 4, 9"):
+            cli(capsys, *score, dup, *extra)
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(write_preds(tmp_path / "x.jsonl", full).read_text() + '{"id": 8, "predi')
+    with pytest.raises(SystemExit, match=r"torn.jsonl:9: truncated last line .*--allow-partial"):
+        cli(capsys, *score, torn)
+    s = json.loads(cli(capsys, *score, torn, "--allow-partial").out)
+    assert s["coverage"]["skipped_lines"] == 1 and s["coverage"]["scored"] == 8
+    assert json.loads(cli(capsys, *score, write_preds(tmp_path / "ok.jsonl", full)).out)["coverage"] == dict(
+        scored=8, total=8, skipped_lines=0, categories={"obj_appearance_order": [1, 1], "object_counting": [1, 1],
+                                                        "object_rel_direction": [4, 4], "room_size_estimation": [1, 1],
+                                                        "route_planning": [1, 1]})
+
+
+def expected_inputs(kind: str, bench: str, n: int):
+    """(grids, tokens) of a fixture item with n frames / images, by hand. Fixture media: VSI-Bench frames and
+    BLINK images 8x8, All-Angles views 16x24 (h x w). Qwen smart_resize scales them up to the min pixels:
+    256*28^2 -> 448x448 = 32x32 patches, 16x16 tokens; All-Angles 1280*28^2: x sqrt(1003520/384) = 51.12,
+    ceil to multiples of 28 -> 840x1232 = 60x88 patches, 30x44 tokens. LLaVA tiny (224 px CLIP): a frame is
+    16x16 patches, 8x8 tokens; images go through anyres (exact counts in test_llava_official_inputs)."""
+    if kind == "llava_next_video":
+        return ([[n, 16, 16]], n * 64) if bench == "vsibench" else (None, None)
+    if bench == "vsibench":
+        return [[(n + 1) // 2, 32, 32]], (n + 1) // 2 * 16 * 16
+    return ([[1, 60, 88]] * n, n * 30 * 44) if bench == "allangles" else ([[1, 32, 32]] * n, n * 16 * 16)
+
+
+E2E_CATEGORIES = {"vsibench": ["object_counting", "route_planning"], "allangles": ["counting", "manipulation"],
+                  "blink": ["Spatial_Relation", "Multi-view_Reasoning"]}  # 1, 2 and 3 visuals; a batch of 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen2_vl", "llava_next_video"])
+def test_end_to_end_official_inputs(tmp_path, capsys, tiny, kind):
+    """`eval.py run` on each benchmark's fixture builds the official inputs for each family and runs to the end."""
+    _, _, ckpt = tiny(kind)
+    roots = {"vsibench": vsi_root(tmp_path, frames=6), "allangles": aa_root(tmp_path), "blink": blink_root(tmp_path)}
+    for bench, root in roots.items():
+        out = tmp_path / f"{bench}.jsonl"
+        cap = cli(capsys, "run", "--benchmark", bench, "--data", root, "--model", ckpt, "--out", out, "--limit", 1,
+                  "--batch-size", 2, "--frames", 4, "--max-new-tokens", 2, "--device", "cpu",
+                  "--categories", *E2E_CATEGORIES[bench])
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert json.loads(cap.out)["n"] == len(lines) > 0
+        settings = json.loads(E.settings_path(out).read_text())
+        assert settings["inputs"] == "official" and settings["dtype"] == "float32" and kind in settings["harness"]
+        n_visual = {str(it["id"]): len(it.get("images", [0] * 4)) for it in E.LOADERS[bench](root)}
+        for x in lines:
+            n = n_visual[str(x["id"])]
+            assert x["inputs"]["mode"] == ("video" if bench == "vsibench" else "images") and x["inputs"]["frames"] == n
+            grids, tokens = expected_inputs(kind, bench, n)
+            if grids is None:  # LLaVA images: anyres, the base image plus at least one tile each
+                assert len(x["inputs"]["grids"]) == n and all(t >= 2 for t, _, _ in x["inputs"]["grids"])
+            else:
+                assert (x["inputs"]["grids"], x["inputs"]["tokens"]) == (grids, tokens)
+
+
+@pytest.mark.slow
+def test_llava_32_frames_gets_linear_rope(tmp_path, capsys, tiny):
+    """32 frames x 64 tokens + 1000 overflow a 2048-position context: factor ceil(3048 / 2048) = 2, set and logged."""
+    import shutil
+    _, _, path = tiny("llava_next_video")
+    ckpt = tmp_path / "short_context"
+    shutil.copytree(path, ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["text_config"]["max_position_embeddings"] = 2048
+    (ckpt / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "vsi.jsonl"
+    cap = cli(capsys, "run", "--benchmark", "vsibench", "--data", vsi_root(tmp_path, frames=32), "--model", ckpt,
+              "--out", out, "--categories", "object_counting", "--max-new-tokens", 1, "--device", "cpu")
+    assert "'rope_type': 'linear', 'factor': 2.0" in cap.err
+    assert "'factor': 2.0" in json.loads(E.settings_path(out).read_text())["rope"]
+    (line,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert line["inputs"] == dict(mode="video", frames=32, grids=[[32, 16, 16]], tokens=32 * 64)
