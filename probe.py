@@ -307,9 +307,11 @@ def chart(series: list[dict], title: str, xlabel: str, ylabel: str, bars: bool =
     for x in xs_all[:: math.ceil(len(xs_all) / 16)]:
         d.line((X(x), y1, X(x), y1 + 4), fill="black")
         d.text((X(x) - d.textlength(str(x), font=SMALL) / 2, y1 + 6), str(x), fill="black", font=SMALL)
-    def reference_lines():  # dashed, named at their right end too (two chance lines differ only there)
+    def reference_lines():  # dashed; where there are several (a chance line per grid), named at their right end
         for value, label, color in hlines:
             _dashed(d, (x0, Y(value)), (x1, Y(value)), color, width=2, dash=8, gap=5)
+            if len(hlines) == 1:
+                continue
             lx = x1 - 4 - d.textlength(label, font=SMALL)
             d.rectangle((lx - 2, Y(value) - 15, x1 - 2, Y(value) - 3), fill="white")
             d.text((lx, Y(value) - 15), label, fill=GREY, font=SMALL)
@@ -421,8 +423,9 @@ def correspondence_figure(vlm, proc, sample, layer: int, device="cpu", name: str
 
 
 def figure(results: dict, extra: list[Image.Image]) -> Image.Image:
-    """Panels (a) PCK@2 per layer with the chance line, (b) ρ per layer, (c) Y(Δt), one colour per model
-    (its head: the same colour, hatched / dashed); then the rows of (d) in `extra`."""
+    """A header saying what is measured, panels (a) PCK@2 per layer with the chance line, (b) ρ per layer,
+    (c) Y(Δt) at the peak layer, one colour per model (its head: the same colour, hatched / dashed); then
+    the rows of (d) in `extra`."""
     a, b, c = [], [], []
     for m, (name, res) in enumerate(results.items()):
         color = model_color(m)
@@ -434,10 +437,9 @@ def figure(results: dict, extra: list[Image.Image]) -> Image.Image:
             layers = list(range(len(r["pck2"]))) if kind == "native" else res["head_layers"]
             a.append(dict(label=label, xs=layers, ys=r["pck2"], color=color, style=style_bar))
             b.append(dict(label=label, xs=layers, ys=r["rho"], color=color, style=style_line))
-            if kind == "native":
-                t = {int(g): y for g, y in r["temporal"][r["peak_layer"]].items()}  # json turns keys into strings
-                c.append(dict(label=f"{name}: native Q-K, layer {r['peak_layer']}", xs=sorted(t),
-                              ys=[t[g] for g in sorted(t)], color=color, style="solid"))
+            t = {int(g): y for g, y in r["temporal"][r["peak_layer"]].items()}  # json turns keys into strings
+            c.append(dict(label=f"{label}, layer {layers[r['peak_layer']]}", xs=sorted(t),
+                          ys=[t[g] for g in sorted(t)], color=color, style=style_line))
     grids = {tuple(res["grid"]): res["chance_pck2"] for res in results.values() if "chance_pck2" in res}
     chance = [(v, f"chance {v:.3f} ({g[0]}x{g[1]} grid)" if len(grids) > 1 else f"chance {v:.3f} (a random token)",
                GREY) for g, v in grids.items()]
@@ -445,7 +447,7 @@ def figure(results: dict, extra: list[Image.Image]) -> Image.Image:
                        "of the truth", "LLM layer", "PCK@2", bars=True, hlines=chance),
               chart(b, "(b) rho: Pearson correlation of match confidence (max attention) and hit@2",
                     "LLM layer", "rho", ylim=(-1.0, 1.0)),
-              chart(c, "(c) temporal robustness Y(dt) = PCK@2(dt) / PCK@2(smallest gap), at the peak Q-K layer",
+              chart(c, "(c) temporal robustness Y(dt) = PCK@2(dt) / PCK@2(smallest gap), at each one's peak layer",
                     "frame gap dt (frames of the source video)", "Y(dt)", ylim=(0.0, 1.5),
                     hlines=[(1.0, "Y = 1: no decay with distance", LIGHT)])] + extra
     first = next(iter(results.values()), {})
