@@ -117,13 +117,21 @@ def _qwen_text(text: dict, tid, interleaved: bool = False) -> dict:
                 pad_token_id=tid("<|endoftext|>"))
 
 
+def _whole_heads(text: dict) -> dict:
+    if text["head_dim"] * text["num_attention_heads"] != text["hidden_size"]:
+        raise ValueError("Qwen2-VL / Qwen2.5-VL attention takes head size = hidden / heads; leave head_dim out")
+    return text
+
+
 def _qwen2_vl_tiny(text, tid, vision_layers, vision_hidden):
+    text = _whole_heads(text)
     vision = dict(depth=vision_layers, embed_dim=vision_hidden, hidden_size=text["hidden_size"], num_heads=2,
                   mlp_ratio=2)
     return transformers.Qwen2VLConfig(text_config=_qwen_text(text, tid), vision_config=vision, **_qwen_ids(tid))
 
 
 def _qwen2_5_vl_tiny(text, tid, vision_layers, vision_hidden):
+    text = _whole_heads(text)
     vision = dict(depth=vision_layers, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_heads=2,
                   out_hidden_size=text["hidden_size"], fullatt_block_indexes=[vision_layers - 1], window_size=112)
     return transformers.Qwen2_5_VLConfig(text_config=_qwen_text(text, tid), vision_config=vision, **_qwen_ids(tid))

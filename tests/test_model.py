@@ -1,22 +1,33 @@
 """model.py on tiny random-init configs of the real classes: exact logits, token map, export, gradients."""
 
+import filecmp
+import os
 from functools import partial
 
 import numpy as np
 import pytest
 import torch
 import transformers
+from PIL import Image
 
 import model as M
 from losses import gasp_losses, pair_targets, total_loss
 
-KINDS = ["qwen2_5_vl", "qwen2_vl", "llava_next_video"]
+KINDS = list(M.SUPPORTED)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    return {k: M.build_tiny(str(root / k), k, heads=4, kv_heads=2) for k in KINDS}  # GQA, as the 7B models
+    # GQA 2:1 as the 7B models; head size 32, or 16 != hidden / heads where the family's attention allows it
+    # (Qwen2/2.5-VL's takes hidden / heads).
+    free = ("qwen3_vl", "llava_next_video", "llava_onevision")
+    return {k: M.build_tiny(str(root / k), k, heads=4, kv_heads=2, head_dim=16 if k in free else None) for k in KINDS}
+
+
+def _load(tiny, kind, **kw):
+    """The tiny model at 224 px (8x8 or 7x7 tokens per frame): fast tests."""
+    return M.load(tiny[kind], size=(224, 224), **kw)
 
 
 def _inputs(proc, F=3, seed=0, answer="A"):
@@ -41,7 +52,7 @@ def _llm_input(vlm, inp):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_wrapped_logits_equal_stock_and_token_map(tiny, kind):
-    vlm, proc = M.load(tiny[kind])
+    vlm, proc = _load(tiny, kind)
     frames, inp, tmap = _inputs(proc)
     with torch.no_grad():
         ref = vlm(**inp).logits
@@ -66,36 +77,70 @@ def test_wrapped_logits_equal_stock_and_token_map(tiny, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_native_qk_matches_the_attention_the_model_computes(tiny, kind):
-    vlm = transformers.AutoModelForImageTextToText.from_pretrained(tiny[kind], attn_implementation="eager").eval()
-    _, proc = M.load(tiny[kind])
+    """G8's input is what the attention itself computes: softmax(q k^T / sqrt(d_h)) of the later frame's tokens
+    over the earlier frame's tokens equals the model's eager attention probabilities restricted to those keys
+    and renormalised, head by head (GQA 2:1, head sizes 32 and 16). Under sdpa the same q and k."""
+    free = ("qwen3_vl", "llava_next_video", "llava_onevision")
+    vlm, proc = _load(tiny, kind, attn_implementation="eager")
     _, inp, tmap = _inputs(proc, answer=None)
     got = {}
     M.native_qk(vlm, inp, tmap, lambda l, q, k: got.__setitem__(l, (q, k)))
+    assert sorted(got) == list(range(len(M.llm_layers(vlm))))
     with torch.no_grad():
         attn = vlm(**inp, output_attentions=True).attentions
+    assert M.text_config(vlm)._attn_implementation == "eager"  # the model's own implementation is restored
     a, b = 2, 0  # later frame attends to the earlier one
     for l, (q, k) in got.items():
+        assert q.shape == k.shape == (3, proc.grid[0] * proc.grid[1], 4, 16 if kind in free else 32)
         ours = torch.softmax(torch.einsum("thd,shd->hts", q[a], k[b]) / q.shape[-1] ** 0.5, -1)  # (H, T, T)
         theirs = attn[l][0][:, tmap[a].flatten()][:, :, tmap[b].flatten()]
         theirs = theirs / theirs.sum(-1, keepdim=True)
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
-    # rotary=False: the q_proj / k_proj outputs themselves
-    pre, proj = {}, {}
-    attn0 = M.llm_layers(vlm)[0].self_attn
-    hooks = [attn0.q_proj.register_forward_hook(lambda m, a, o: proj.__setitem__("q", o[0, tmap.flatten()])),
-             attn0.k_proj.register_forward_hook(lambda m, a, o: proj.__setitem__("k", o[0, tmap.flatten()]))]
-    M.native_qk(vlm, inp, tmap, lambda l, q, k: pre.__setitem__(l, (q, k)), layers=[0], rotary=False)
+        torch.testing.assert_close(ours.mean(0), theirs.mean(0), atol=1e-5, rtol=1e-4)  # the probe's head mean
+    sdpa, _ = _load(tiny, kind, attn_implementation="sdpa")
+    got_sdpa = {}
+    with torch.no_grad():
+        out = M.native_qk(sdpa, inp, tmap, lambda l, q, k: got_sdpa.__setitem__(l, (q, k)))
+        torch.testing.assert_close(out.logits, vlm(**inp).logits, atol=1e-4, rtol=1e-4)
+    for l in got:
+        torch.testing.assert_close(got_sdpa[l], got[l], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pre_rotary_read_is_where_the_heads_read(tiny, kind):
+    """rotary=False and the heads read q_norm / k_norm (Qwen3-VL) or q_proj / k_proj outputs."""
+    vlm, proc = _load(tiny, kind)
+    _, inp, tmap = _inputs(proc, answer=None)
+    q_mod, k_mod = M.qk_modules(M.llm_layers(vlm)[0].self_attn)
+    assert (q_mod is getattr(M.llm_layers(vlm)[0].self_attn, "q_norm", None)) == (kind == "qwen3_vl")
+    proj = {}
+    hooks = [q_mod.register_forward_hook(lambda m, a, o: proj.__setitem__("q", o[0, tmap.flatten()].flatten(1))),
+             k_mod.register_forward_hook(lambda m, a, o: proj.__setitem__("k", o[0, tmap.flatten()].flatten(1)))]
+    pre = {}
+    gasp = M.GASP(vlm, layers=[0], r=16)
+    _, e_q, e_k = M.native_qk(vlm, inp, tmap, lambda l, q, k: pre.__setitem__(l, (q, k)), layers=[0],
+                              run=lambda: gasp.embed(inp, tmap), rotary=False)
     for h in hooks:
         h.remove()
     q, k = pre[0]
     torch.testing.assert_close(q.flatten(0, 1).flatten(1), proj["q"])
     n_rep = q.shape[2] * q.shape[3] // proj["k"].shape[1]  # GQA: every n_rep-th head is a distinct key head
     torch.testing.assert_close(k.flatten(0, 1)[:, ::n_rep].flatten(1), proj["k"])
+    with torch.no_grad():
+        torch.testing.assert_close(e_q.flatten(1, 3), gasp.heads(proj["q"][None]))
+        torch.testing.assert_close(e_k.flatten(1, 3), gasp.heads(k.flatten(0, 1).flatten(1)[None]), atol=1e-5,
+                                   rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_export_is_a_stock_checkpoint_with_same_logits(tiny, kind, tmp_path):
-    vlm, proc = M.load(tiny[kind])
+def test_export_is_a_stock_checkpoint_with_same_logits_dtype_and_processor_files(kind, tmp_path):
+    """A tiny base saved in bf16 with stock processor files -> trained in fp32 with LoRA -> export: bf16 weights,
+    the base's processor / tokenizer / chat template / generation files byte for byte, the stock classes load it,
+    and the stock (pillow) image processor takes any image size."""
+    base, out = str(tmp_path / "base"), str(tmp_path / "export")
+    M.build_tiny(base, kind, heads=4, kv_heads=2, dtype=torch.bfloat16)
+    vlm, proc = M.load(base, size=(224, 224))
+    assert vlm.dtype == torch.float32  # trained in fp32
     stock_params = sum(p.numel() for p in vlm.parameters())
     train = M.freeze_and_lora(vlm, lora_rank=4)
     gasp = M.GASP(train, r=16)
@@ -104,15 +149,30 @@ def test_export_is_a_stock_checkpoint_with_same_logits(tiny, kind, tmp_path):
             if "lora_B" in n:
                 p.normal_(std=0.05)
     _, inp, tmap = _inputs(proc)
+    q0 = M.find_module(train, "language_model.layers.0.self_attn.q_proj")
     with torch.no_grad():
         want = gasp.embed(inp, tmap)[0].logits
-    M.export(gasp, proc, str(tmp_path))
-    cls = type(M.bare_vlm(gasp))
-    back = cls.from_pretrained(str(tmp_path)).eval()  # the stock class, no project code
+        merged = q0.base_layer.weight + q0.lora_B["default"].weight @ q0.lora_A["default"].weight * q0.scaling["default"]
+    M.export(gasp, proc, out)
+    back = transformers.AutoModelForImageTextToText.from_pretrained(out).eval()  # the stock class, no project code
+    assert type(back) is type(M.bare_vlm(gasp)) and back.dtype == torch.bfloat16
     assert sum(p.numel() for p in back.parameters()) == stock_params
-    with torch.no_grad():
-        torch.testing.assert_close(back(**inp).logits, want, atol=1e-4, rtol=1e-4)
     assert not any("lora" in k or "heads" in k for k in back.state_dict())
+    assert torch.equal(M.llm_layers(back)[0].self_attn.q_proj.weight, merged.to(torch.bfloat16))  # LoRA merged
+    with torch.no_grad():  # the merged fp32 weights, rounded to bf16
+        got = back.float()(**inp).logits
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+    files = [f for f in os.listdir(base) if f in M.PROCESSOR_FILES]
+    assert {"preprocessor_config.json", "tokenizer.json", "generation_config.json"} <= set(files)
+    assert any(f.startswith("chat_template") for f in files)
+    for f in files:
+        assert filecmp.cmp(os.path.join(base, f), os.path.join(out, f), shallow=False), f
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template == transformers.AutoTokenizer.from_pretrained(base).chat_template
+    image_processor = transformers.AutoImageProcessor.from_pretrained(out)
+    for shape in ((375, 500, 3), (1080, 1920, 3)):
+        image = Image.fromarray(np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8))
+        assert image_processor(images=[image], return_tensors="pt")["pixel_values"].numel() > 0
 
 
 def test_gradients_reach_llm_and_heads_not_vision_and_all_loss_paths_agree(tiny):
@@ -121,7 +181,7 @@ def test_gradients_reach_llm_and_heads_not_vision_and_all_loss_paths_agree(tiny)
     results = []
     for inside, ckpt in ((False, False), (True, False), (True, True)):
         torch.manual_seed(0)
-        vlm, proc = M.load(tiny["qwen2_5_vl"])
+        vlm, proc = _load(tiny, "qwen2_5_vl")
         vlm.train()
         M.freeze_and_lora(vlm)
         if ckpt:
@@ -154,19 +214,26 @@ def test_gradients_reach_llm_and_heads_not_vision_and_all_loss_paths_agree(tiny)
 def test_unsupported_model_lists_supported():
     cfg = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                    vocab_size=100)
-    with pytest.raises(ValueError, match="qwen2_5_vl, qwen2_vl, llava_next_video"):
-        M.frame_size(cfg)
+    for call in (M.frame_size, lambda c: M.Processor(c, None)):
+        with pytest.raises(ValueError, match=", ".join(M.SUPPORTED)):
+            call(cfg)
+    assert len(M.SUPPORTED) == 5
 
 
 def test_frame_size_gives_whole_tokens(tiny):
     cfg = transformers.AutoConfig.from_pretrained(tiny["qwen2_5_vl"])
     assert M.frame_size(cfg, 336) == (336, 336) and M.frame_size(cfg, 440) == (448, 448)
-    cfg = transformers.AutoConfig.from_pretrained(tiny["llava_next_video"])
-    assert M.frame_size(cfg, 999) == (224, 224)
+    cfg = transformers.AutoConfig.from_pretrained(tiny["qwen3_vl"])
+    assert M.frame_size(cfg, 440) == (448, 448) and M.token_px(cfg) == 32
+    for kind in ("llava_next_video", "llava_onevision"):  # the vision tower's input size, pooled 2x2
+        cfg = transformers.AutoConfig.from_pretrained(tiny[kind])
+        assert M.frame_size(cfg, 999) == (224, 224) and M.token_px(cfg) == 28
+    cfg.vision_config.image_size = 384  # LLaVA-OneVision-7B: 27x27 SigLIP patches -> 14x14 tokens of 27 px
+    assert M.token_px(cfg) == 27 and M.Processor(cfg, transformers.AutoTokenizer.from_pretrained(tiny[kind])).grid == (14, 14)
 
 
 def test_plain_forward_after_gasp_forward_ignores_stale_positions(tiny):
-    vlm, proc = M.load(tiny["qwen2_5_vl"])
+    vlm, proc = _load(tiny, "qwen2_5_vl")
     gasp = M.GASP(vlm, r=16)
     _, inp, tmap = _inputs(proc, F=3)
     gasp.embed(inp, tmap)
@@ -177,7 +244,7 @@ def test_plain_forward_after_gasp_forward_ignores_stale_positions(tiny):
 
 
 def test_anchor_forward_embeds_only_the_frames_the_pairs_read(tiny):
-    vlm, proc = M.load(tiny["qwen2_5_vl"])
+    vlm, proc = _load(tiny, "qwen2_5_vl")
     gasp = M.GASP(vlm, r=16)
     _, inp, tmap = _inputs(proc, F=3)
     with torch.no_grad():
@@ -201,3 +268,71 @@ def test_parse_layers_includes_both_ends_and_rejects_bad_specs():
     for bad in ("2-4", "0-9", "5", "", "a-b", "3-1", "1,,2", "-1"):
         with pytest.raises(ValueError, match=r"0\.\.3"):
             M.parse_layers(bad, 4)
+
+
+def _sample(proc, Fr=3, N=20, seed=1):
+    (h, w), px = proc.grid, proc.token_px
+    g = torch.Generator().manual_seed(seed)
+    return {"tracks": torch.rand(Fr, N, 2, generator=g) * px * w, "visible": torch.ones(Fr, N, dtype=torch.bool),
+            "track_depth": torch.full((Fr, N), 2.0), "depth": torch.rand(Fr, h * px, w * px, generator=g) + 1,
+            "anchor": 1}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_two_gasp_training_steps(tiny, kind):
+    """Two optimizer steps of L_LM + G4 + G5 with LoRA: finite losses, gradients on the heads and LoRA, none on
+    the frozen vision tower, and the losses move."""
+    torch.manual_seed(0)
+    vlm, proc = _load(tiny, kind)
+    net = M.GASP(M.freeze_and_lora(vlm.train(), lora_rank=4), layers=M.parse_layers("1-3", 4), r=16)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3)
+    _, inp, tmap = _inputs(proc)
+    targets = pair_targets(_sample(proc), proc.token_px, proc.grid)
+    losses = []
+    for _ in range(2):
+        out, corr, depth = net(inp, tmap, anchor=1, loss=partial(gasp_losses, targets=targets, q_offset=1))
+        assert corr.shape == depth.shape == (3,)
+        loss = total_loss(out.loss, corr, depth)
+        assert torch.isfinite(loss)
+        loss.backward()
+        assert net.heads.w1.grad.abs().sum() > 0 and net.heads.w2.grad.abs().sum() > 0
+        lora = [p.grad for n, p in net.named_parameters() if "lora_B" in n]  # B starts at 0, A gets no grad yet
+        assert lora and all(g is not None for g in lora) and sum(g.abs().sum() for g in lora) > 0
+        assert all(p.grad is None for n, p in net.named_parameters() if "vision" in n or "visual" in n)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    assert losses[0] != losses[1]
+
+
+def test_prompt_layout_follows_the_stock_processors_rule_metaspace_and_byte_level(tiny):
+    """The token layout the stock processors produce, written from their documented rule: the chat template's
+    text with each placeholder repeated once per visual token, tokenized in one piece (LLaVA-NeXT-Video:
+    `<video>` x F*h*w; Qwen: `<|vision_start|><|image_pad|> x h*w <|vision_end|>` per frame)."""
+    # LLaVA-NeXT-Video, SentencePiece-style (Metaspace) tokenizer with BOS
+    _, proc = _load(tiny, "llava_next_video")
+    tok, n = proc.tokenizer, 3 * proc.grid[0] * proc.grid[1]
+    assert type(tok.backend_tokenizer.pre_tokenizer).__name__ == "Metaspace"
+    ids = proc([np.zeros((3, 224, 224, 3), np.uint8)], ["Which point matches?"])["input_ids"][0].tolist()
+    assert ids == tok("USER: " + "<video>" * n + "\nWhich point matches? ASSISTANT:")["input_ids"]
+    assert ids[0] == tok.bos_token_id
+    after = ids[ids.index(proc.vis_id) + n]
+    assert tok.convert_ids_to_tokens(after) == "\n"  # no extra '▁' after <video> (piece-by-piece gave one)
+    batch = proc([np.zeros((3, 224, 224, 3), np.uint8)], ["Which point matches?"], ["yes"])
+    labelled = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert tok.decode(labelled).strip().startswith("yes") and labelled[-1] == tok.eos_token_id
+    # Qwen2.5-VL, byte-level tokenizer, default system turn
+    _, proc = _load(tiny, "qwen2_5_vl")
+    tok, n = proc.tokenizer, proc.grid[0] * proc.grid[1]
+    frame = "<|vision_start|>" + "<|image_pad|>" * n + "<|vision_end|>"
+    want = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n" + frame * 2 +
+            "Which point matches?<|im_end|>\n<|im_start|>assistant\n")
+    batch = proc([np.zeros((2, 224, 224, 3), np.uint8)], ["Which point matches?"], ["B"])
+    assert batch["input_ids"][0].tolist() == tok(want + "B<|im_end|>\n")["input_ids"]
+    assert tok.decode(batch["labels"][0][batch["labels"][0] != -100]) == "B<|im_end|>\n"
+    assert batch["image_grid_thw"].tolist() == [[1, 2 * proc.grid[0], 2 * proc.grid[1]]] * 2
+    # LLaVA-OneVision: one newline position after the last frame, skipped by the token map
+    _, proc = _load(tiny, "llava_onevision")
+    inp = proc([np.zeros((2, 224, 224, 3), np.uint8)], ["Which point matches?"])
+    pos = (inp["input_ids"][0] == proc.vis_id).nonzero().flatten()
+    assert len(pos) == 2 * 64 + 1 and torch.equal(proc.token_map(inp["input_ids"][0], 2).flatten(), pos[:-1])
