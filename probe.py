@@ -542,9 +542,15 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     results, extra = {}, []
     for m, (name, path) in enumerate(zip(names, models)):
-        vlm, proc, gasp, cfg = load_for_probe(path, args.device, dtype, args.attn_implementation)
+        try:
+            vlm, proc, gasp, cfg = load_for_probe(path, args.device, dtype, args.attn_implementation)
+        except (OSError, ValueError) as e:  # missing or broken files, an unknown id, misfitting weights
+            p.error(f"--model {path}: {e}")
         tau = cfg.get("tau") if gasp is not None else None  # the run's own τ: the heads were trained with it
-        samples = probe_samples(args.scenes, proc.size, args.frames, args.limit, args.seed)
+        try:
+            samples = probe_samples(args.scenes, proc.size, args.frames, args.limit, args.seed)
+        except (OSError, ValueError) as e:
+            p.error(f"--scenes {args.scenes}: {e}")
         results[name] = run_probe(vlm, proc, samples, gasp, tau, args.device, f"probe {name}", not args.no_rotary)
         results[name].update(model=path, config=cfg, scenes=args.scenes, frames=args.frames, samples=len(samples),
                              rotary=not args.no_rotary, dtype=dtype,
@@ -552,6 +558,8 @@ def main():
         extra.append(correspondence_figure(vlm, proc, samples[0], results[name]["native"]["peak_layer"], args.device,
                                            name, model_color(m)))
         del vlm, gasp  # one model in memory at a time
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
     with open(os.path.join(args.out, "probe.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
     figure(results, extra).save(os.path.join(args.out, "probe.png"))

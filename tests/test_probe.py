@@ -106,9 +106,10 @@ def test_default_names_are_unique():
     (["--model", "a", "--model", "b", "--name", "x", "--name", "x"], "names must differ"),
     (["--frames", "1"], "at least 2 frames"),
     (["--dtype", "int8"], "invalid choice"),
+    (["--model", "nowhere/checkpoint.pt"], "--model nowhere/checkpoint.pt: nowhere/checkpoint.pt: no training"),
 ])
-def test_cli_misuse_is_a_usage_error(monkeypatch, capsys, argv, message):
-    monkeypatch.setattr(sys, "argv", ["probe.py", *argv])
+def test_cli_misuse_is_a_usage_error(monkeypatch, capsys, tmp_path, argv, message):
+    monkeypatch.setattr(sys, "argv", ["probe.py", *argv, "--scenes", str(tmp_path), "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit) as e:
         probe.main()
     assert e.value.code == 2 and message in capsys.readouterr().err
