@@ -43,6 +43,7 @@ References:
 """
 import argparse
 import json
+import mmap
 import os
 import re
 import struct
@@ -94,9 +95,14 @@ def _unpack(buf, pos, fmt, path, what):
     return struct.unpack_from(fmt, buf, pos), end
 
 
-def _read_bin(path):
+def _read_bin(path, mapped=False):
+    """The file's bytes; mapped: a read-only memory map instead, so a reader that skips records (the poses of
+    images.bin without its keypoints) only pages in what it touches. Close it before returning."""
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb") as f:
+            if mapped and os.fstat(f.fileno()).st_size:
+                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            return f.read()
     except OSError as e:
         raise ColmapError(f"{path}: cannot read ({e.strerror})") from None
 
@@ -128,8 +134,17 @@ def read_images_bin(path, keypoints=True):
     """COLMAP images.bin (read_write_model.py::read_images_binary): uint64 count, then per image int32 id,
     float64 qw qx qy qz tx ty tz (world-to-camera), int32 camera id, NUL-terminated name, uint64 n, and n
     records (float64 x, float64 y, int64 point3D id; -1 = none). -> {image_id: dict(name, camera_id,
-    qvec (4,), tvec (3,), points2D (n,) POINT2D record array, or None with keypoints=False)}."""
-    buf = _read_bin(path)
+    qvec (4,), tvec (3,), points2D (n,) POINT2D record array, or None with keypoints=False, points2D_at
+    (byte offset, n) of those records)}."""
+    buf = _read_bin(path, mapped=not keypoints)
+    try:
+        return _parse_images(buf, path, keypoints)
+    finally:
+        if isinstance(buf, mmap.mmap):
+            buf.close()
+
+
+def _parse_images(buf, path, keypoints):
     (count,), pos = _unpack(buf, 0, "<Q", path, "the image count")
     images = {}
     for k in range(count):
@@ -145,7 +160,7 @@ def read_images_bin(path, keypoints=True):
         _unpack(buf, pos, f"<{24 * n}x", path, f"image {iid}'s {n} keypoints")
         points = np.frombuffer(buf, POINT2D, n, pos) if keypoints else None
         images[iid] = dict(name=name, camera_id=cid, qvec=np.array(pose[:4]), tvec=np.array(pose[4:]),
-                           points2D=points)
+                           points2D=points, points2D_at=(pos, n))
         pos += 24 * n
     _end(buf, pos, path)
     return images
@@ -154,21 +169,29 @@ def read_images_bin(path, keypoints=True):
 def read_points3d_bin(path, tracks=False):
     """COLMAP points3D.bin (read_write_model.py::read_points3D_binary): uint64 count, then per point uint64
     id, float64 xyz, uint8 rgb, float64 error, uint64 track length L, L x (int32 image id, int32 keypoint
-    index). -> ids (P,) int64, xyz (P, 3) float64, and with tracks=True a list of (L, 2) int32 arrays."""
+    index). -> ids (P,) int64, xyz (P, 3) float64, and with tracks=True a list of (L, 2) int32 arrays.
+    Only the record offsets are found in Python; ids and xyz are gathered in numpy (~0.3 us per point)."""
     buf = _read_bin(path)
     (count,), pos = _unpack(buf, 0, "<Q", path, "the point count")
     if count > (len(buf) - 8) // 51:
         raise ColmapError(f"{path}: truncated or corrupt: says {count} points, but {len(buf)} bytes hold at "
                           f"most {(len(buf) - 8) // 51}")
-    ids, xyz, track_list = np.empty(count, np.int64), np.empty((count, 3)), []
+    starts, length, size = np.empty(count, np.int64), struct.Struct("<Q").unpack_from, len(buf)
     for k in range(count):
-        (ids[k], *xyz[k], _, _, _, _, n), pos = _unpack(buf, pos, "<Q3d3BdQ", path, f"point {k}")
-        _unpack(buf, pos, f"<{8 * n}x", path, f"point {ids[k]}'s track of {n}")
-        if tracks:
-            track_list.append(np.frombuffer(buf, "<i4", 2 * n, pos).reshape(n, 2))
-        pos += 8 * n
+        if pos + 51 > size:
+            raise ColmapError(f"{path}: truncated: point {k} of {count} needs bytes {pos}-{pos + 51}, the file "
+                              f"has {size}; copy the model again or re-export it (colmap model_converter)")
+        starts[k] = pos
+        pos += 51 + 8 * length(buf, pos + 43)[0]  # header (id, xyz, rgb, error, L) then L track elements
+    if pos > size:
+        raise ColmapError(f"{path}: truncated: the last point's track needs bytes up to {pos}, the file has {size}")
     _end(buf, pos, path)
-    return (ids, xyz, track_list) if tracks else (ids, xyz)
+    raw = np.frombuffer(buf, np.uint8)[starts[:, None] + np.arange(32)]  # (P, 32): id, x, y, z
+    ids, xyz = raw[:, :8].copy().view("<i8")[:, 0], raw[:, 8:].copy().view("<f8")
+    if not tracks:
+        return ids, xyz
+    lengths = (np.diff(np.append(starts, pos)) - 51) // 8
+    return ids, xyz, [np.frombuffer(buf, "<i4", 2 * n, p + 51).reshape(n, 2) for p, n in zip(starts, lengths)]
 
 
 def qvec_to_rotation(q):
@@ -255,6 +278,7 @@ class Scene:
     source_size: tuple  # (H, W) of the image files read
     model: str = ""  # "sparse": the folder holding cameras.bin, images.bin, points3D.bin
     image_ids: np.ndarray = None  # "sparse": (F,) COLMAP image id of each frame
+    keypoint_at: np.ndarray = None  # "sparse": (F, 2) byte offset and count of its keypoints in images.bin
     keypoint_scale: np.ndarray = None  # "sparse": (F, 2) COLMAP camera pixels -> pixels at `size`
     invalid_depth: int = 0  # NaN/inf/negative depth pixels zeroed so far
     cache: dict = field(default_factory=dict, repr=False)
@@ -291,26 +315,35 @@ class Scene:
             d = np.where(bad, 0, d)
         return resize_nearest(d.astype(np.float32), self.size)
 
-    def observations(self):
-        """"sparse": per frame, the keypoints that belong to 3D points, sorted by point id:
-        a list of (ids (n,) int64, uv (n, 2) float64 px at `size`, X (n, 3) world points). Read once, cached."""
-        if "observations" not in self.cache:
-            ids, xyz = read_points3d_bin(Path(self.model) / "points3D.bin")
-            order = np.argsort(ids)
-            ids, xyz = ids[order], xyz[order]
-            images = read_images_bin(Path(self.model) / "images.bin")
-            obs = []
-            for i, iid in enumerate(self.image_ids):
-                p = images[iid]["points2D"]
+    def observations(self, frames):
+        """"sparse": for each frame position in `frames`, the keypoints that belong to 3D points, sorted by
+        point id: a list of (ids (n,) int64, uv (n, 2) float64 px at `size`, X (n, 3) world points).
+        Reads only these frames' keypoints from images.bin and the points table from points3D.bin (kept
+        in memory only after `preload`, as a large scene's model takes tens of MB)."""
+        ids, xyz = self.cache["points"] if "points" in self.cache else read_points3d_bin(Path(self.model) / "points3D.bin")
+        order = np.argsort(ids)
+        ids, xyz = ids[order], xyz[order]
+        path, out = Path(self.model) / "images.bin", []
+        with open(path, "rb") as f:
+            for i in frames:
+                if ("observations", i) in self.cache:
+                    out.append(self.cache["observations", i])
+                    continue
+                at, n = self.keypoint_at[i]
+                f.seek(at)
+                raw = f.read(24 * n)
+                if len(raw) != 24 * n:
+                    raise ColmapError(f"{path}: truncated: image {self.image_ids[i]}'s keypoints end past the file "
+                                      f"(changed since the scene was loaded?)")
+                p = np.frombuffer(raw, POINT2D)
                 p = p[p["point3D_id"] >= 0]
                 p = p[np.argsort(p["point3D_id"], kind="stable")]
-                at = np.minimum(np.searchsorted(ids, p["point3D_id"]), len(ids) - 1)
-                if (ids[at] != p["point3D_id"]).any():
-                    raise ColmapError(f"{self.model}/images.bin: image {iid} observes 3D points missing from "
+                found, row = _lookup(ids, p["point3D_id"])
+                if not found.all():
+                    raise ColmapError(f"{path}: image {self.image_ids[i]} observes 3D points missing from "
                                       f"points3D.bin: the model files do not belong together")
-                obs.append((p["point3D_id"], p["xy"] * self.keypoint_scale[i], xyz[at]))
-            self.cache["observations"] = obs
-        return self.cache["observations"]
+                out.append((p["point3D_id"], p["xy"] * self.keypoint_scale[i], xyz[row]))
+        return out
 
     def preload(self, indices=None):
         """Decode and resize frames (and read depth or the SfM model) once into memory, so `make_sample`
@@ -320,7 +353,10 @@ class Scene:
             if self.source != "sparse":
                 self.cache["depth", i] = self.depth(i)
         if self.source == "sparse":
-            self.observations()
+            self.cache["points"] = read_points3d_bin(Path(self.model) / "points3D.bin")
+            frames = range(len(self)) if indices is None else indices
+            for i, obs in zip(frames, self.observations(frames)):
+                self.cache["observations", i] = obs
         return self
 
 
@@ -471,7 +507,8 @@ def _must_exist(files, what, fix):
 
 def _colmap_frames(path, model, size, folders, where):
     """Cameras and poses of a COLMAP model, frames sorted by frame number and matched to image files by
-    name. -> names, index, K at size, dist, c2w, image ids, keypoint scale, image folder, its (H, W), size."""
+    name. -> image files, index, K at size, dist, c2w, image ids, (byte offset, count) of each image's keypoints
+    in images.bin, keypoint scale, (H, W) of the image files, size."""
     cameras = read_cameras_bin(model / "cameras.bin")
     images = read_images_bin(model / "images.bin", keypoints=False)
     if not images:
@@ -499,7 +536,8 @@ def _colmap_frames(path, model, size, folders, where):
         _check_pose(c2w[-1], at)
     files = [path / folder / names[k] for k in order]
     _must_exist(files, "image", f"registered in {model / 'images.bin'}; {where}")
-    return (files, index[order], np.array(K), np.array(dist), np.stack(c2w), np.array(ids)[order],
+    at = np.array([images[ids[k]]["points2D_at"] for k in order], np.int64)  # (F, 2)
+    return (files, index[order], np.array(K), np.array(dist), np.stack(c2w), np.array(ids)[order], at,
             np.array(scale), source_size, (H, W))
 
 
@@ -513,7 +551,7 @@ def _load_dense(path, size):
         raise GeometryError(f"{ws}: incomplete MVS workspace (needs {', '.join(str(p.relative_to(path)) for p in need)}): "
                             f"its depth maps belong to the undistorted images and cameras image_undistorter writes, "
                             f"never to {'/'.join(IMAGE_DIRS)} with transforms.json; keep the whole workspace or remove dense/")
-    files, index, K, dist, c2w, _, _, source_size, size = _colmap_frames(
+    files, index, K, dist, c2w, _, _, _, source_size, size = _colmap_frames(
         path, ws / "sparse", size, ("dense/images",), "the dense workspace must be complete")
     if np.any(dist):
         raise GeometryError(f"{ws / 'sparse' / 'cameras.bin'}: cameras are distorted; an image_undistorter "
@@ -530,9 +568,9 @@ def _load_sparse(path, size):
         head = f.read(8)
     if len(head) < 8 or struct.unpack("<Q", head)[0] == 0:
         raise ValueError(f"{model / 'points3D.bin'}: missing or holds no 3D point: no track can be made")
-    files, index, K, dist, c2w, ids, scale, source_size, size = _colmap_frames(
+    files, index, K, dist, c2w, ids, at, scale, source_size, size = _colmap_frames(
         path, model, size, IMAGE_DIRS, f"frames are matched to {'/'.join(IMAGE_DIRS)} by file name")
-    return Scene(str(path), "sparse", K, c2w, size, index, files, [], dist, source_size, str(model), ids, scale)
+    return Scene(str(path), "sparse", K, c2w, size, index, files, [], dist, source_size, str(model), ids, at, scale)
 
 
 # ----------------------------------------------------------------------------- projection math
@@ -683,6 +721,12 @@ def choose_frames(frame_index, rng, num_frames, window=48, anchor=None, contiguo
     return ids, int(np.searchsorted(ids, anchor))
 
 
+def _lookup(sorted_ids, ids):
+    """Where ids (n,) sit in sorted_ids (m,): found (n,) bool and positions (n,) (valid where found)."""
+    at = np.minimum(np.searchsorted(sorted_ids, ids), max(len(sorted_ids) - 1, 0))
+    return (sorted_ids[at] == ids if len(sorted_ids) else np.zeros(len(ids), bool)), at
+
+
 def sparse_tracks(scene, ids, anchor, size, grids, K, c2w, dist):
     """Tracks from the SfM model alone (no depth map): the anchor frame's keypoints that belong to 3D points,
     at most one per cell of each g x g grid (the grids' budget, N <= Σ g²); tracks[f] = the same 3D point's
@@ -693,20 +737,24 @@ def sparse_tracks(scene, ids, anchor, size, grids, K, c2w, dist):
     -> depth (F, H, W), tracks (F, N, 2), track_depth (F, N), visible (F, N)."""
     H, W = size
     to_size = np.array([W / scene.size[1], H / scene.size[0]])
-    obs = [scene.observations()[i] for i in ids]
-    depth = np.full((len(ids), H, W), np.inf, np.float32)
+    obs = scene.observations(ids)
+    pixel, zs = [], []  # flat (frame, row, column) index and camera z of every observation
     for f, (_, uv, X) in enumerate(obs):
-        uv = uv * to_size
+        u, v = np.floor(uv * to_size).astype(np.intp).T
         z = world_to_cam(X, c2w[f])[:, 2]
-        u, v = np.floor(uv).astype(np.intp).T
         ok = (z > EPS) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-        np.minimum.at(depth[f], (v[ok], u[ok]), z[ok])
-    depth[np.isinf(depth)] = 0
+        pixel.append((f * H + v[ok]) * W + u[ok])
+        zs.append(z[ok])
+    order = np.argsort(np.concatenate(pixel))
+    pixel, zs = np.concatenate(pixel)[order], np.concatenate(zs)[order]  # grouped by pixel
+    start = np.flatnonzero(np.r_[True, pixel[1:] != pixel[:-1]])
+    depth = np.zeros((len(ids), H, W), np.float32)
+    depth.reshape(-1)[pixel[start]] = np.minimum.reduceat(zs, start) if len(zs) else 0  # nearest per pixel
     pid, uv_a, X_a = obs[anchor]
     uv_a = uv_a * to_size
     seen = np.zeros(len(pid), np.int64)  # (n,) other frames of the sample observing each point
     for f in range(len(ids)):
-        seen += np.isin(pid, obs[f][0]) if f != anchor else 0
+        seen += _lookup(obs[f][0], pid)[0] if f != anchor else 0
     # Assumption: in each cell, the keypoint seen in the most other frames of the sample, then the one
     # nearest the cell centre (the paper's grid queries, moved to where the SfM model has points).
     chosen = np.zeros(len(pid), bool)
@@ -724,8 +772,7 @@ def sparse_tracks(scene, ids, anchor, size, grids, K, c2w, dist):
     uv, z = project(world_to_cam(X_a[q], c2w), K, dist)  # (F, N, 2), (F, N)
     tracks, visible = np.where((z > EPS)[..., None], uv, -1.0), np.zeros(z.shape, bool)
     for f, (pid_f, uv_f, _) in enumerate(obs):
-        at = np.minimum(np.searchsorted(pid_f, pid[q]), max(len(pid_f) - 1, 0))
-        visible[f] = (pid_f[at] == pid[q]) if len(pid_f) else False
+        visible[f], at = _lookup(pid_f, pid[q])
         tracks[f, visible[f]] = uv_f[at[visible[f]]] * to_size
     visible[anchor] = True
     return depth, tracks.astype(np.float32), np.where(z > EPS, z, 0.0).astype(np.float32), visible
@@ -964,7 +1011,8 @@ def show(scene_dir, out, num_frames=4, stride=12, grid=8, size=336, anchor=0):
     scene = load_scene(scene_dir, (size, size))
     span = 1 + stride * (num_frames - 1)
     s = make_sample(scene, np.random.default_rng(0), span, (size, size), grids=(grid,), anchor=anchor, contiguous=True)
-    hue = (np.arange(grid * grid) * 0.618034) % 1  # golden-ratio hues: neighbouring points differ
+    N = s["tracks"].shape[1]  # grid² for depth sources, at most that for the SfM model
+    hue = (np.arange(N) * 0.618034) % 1  # golden-ratio hues: neighbouring points differ
     colours = (255 * np.clip(np.abs(((hue[:, None] * 6 + [0, 4, 2]) % 6) - 3) - 1, 0, 1)).astype(int)  # HSV, S = V = 1
     pad, top = 8, 22
     canvas = Image.new("RGB", (num_frames * (size + pad) + pad, 2 * (size + pad) + top), "white")
@@ -976,9 +1024,12 @@ def show(scene_dir, out, num_frames=4, stride=12, grid=8, size=336, anchor=0):
         for (u, v), colour in zip(s["tracks"][f][s["visible"][f]], colours[s["visible"][f]]):
             dots.ellipse([u - 4.5, v - 4.5, u + 4.5, v + 4.5], fill=tuple(colour), outline="black", width=2)
         canvas.paste(frame, (x, top))
-        canvas.paste(Image.fromarray(_colourise(s["depth"][f])), (x, top + size + pad))
+        depth = s["depth"][f]
+        if scene.source == "sparse":  # depth at single keypoint pixels: grow each to 3 x 3 for the eye
+            depth = np.max([np.roll(depth, (i, j), (0, 1)) for i in (-1, 0, 1) for j in (-1, 0, 1)], 0)
+        canvas.paste(Image.fromarray(_colourise(depth)), (x, top + size + pad))
         label = f"frame {s['frame_index'][f]}" + (" (anchor)" if f == s["anchor"] else f"  +{f}")
-        draw.text((x, 5), label + f"  {s['visible'][f].sum()}/{grid * grid} visible", fill="black")
+        draw.text((x, 5), label + f"  {s['visible'][f].sum()}/{N} visible", fill="black")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
     return out
