@@ -821,7 +821,10 @@ def find_scenes(root):
         if (d / "transforms.json").is_file():
             scenes.append(d)
             return True
-        found = {p: walk(p) for p in sorted(d.iterdir()) if p.is_dir()}
+        try:
+            found = {p: walk(p) for p in sorted(d.iterdir()) if p.is_dir()}
+        except OSError:  # unreadable folder: listed with the folders that hold no scene
+            return False
         if any(found.values()):
             missing.extend(p for p, ok in found.items() if not ok)
         return any(found.values())

@@ -521,7 +521,8 @@ def test_sparse_layout_tracks_are_the_models_keypoints(tmp_path, model):
     a, N = s["anchor"], s["tracks"].shape[1]
     frames = s["frame_index"] - 1
     obs_a = g["observations"][frames[a]]
-    ids = [min(obs_a, key=lambda p: np.abs(obs_a[p] / 4 - q).sum()) for q in s["tracks"][a]]
+    keys, kp = np.array(list(obs_a)), np.array(list(obs_a.values())) / 4
+    ids = keys[np.abs(s["tracks"][a][:, None] - kp[None]).sum(-1).argmin(1)].tolist()  # nearest keypoint
     np.testing.assert_allclose(s["tracks"][a], [obs_a[p] / 4 for p in ids], atol=1e-5)
     assert len(set(ids)) == N and 64 < N <= 64 + 576
     cells = (np.floor(s["tracks"][a][:64] / [10, 7.5])).astype(int)
