@@ -129,10 +129,7 @@ def load_for_probe(path: str, device: str = "cpu", dtype: str | None = None, att
     if not os.path.isfile(ckpt_file):
         raise FileNotFoundError(f"{ckpt_file}: no training checkpoint here; pass a stock model folder or HF id, "
                                 "or a run folder holding checkpoint.pt")
-    if attn_implementation is not None:
-        raise ValueError(f"{ckpt_file}: a training checkpoint is rebuilt with its run's own --attn-implementation; "
-                         "drop the flag, or probe the run's export/ with it")
-    return train.load_checkpoint(ckpt_file, device, dtype)
+    return train.load_checkpoint(ckpt_file, device, dtype, attn_implementation)
 
 
 def default_names(paths: list[str]) -> list[str]:

@@ -244,16 +244,19 @@ def load_trained(net, state: dict, where: str):
     net.load_state_dict(state, strict=False)
 
 
-def load_checkpoint(path: str, device: str = "cpu", dtype: str | None = None):
+def load_checkpoint(path: str, device: str = "cpu", dtype: str | None = None, attn_implementation: str | None = None):
     """A train.py checkpoint (any objective, LoRA or not) -> (vlm, processor, GASP module or None, config dict),
-    rebuilt exactly as training built it (build_model) with the trained weights loaded, in eval mode."""
+    rebuilt exactly as training built it (build_model) with the trained weights loaded, in eval mode;
+    dtype / attn_implementation, when given, replace the saved ones."""
     ckpt = read_checkpoint(path)
     saved = ckpt["config"]
     cfg = Config(**{f.name: saved[f.name] for f in dataclasses.fields(Config) if f.name in saved})
     cfg.grad_ckpt, cfg.dtype = False, dtype or cfg.dtype
+    cfg.attn_implementation = attn_implementation or cfg.attn_implementation
     vlm, proc, net = build_model(cfg, device)
     load_trained(net, ckpt["model"], path)
-    return vlm.eval(), proc, net.eval() if isinstance(net, M.GASP) else None, {**saved, "dtype": cfg.dtype}
+    return (vlm.eval(), proc, net.eval() if isinstance(net, M.GASP) else None,
+            {**saved, "dtype": cfg.dtype, "attn_implementation": cfg.attn_implementation})
 
 
 # ----------------------------------------------------------------------------- data
