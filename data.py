@@ -217,7 +217,8 @@ def colmap_intrinsics(camera, where):
     model, _, _, p = camera
     if model not in ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV"):
         raise ColmapError(f"{where}: camera model {model} is not supported (OPENCV, PINHOLE, SIMPLE_PINHOLE, "
-                          f"SIMPLE_RADIAL, RADIAL); undistort with `colmap image_undistorter` and use its dense/ workspace")
+                          f"SIMPLE_RADIAL, RADIAL); undistort with `colmap image_undistorter` and use its dense/ "
+                          f"workspace")
     f = p[:4] if model in ("PINHOLE", "OPENCV") else (p[0], p[0], p[1], p[2])  # fx, fy, cx, cy
     dist = {"SIMPLE_RADIAL": (*p[3:4], 0, 0, 0), "RADIAL": (*p[3:5], 0, 0), "OPENCV": p[4:8]}.get(model, (0, 0, 0, 0))
     fx, fy, cx, cy = f
@@ -320,7 +321,8 @@ class Scene:
         point id: a list of (ids (n,) int64, uv (n, 2) float64 px at `size`, X (n, 3) world points).
         Reads only these frames' keypoints from images.bin and the points table from points3D.bin (kept
         in memory only after `preload`, as a large scene's model takes tens of MB)."""
-        ids, xyz = self.cache["points"] if "points" in self.cache else read_points3d_bin(Path(self.model) / "points3D.bin")
+        points = Path(self.model) / "points3D.bin"
+        ids, xyz = self.cache["points"] if "points" in self.cache else read_points3d_bin(points)
         order = np.argsort(ids)
         ids, xyz = ids[order], xyz[order]
         path, out = Path(self.model) / "images.bin", []
@@ -476,9 +478,10 @@ def _load_depths(path, size):
         missing = [key for key in CAMERA_KEYS if cam[key] is None]
         if missing:
             raise ValueError(f"{where}: intrinsics {missing} missing (top level or per frame)")
-        wrong = [key for key, v in cam.items() if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))]
+        wrong = [f"{key}={v!r}" for key, v in cam.items()
+                 if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))]
         if wrong:
-            raise ValueError(f"{where}: {', '.join(f'{key}={cam[key]!r}' for key in wrong)}: intrinsics must be numbers")
+            raise ValueError(f"{where}: {', '.join(wrong)}: intrinsics must be numbers")
         Kf, distf = np.array([[cam["fl_x"], 0, cam["cx"]], [0, cam["fl_y"], cam["cy"]], [0, 0, 1.0]]), \
             np.array([cam[key] or 0.0 for key in DIST_KEYS], np.float64)
         _check_camera(Kf, distf, (cam["w"], cam["h"]), where)
@@ -548,9 +551,10 @@ def _load_dense(path, size):
     ws = path / "dense"
     need = [ws / "sparse" / "cameras.bin", ws / "sparse" / "images.bin", ws / "images", ws / "stereo" / "depth_maps"]
     if not all(p.exists() for p in need):
-        raise GeometryError(f"{ws}: incomplete MVS workspace (needs {', '.join(str(p.relative_to(path)) for p in need)}): "
-                            f"its depth maps belong to the undistorted images and cameras image_undistorter writes, "
-                            f"never to {'/'.join(IMAGE_DIRS)} with transforms.json; keep the whole workspace or remove dense/")
+        raise GeometryError(f"{ws}: incomplete MVS workspace (needs {', '.join(str(p.relative_to(path)) for p in need)}"
+                            f"): its depth maps belong to the undistorted images and cameras image_undistorter "
+                            f"writes, never to {'/'.join(IMAGE_DIRS)} with transforms.json; keep the whole workspace "
+                            f"or remove dense/")
     files, index, K, dist, c2w, _, _, _, source_size, size = _colmap_frames(
         path, ws / "sparse", size, ("dense/images",), "the dense workspace must be complete")
     if np.any(dist):
