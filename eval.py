@@ -4,21 +4,33 @@ released files, prompted and scored exactly as their official code does.
   * readers: VSI-Bench `test.jsonl` (or a parquet) + `<dataset>/<scene_name>.mp4` or a folder of
     pre-extracted frames, 32 frames at np.linspace(0, n-1, 32, dtype=int); All-Angles `data.json` +
     its image folders; BLINK `<Subtask>/val-*.parquet` (images embedded);
+  * the model fed as each official harness feeds it (`--inputs official`, OfficialInputs): Qwen2/2.5-VL
+    images aspect-kept by smart_resize within the harness's min/max pixels, VSI-Bench in Qwen VIDEO mode
+    (2 frames per token group); LLaVA-NeXT-Video images through the LLaVA-NeXT anyres path, video frames
+    resized on the short edge and centre-cropped, linear RoPE scaling as thinking-in-space sets it;
+    LLaVA-OneVision VSI-Bench video; the conversation from the tokenizer's chat template.
+    `--inputs train-size` feeds model.py's training inputs instead (fixed squares), to probe what training saw;
   * the official prompts, greedy batched generation with the stock HF model (model.load), one JSONL
-    line per item written as it goes (an interrupted run resumes where it stopped);
+    line per item written as it goes (an interrupted run resumes where it stopped), each line with an
+    `inputs` record: mode (video / images), frame count, each visual item's grid (t, h, w) in patches,
+    the number of visual tokens; the resolved settings in <out stem>.settings.json;
   * the official answer extraction and aggregation (one scorer for `run` and `score`):
       VSI-Bench   fuzzy_matching, exact match (MCA) / mean relative accuracy (NA); mean per question
                   type, Rel. Dir. = unweighted mean of easy/medium/hard, overall = mean of the 8 types;
       All-Angles  VLMEvalKit can_infer in exact-matching mode (no GPT judge), overall = micro mean;
       BLINK       analyze_answer; an answer that needs its GPT-3.5 fallback counts as wrong and is
-                  reported as unresolved; overall = unweighted mean of the subtasks;
+                  reported as unresolved; overall = unweighted mean of the subtasks. A labelled, NOT official
+                  second pass (VLMEvalKit can_infer: option letter with punctuation, option text) is reported
+                  apart under "second_pass", never merged into "overall";
+  * `score` checks coverage (items scored / items in the benchmark, per category, printed and stored in
+    <stem>.summary.json), refuses duplicate ids, and refuses a partial or truncated file unless --allow-partial;
   * a markdown table in the paper's layout, one row per predictions file.
 All scores are on the 0-100 scale.
 
 Run (a checkpoint is any folder model.load reads, e.g. train.py's export):
   python eval.py run   --benchmark vsibench  --data VSI-Bench --model runs/gasp/export --out vsi_gasp.jsonl
   python eval.py run   --benchmark allangles --data All-Angles-Bench --model Qwen/Qwen2.5-VL-7B-Instruct \
-                       --out aa_base.jsonl --device cuda --dtype bfloat16 --batch-size 8
+                       --out aa_base.jsonl --device cuda --dtype bfloat16 --batch-size 1   # reporting settings
   python eval.py run   --benchmark blink --data BLINK --model runs/gasp/export --out blink.jsonl --limit 5
   python eval.py score --benchmark vsibench --data VSI-Bench --predictions vsi_gasp.jsonl   # JSON summary
   python eval.py table --benchmark vsibench --data VSI-Bench --predictions vsi_base.jsonl vsi_gasp.jsonl
@@ -461,7 +473,7 @@ def markdown_table(benchmark: str, summaries: dict) -> str:
 # ----------------------------------------------------------------------------- model inputs, as the harnesses build them
 
 QWEN_KINDS = ("qwen2_vl", "qwen2_5_vl")
-OFFICIAL_KINDS = QWEN_KINDS + ("llava_next_video",)
+OFFICIAL_KINDS = QWEN_KINDS + ("llava_next_video", "llava_onevision")
 # (min_pixels, max_pixels) the official harnesses give Qwen2/2.5-VL; smart_resize keeps the aspect ratio within them.
 QWEN_PIXELS = {"vsibench": (256 * 28 * 28, 602112),  # video, per frame (thinking-in-space / lmms-eval qwen2_5_vl)
                "allangles": (1280 * 28 * 28, 16384 * 28 * 28),  # All-Angles VLMEvalKit fork, vlmeval/config.py
@@ -502,7 +514,9 @@ class OfficialInputs:
       LLaVA-NeXT-Video  images: the stock LLaVA-NeXT image path (LlavaNextProcessor + LlavaNextImageProcessorPil:
                      anyres tiles, image_sizes, <image> expanded to its feature count); VSI-Bench frames: the
                      checkpoint's video preprocessing (shortest edge -> crop size, centre crop, CLIP normalisation,
-                     CLIPImageProcessorPil per frame), (crop / patch / pool stride)^2 <video> tokens per frame.
+                     CLIPImageProcessorPil per frame), (crop / patch / pool stride)^2 <video> tokens per frame;
+      LLaVA-OneVision   VSI-Bench only: frames squashed to the SigLIP size (SiglipImageProcessorPil), 2x2 bilinear
+                     pooling, ceil(side / patch / 2)^2 tokens per frame + one newline token per video.
     The conversation text comes from the tokenizer's chat template (media first, then the prompt); a tokenizer
     without one gets the family's documented template text, and the run log says so.
     Calling it returns (batch for generate(), one `inputs` record per item)."""
@@ -522,6 +536,18 @@ class OfficialInputs:
                 min_pixels=self.min_px, max_pixels=self.max_px, patch_size=self.patch, merge_size=self.merge,
                 temporal_patch_size=self.temporal)
             self.pad = {"image": config.image_token_id, "video": config.video_token_id}
+        elif self.kind == "llava_onevision":
+            if not self.video:
+                raise ValueError("--inputs official builds LLaVA-OneVision inputs for VSI-Bench (video) only: its "
+                                 "anyres_max_9 image processor is not rebuilt here; use --inputs train-size")
+            from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+            # thinking-in-space llava_onevision: each frame through the SigLIP image processor (squashed to
+            # S x S, mean = std = 0.5), 2x2 bilinear pooling -> ceil(27 / 2)^2 = 196 tokens per 384 px frame,
+            # one newline token after the last frame.
+            self.side, self.patch, self.newline = v.image_size, v.patch_size, 1
+            self.frame_processor = SiglipImageProcessorPil(size={"height": self.side, "width": self.side})
+            self.frame_tokens = math.ceil(self.side // self.patch / 2) ** 2
+            self.pad = {"image": config.image_token_index, "video": config.video_token_index}
         else:
             from transformers import LlavaNextProcessor
             from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -541,6 +567,7 @@ class OfficialInputs:
                 tokenizer=tokenizer, patch_size=self.patch, num_additional_image_tokens=1,
                 vision_feature_select_strategy=config.vision_feature_select_strategy)
             self.frame_tokens = (self.side // self.patch // config.spatial_pool_stride) ** 2  # 144 at 336 px
+            self.newline = 0
             self.pad = {"image": config.image_token_index, "video": config.video_token_index}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.template = "chat template" if getattr(tokenizer, "chat_template", None) else \
@@ -550,7 +577,8 @@ class OfficialInputs:
         if self.kind in QWEN_KINDS:
             mode = "video, frames in groups of %d" % self.temporal if self.video else "images"
             return f"{self.kind}: {mode}, {self.min_px}..{self.max_px} px (smart_resize), {self.template}"
-        mode = f"video, {self.side}px crop, {self.frame_tokens} tokens/frame" if self.video else \
+        crop = "squashed" if self.kind == "llava_onevision" else "crop"
+        mode = f"video, {self.side}px {crop}, {self.frame_tokens} tokens/frame" if self.video else \
             f"images, anyres tiles of {self.side}px"
         return f"{self.kind}: {mode}, {self.template}"
 
@@ -620,7 +648,7 @@ class OfficialInputs:
                 extra["grid"] += grids
             elif self.video:
                 frames = self.frame_processor(images=list(vis), return_tensors="pt")["pixel_values"]  # (F, 3, S, S)
-                n = self.frame_tokens * len(vis)
+                n = self.frame_tokens * len(vis) + self.newline
                 self.check_placeholders(ids, "video", 1)
                 ids = [j for i in ids for j in ([i] * n if i == self.pad["video"] else [i])]
                 extra["pixel_values"].append(frames)
@@ -697,16 +725,21 @@ def train_size_inputs(processor, config):
     return build
 
 
-def generate(vlm, tokenizer, build, items: list[dict], batch_size: int, max_new_tokens: int, n_frames: int = 32):
+def generate(vlm, tokenizer, build, items: list[dict], batch_size: int, max_new_tokens: int, n_frames: int = 32,
+             context: int | None = None):
     """Greedy answers, yielded as (item, text, inputs record). `build(visuals, prompts, fps)` -> (batch, records)
     makes the model inputs (OfficialInputs or train_size_inputs). Batches hold items with equal numbers of
-    images (LLaVA's tensors need that)."""
+    images (LLaVA's tensors need that). A prompt plus answer longer than `context` positions is marked in its
+    record (`over_context`: the prompt length), as nothing else would show it."""
     for _, group in itertools.groupby(items, key=lambda it: len(it.get("images", ()))):
         group = list(group)
         for i in range(0, len(group), batch_size):
             batch = group[i:i + batch_size]
             fps = [sampled_fps(it["video"], n_frames) if "video" in it else None for it in batch]
             inputs, records = build([visuals(it, n_frames) for it in batch], [it["prompt"] for it in batch], fps)
+            for record, mask in zip(records, inputs.get("attention_mask", [None] * len(records))):
+                if context and mask is not None and int(mask.sum()) + max_new_tokens > context:
+                    record["over_context"] = int(mask.sum())
             inputs = {k: v.to(vlm.device) for k, v in inputs.items()}
             if "pixel_values" in inputs or "pixel_values_videos" in inputs:
                 key = "pixel_values" if "pixel_values" in inputs else "pixel_values_videos"
@@ -744,12 +777,15 @@ def run(benchmark: str, items: list[dict], out: Path, vlm_loader, batch_size: in
     check_media(todo)
     todo.sort(key=lambda it: (len(it.get("images", ())), it.get("video", "")))  # one decode per video
     vlm, processor = vlm_loader()
+    text_config = getattr(vlm.config, "text_config", vlm.config)
+    context = getattr(text_config, "max_position_embeddings", None)
     if inputs == "official":
         build = OfficialInputs(vlm.config, processor.tokenizer, benchmark)
         settings["harness"] = build.describe()
         if build.kind == "llava_next_video" and build.video:
-            context = getattr(vlm.config, "text_config", vlm.config).max_position_embeddings
-            settings["rope"] = set_linear_rope(vlm, rope_factor(n_frames, build.frame_tokens, context))
+            factor = rope_factor(n_frames, build.frame_tokens, context)
+            settings["rope"] = set_linear_rope(vlm, factor)
+            context *= max(factor, 1)
     else:
         build = train_size_inputs(processor, vlm.config)
         settings["harness"] = "train-size: model.py's training Processor"
@@ -763,14 +799,19 @@ def run(benchmark: str, items: list[dict], out: Path, vlm_loader, batch_size: in
         print(f"eval.py run: {out}: dropping a truncated last line ({len(raw) - keep} bytes)", file=sys.stderr)
         with out.open("r+b") as f:
             f.truncate(keep)
+    over = 0
     with out.open("a") as f, tqdm(total=len(todo), desc=f"{benchmark} -> {out.name}") as bar:
         for item, text, record in generate(vlm, processor.tokenizer, build, todo, batch_size,
-                                           settings["max_new_tokens"], n_frames):
+                                           settings["max_new_tokens"], n_frames, context):
             # Assumption: the decoded text is stripped, as lmms-eval's model wrappers do
             line = dict(score_item(benchmark, item, text.strip()), inputs=record)
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
             f.flush()
             bar.update()
+            over += "over_context" in record
+    if over:
+        print(f"eval.py run: warning: {over} item(s) need more than the model's {context} positions (prompt + "
+              f"{settings['max_new_tokens']} new tokens); marked `over_context` in {out}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- CLI

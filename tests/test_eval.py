@@ -635,8 +635,8 @@ def expected_inputs(kind: str, bench: str, n: int):
     return ([[1, 60, 88]] * n, n * 30 * 44) if bench == "allangles" else ([[1, 32, 32]] * n, n * 16 * 16)
 
 
-E2E_CATEGORIES = {"vsibench": ["object_counting", "route_planning"], "allangles": ["counting", "manipulation"],
-                  "blink": ["Spatial_Relation", "Multi-view_Reasoning"]}  # 1, 2 and 3 visuals; a batch of 2
+E2E_CATEGORIES = {"vsibench": ["object_counting", "route_planning"], "allangles": ["counting"],
+                  "blink": ["Spatial_Relation", "Multi-view_Reasoning"]}  # a batch of 2 videos; 1 and 2 images
 
 
 @pytest.mark.slow
@@ -649,11 +649,12 @@ def test_end_to_end_official_inputs(tmp_path, capsys, tiny, kind):
         out = tmp_path / f"{bench}.jsonl"
         cap = cli(capsys, "run", "--benchmark", bench, "--data", root, "--model", ckpt, "--out", out, "--limit", 1,
                   "--batch-size", 2, "--frames", 4, "--max-new-tokens", 2, "--device", "cpu",
-                  "--categories", *E2E_CATEGORIES[bench])
+                  "--categories", *E2E_CATEGORIES[bench], *(["--dtype", "bfloat16"] if kind == "qwen2_vl" else []))
         lines = [json.loads(line) for line in out.read_text().splitlines()]
         assert json.loads(cap.out)["n"] == len(lines) > 0
         settings = json.loads(E.settings_path(out).read_text())
-        assert settings["inputs"] == "official" and settings["dtype"] == "float32" and kind in settings["harness"]
+        assert settings["inputs"] == "official" and kind in settings["harness"]
+        assert settings["dtype"] == ("bfloat16" if kind == "qwen2_vl" else "float32")  # CPU default: float32
         n_visual = {str(it["id"]): len(it.get("images", [0] * 4)) for it in E.LOADERS[bench](root)}
         for x in lines:
             n = n_visual[str(x["id"])]
@@ -681,4 +682,40 @@ def test_llava_32_frames_gets_linear_rope(tmp_path, capsys, tiny):
     assert "'rope_type': 'linear', 'factor': 2.0" in cap.err
     assert "'factor': 2.0" in json.loads(E.settings_path(out).read_text())["rope"]
     (line,) = [json.loads(x) for x in out.read_text().splitlines()]
-    assert line["inputs"] == dict(mode="video", frames=32, grids=[[32, 16, 16]], tokens=32 * 64)
+    assert line["inputs"] == dict(mode="video", frames=32, grids=[[32, 16, 16]], tokens=32 * 64)  # fits 2 x 2048
+    config["text_config"]["max_position_embeddings"] = 256  # images get no RoPE scaling: an overflow is marked
+    (ckpt / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "blink.jsonl"
+    cap = cli(capsys, "run", "--benchmark", "blink", "--data", blink_root(tmp_path), "--model", ckpt, "--out", out,
+              "--categories", "Spatial_Relation", "--limit", 1, "--max-new-tokens", 1, "--device", "cpu")
+    (line,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert line["inputs"]["over_context"] > 256 and "1 item(s) need more than the model's 256 positions" in cap.err
+
+
+def test_llava_onevision_video_inputs(tiny):
+    """LLaVA-OneVision on VSI-Bench (thinking-in-space): at 384 px, 27x27 patches pooled to 14x14 = 196 tokens
+    per frame, plus one newline token: 32 frames -> 6273 <video> tokens; frames squashed, not cropped."""
+    import copy
+    vlm, tok, _ = tiny("llava_onevision")
+    config = copy.deepcopy(vlm.config)
+    config.vision_config.image_size = 384
+    b = E.OfficialInputs(config, tok, "vsibench")
+    frame = np.full((480, 640, 3), 255, np.uint8)
+    frame[:, :100] = 0  # edge at x=100 -> 60 after the squash to 384 (a centre crop would put it at 13)
+    batch, (record,) = b([[frame] * 32], ["How many chairs?"])
+    assert record == dict(mode="video", frames=32, grids=[[32, 27, 27]], tokens=32 * 196 + 1)
+    x = batch["pixel_values_videos"]
+    assert x.shape == (1, 32, 3, 384, 384) and x[0, 0, 0, 192, 50] < 0 < x[0, 0, 0, 192, 70]
+    with pytest.raises(ValueError, match="LLaVA-OneVision inputs for VSI-Bench .video. only.*train-size"):
+        E.OfficialInputs(config, tok, "blink")
+
+
+@pytest.mark.slow
+def test_end_to_end_llava_onevision_vsibench(tmp_path, capsys, tiny):
+    _, _, ckpt = tiny("llava_onevision")
+    out = tmp_path / "vsi.jsonl"
+    cli(capsys, "run", "--benchmark", "vsibench", "--data", vsi_root(tmp_path, frames=6), "--model", ckpt, "--out",
+        out, "--categories", *E2E_CATEGORIES["vsibench"], "--frames", 4, "--max-new-tokens", 2, "--device", "cpu",
+        "--batch-size", 2)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["inputs"] for x in lines] == [dict(mode="video", frames=4, grids=[[4, 16, 16]], tokens=4 * 64 + 1)] * 2
