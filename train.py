@@ -42,6 +42,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
 import model as M
+import synth
 from losses import gasp_losses, pair_targets, total_loss
 
 TINY = "runs/tiny-qwen2_5_vl"
@@ -393,7 +394,7 @@ def main(argv=None):
     if os.path.isdir(cfg.model):
         cfg.model = os.path.abspath(cfg.model)
     if master and DEMO_DATA in (os.path.dirname(cfg.data), os.path.dirname(cfg.probe_scenes)):
-        data.ensure_synthetic(DEMO_DATA)  # the embedded default's scenes, rendered once
+        synth.ensure_synthetic(DEMO_DATA)  # the embedded default's scenes, rendered once
     os.makedirs(cfg.out, exist_ok=True)
     if ddp:
         dist.barrier()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import colmap
 import data
 import synth
 
@@ -73,12 +74,12 @@ def colmap_scene(tmp_path_factory):
 def test_reader_agrees_with_pycolmap(colmap_scene):
     root, rec = colmap_scene
     model = root / "colmap" / "sparse" / "0"
-    cameras = data.read_cameras_bin(model / "cameras.bin")
+    cameras = colmap.read_cameras_bin(model / "cameras.bin")
     assert list(cameras) == [1]
     name, w, h, params = cameras[1]
     assert (name, w, h) == (rec.cameras[1].model.name, rec.cameras[1].width, rec.cameras[1].height)
     np.testing.assert_array_equal(params, rec.cameras[1].params)
-    images = data.read_images_bin(model / "images.bin")
+    images = colmap.read_images_bin(model / "images.bin")
     assert sorted(images) == sorted(rec.images)
     for iid, im in rec.images.items():
         ours = images[iid]
@@ -87,11 +88,11 @@ def test_reader_agrees_with_pycolmap(colmap_scene):
         x, y, z, w_ = pose.rotation.quat
         np.testing.assert_array_equal(ours["qvec"], [w_, x, y, z])
         np.testing.assert_array_equal(ours["tvec"], pose.translation)
-        np.testing.assert_allclose(np.linalg.inv(data.colmap_c2w(ours))[:3], pose.matrix(), atol=1e-14)
+        np.testing.assert_allclose(np.linalg.inv(colmap.colmap_c2w(ours))[:3], pose.matrix(), atol=1e-14)
         np.testing.assert_array_equal(ours["points2D"]["xy"], [p.xy for p in im.points2D])
         np.testing.assert_array_equal(ours["points2D"]["point3D_id"],
                                       [p.point3D_id if p.has_point3D() else -1 for p in im.points2D])
-    ids, xyz, tracks = data.read_points3d_bin(model / "points3D.bin", tracks=True)
+    ids, xyz, tracks = colmap.read_points3d_bin(model / "points3D.bin", tracks=True)
     assert sorted(ids.tolist()) == sorted(rec.points3D)
     for pid, X, track in zip(ids, xyz, tracks):
         point = rec.points3D[int(pid)]
@@ -141,7 +142,7 @@ def test_sparse_samples_follow_pycolmaps_tracks(colmap_scene):
 def test_camera_models_project_as_colmap(model):
     rng = np.random.default_rng(1)
     cam = pycolmap.Camera(model=model, width=128, height=128, params=PARAMS[model])
-    K, dist = data.colmap_intrinsics((model, 128, 128, np.array(PARAMS[model])), "test")
+    K, dist = colmap.colmap_intrinsics((model, 128, 128, np.array(PARAMS[model])), "test")
     z = rng.uniform(1, 4, 200)
     X = np.c_[rng.uniform(-0.55, 0.55, (200, 2)) * z[:, None], z]  # rays inside the 128 px image
     uv, z = data.project(X, K, dist)
@@ -151,32 +152,32 @@ def test_camera_models_project_as_colmap(model):
 
 
 def test_unsupported_camera_model_is_named(tmp_path):
-    with pytest.raises(data.ColmapError, match="cam.bin camera 3: camera model OPENCV_FISHEYE is not supported"):
-        data.colmap_intrinsics(("OPENCV_FISHEYE", 10, 10, np.zeros(8)), "cam.bin camera 3")
+    with pytest.raises(colmap.ColmapError, match="cam.bin camera 3: camera model OPENCV_FISHEYE is not supported"):
+        colmap.colmap_intrinsics(("OPENCV_FISHEYE", 10, 10, np.zeros(8)), "cam.bin camera 3")
 
 
 @pytest.mark.parametrize("name", ["cameras.bin", "images.bin", "points3D.bin"])
 def test_truncated_and_corrupt_files_are_named(colmap_scene, tmp_path, name):
     root, _ = colmap_scene
     good = (root / "colmap" / "sparse" / "0" / name).read_bytes()
-    read = {"cameras.bin": data.read_cameras_bin, "images.bin": data.read_images_bin,
-            "points3D.bin": data.read_points3d_bin}[name]
+    read = {"cameras.bin": colmap.read_cameras_bin, "images.bin": colmap.read_images_bin,
+            "points3D.bin": colmap.read_points3d_bin}[name]
     bad = tmp_path / name
     for cut in (0, 5, 8 + 3, len(good) // 2, len(good) - 1):
         bad.write_bytes(good[:cut])
-        with pytest.raises(data.ColmapError, match=f"{name}: truncated"):
+        with pytest.raises(colmap.ColmapError, match=f"{name}: truncated"):
             read(bad)
     bad.write_bytes(good + b"\0" * 3)
-    with pytest.raises(data.ColmapError, match=f"{name}: 3 bytes after the last record"):
+    with pytest.raises(colmap.ColmapError, match=f"{name}: 3 bytes after the last record"):
         read(bad)
     bad.write_bytes(b"\xff" * 8 + good[8:])  # a count no file this size can hold
-    with pytest.raises(data.ColmapError, match=f"{name}: (truncated|says)"):
+    with pytest.raises(colmap.ColmapError, match=f"{name}: (truncated|says)"):
         read(bad)
     if name == "cameras.bin":
         bad.write_bytes(good[:12] + (99).to_bytes(4, "little") + good[16:])  # model id 99
-        with pytest.raises(data.ColmapError, match="model id 99, which COLMAP does not define"):
+        with pytest.raises(colmap.ColmapError, match="model id 99, which COLMAP does not define"):
             read(bad)
-    with pytest.raises(data.ColmapError, match="cannot read"):
+    with pytest.raises(colmap.ColmapError, match="cannot read"):
         read(tmp_path / "absent.bin")
 
 

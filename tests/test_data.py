@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import colmap
 import data
 import scenes
 import synth
@@ -200,19 +201,19 @@ write_colmap_array = scenes.write_colmap_array
 def test_colmap_depth_reader(tmp_path):
     depth = np.arange(35, dtype=np.float32).reshape(5, 7) / 3
     write_colmap_array(tmp_path / "a.bin", depth)
-    np.testing.assert_array_equal(data.read_colmap_array(tmp_path / "a.bin"), depth)
-    assert data.read_colmap_array(tmp_path / "a.bin", header_only=True) == (5, 7)
+    np.testing.assert_array_equal(colmap.read_colmap_array(tmp_path / "a.bin"), depth)
+    assert colmap.read_colmap_array(tmp_path / "a.bin", header_only=True) == (5, 7)
     normals = np.random.default_rng(0).random((4, 6, 3)).astype(np.float32)
     write_colmap_array(tmp_path / "n.bin", normals)
-    np.testing.assert_array_equal(data.read_colmap_array(tmp_path / "n.bin"), normals)
+    np.testing.assert_array_equal(colmap.read_colmap_array(tmp_path / "n.bin"), normals)
     (tmp_path / "hand.bin").write_bytes(b"3&2&1&" + np.arange(6, dtype="<f4").tobytes())  # 2 rows, 3 columns
-    np.testing.assert_array_equal(data.read_colmap_array(tmp_path / "hand.bin"), [[0, 1, 2], [3, 4, 5]])
+    np.testing.assert_array_equal(colmap.read_colmap_array(tmp_path / "hand.bin"), [[0, 1, 2], [3, 4, 5]])
     (tmp_path / "short.bin").write_bytes(b"3&2&1&" + np.arange(5, dtype="<f4").tobytes())
     with pytest.raises(ValueError, match="short.bin.*3x2x1"):
-        data.read_colmap_array(tmp_path / "short.bin")
+        colmap.read_colmap_array(tmp_path / "short.bin")
     (tmp_path / "junk.bin").write_bytes(b"not a depth map")
     with pytest.raises(ValueError, match="junk.bin.*width&height"):
-        data.read_colmap_array(tmp_path / "junk.bin")
+        colmap.read_colmap_array(tmp_path / "junk.bin")
 
 
 def test_mvs_depth_is_never_paired_with_the_original_frames(tmp_path):
