@@ -612,14 +612,16 @@ def sparse_tracks(scene, ids, anchor, size, grids, K, c2w, dist):
 
 
 def make_sample(scene, rng, num_frames, size=None, grids=(8, 24), window=48, anchor=None,
-                contiguous=False, margin=MARGIN):
+                contiguous=False, margin=MARGIN, keep=1.0):
     """One training sample, the data contract: frames (F, H, W, 3) uint8, depth (F, H, W) float32 (0 =
     invalid), K (F, 3, 3), c2w (F, 4, 4) float32, frame_index (F,) int64, tracks (F, N, 2), track_depth
     (F, N) float32, visible (F, N) bool; plus anchor (position of the anchor frame) and scene (path).
     Frames in temporal order; size=None keeps scene.size. Query points: the anchor frame's grids (depth
     sources) or its SfM keypoints spread over the same grids (`sparse_tracks`). Raises ValueError if
-    anything came out non-finite.
-    Assumption: frames are resized to `size`, not cropped (K scaled per axis), as the paper gives no crop."""
+    anything came out non-finite. keep < 1: only that fraction of the tracks, those visible in the most frames
+    (the VGGT track recipe's last step keeps the half visible longest).
+    Assumption: frames are resized to `size`, not cropped (K scaled per axis), as the paper gives no crop.
+    Assumption: keep = 1 by default (every track): the recipe's step 3 is an option (train.py --keep-tracks 0.5)."""
     ids, a = choose_frames(scene.frame_index, rng, num_frames, window, anchor, contiguous, scene.path)
     H, W = size = tuple(size or scene.size)
     frames = np.stack([resize_image(scene.image(i), size) for i in ids])  # (F, H, W, 3)
@@ -630,6 +632,9 @@ def make_sample(scene, rng, num_frames, size=None, grids=(8, 24), window=48, anc
     else:
         depth = np.stack([resize_nearest(scene.depth(i), size) for i in ids])  # (F, H, W)
         tracks, track_depth, visible = track(query_grid(size, grids), a, depth, K, c2w, margin, dist=scene.dist[ids])
+    if keep < 1:
+        longest = np.sort(np.argsort(-visible.sum(0), kind="stable")[: max(1, round(keep * visible.shape[1]))])
+        tracks, track_depth, visible = tracks[:, longest], track_depth[:, longest], visible[:, longest]
     sample = dict(frames=frames, depth=depth, K=K.astype(np.float32), c2w=c2w.astype(np.float32),
                   frame_index=scene.frame_index[ids], tracks=tracks, track_depth=track_depth,
                   visible=visible, anchor=a, scene=scene.path)
@@ -698,10 +703,10 @@ class SceneDataset(torch.utils.data.Dataset):
     Picklable and cheap in DataLoader workers: the scan happens once, here."""
 
     def __init__(self, root, size=(336, 336), num_frames=(8, 24), grids=(8, 24), window=48, seed=0,
-                 length=None, contiguous=False, preload=False, max_tries=8):
+                 length=None, contiguous=False, preload=False, max_tries=8, keep=1.0):
         self.size, self.grids, self.window, self.seed, self.contiguous = tuple(size), grids, window, seed, contiguous
         self.num_frames = (num_frames, num_frames) if isinstance(num_frames, int) else tuple(num_frames)
-        self.max_tries = max_tries
+        self.max_tries, self.keep = max_tries, keep
         self.scenes, broken, self.missing = scan(root, self.size, self.num_frames[1], window, contiguous, preload)
         for d, reason in broken:
             print(f"warning: skipping scene {d}: {reason}", file=sys.stderr)
@@ -728,7 +733,8 @@ class SceneDataset(torch.utils.data.Dataset):
             scene = self.scenes[(k + j) % len(self.scenes)]
             F = int(rng.integers(self.num_frames[0], self.num_frames[1] + 1))
             try:
-                s = make_sample(scene, rng, F, self.size, self.grids, self.window, contiguous=self.contiguous)
+                s = make_sample(scene, rng, F, self.size, self.grids, self.window, contiguous=self.contiguous,
+                                keep=self.keep)
                 a = s["anchor"]
                 if (s["visible"][a] & np.delete(s["visible"], a, 0).any(0)).any():
                     s["replaced"] = j

@@ -78,6 +78,8 @@ class Config:
     size: int = flag(336, "frame side in px (rounded to whole tokens; LLaVA-NeXT-Video: its CLIP size)", check=POSITIVE)
     grids: str = flag("8,24", "query-point grids on the anchor frame, comma-separated")
     window: int = flag(48, "the other frames are drawn from anchor ± window (original frame numbers)", check=POSITIVE)
+    keep_tracks: float = flag(1.0, "fraction of the tracks kept, those visible in the most frames (the VGGT recipe's "
+                              "last step keeps 0.5). Assumption: 1, every track", check=(lambda v: 0 < v <= 1, "must lie in (0, 1]"))
     preload: bool = flag(False, "decode all scene frames into memory once (small datasets)")
     workers: int = flag(-1, "DataLoader worker processes (-1: 4 with CUDA, 0 on CPU)",
                         check=(lambda v: v >= -1, "must be >= -1"))
@@ -436,7 +438,7 @@ def main(argv=None):
     try:
         geo = data.SceneDataset(cfg.data, size=proc.size, num_frames=parse_range(cfg.frames),
                                 grids=tuple(int(g) for g in cfg.grids.split(",")), window=cfg.window, seed=cfg.seed,
-                                preload=cfg.preload)
+                                preload=cfg.preload, keep=cfg.keep_tracks)
         sft = data.InstructionDataset(cfg.sft_data, cfg.sft_root or None, parse_range(cfg.frames)) if cfg.sft_data else None
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"--data / --sft-data: {e}")

@@ -677,3 +677,15 @@ def test_sparse_and_dense_datasets_in_loader_workers(tmp_path):
         for key in ("frames", "tracks", "visible", "depth", "track_depth"):
             np.testing.assert_array_equal(item[key].numpy(), ds[k][key])
             np.testing.assert_array_equal(clone[k][key], ds[k][key])
+
+
+def test_keep_tracks_visible_longest(tmp_path):
+    root = scenes.depths_scene(tmp_path / "s", n=6)[0]
+    scene = data.load_scene(root)
+    full = data.make_sample(scene, np.random.default_rng(0), 4, grids=(8,), window=5)
+    half = data.make_sample(scene, np.random.default_rng(0), 4, grids=(8,), window=5, keep=0.5)
+    assert half["tracks"].shape[1] == 32 and full["tracks"].shape[1] == 64
+    counts = full["visible"].sum(0)
+    assert half["visible"].sum(0).min() >= np.sort(counts)[::-1][31]  # the 32 visible longest, in query order
+    kept = [int(np.flatnonzero((full["tracks"][0] == t).all(-1))[0]) for t in half["tracks"][0]]
+    assert kept == sorted(kept)
