@@ -593,6 +593,8 @@ class OfficialInputs:
             return ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
                     + f"<|vision_start|>{pad}<|vision_end|>" * len(media) + prompt
                     + "<|im_end|>\n<|im_start|>assistant\n")
+        if self.kind == "llava_onevision":  # llava-hf LLaVA-OneVision chat template (Qwen2 turns)
+            return "<|im_start|>user <video>\n" + prompt + "<|im_end|>\n<|im_start|>assistant\n"
         # llava-hf LLaVA-NeXT-Video chat template: "USER: " + "<image>\n" per image (or "<video>\n") + text + " ASSISTANT:"
         return "USER: " + ("<video>\n" if self.video else "<image>\n" * n_images) + prompt + " ASSISTANT:"
 
