@@ -424,7 +424,8 @@ def score_file(benchmark: str, items: list[dict], path: Path, categories=None, a
     wanted_ids = {str(it["id"]) for it in wanted}
     preds, problems = read_predictions(path)
     if problems["duplicates"]:
-        dup = "; ".join(f"id {k!r} on lines {', '.join(map(str, v))}" for k, v in list(problems["duplicates"].items())[:5])
+        dups = list(problems["duplicates"].items())[:5]
+        dup = "; ".join(f"id {k!r} on lines {', '.join(map(str, v))}" for k, v in dups)
         raise ValueError(f"{path}: {len(problems['duplicates'])} duplicate id(s): {dup}; keep one line per id")
     lines = []
     for key, pred in preds.items():
@@ -470,7 +471,7 @@ def markdown_table(benchmark: str, summaries: dict) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- model inputs, as the harnesses build them
+# ----------------------------------------------------------------------------- inputs as the harnesses build them
 
 QWEN_KINDS = ("qwen2_vl", "qwen2_5_vl")
 OFFICIAL_KINDS = QWEN_KINDS + ("llava_next_video", "llava_onevision")
@@ -586,8 +587,8 @@ class OfficialInputs:
         """The conversation up to the assistant turn, one placeholder per image (or one for the video)."""
         media = [{"type": "video"}] if self.video else [{"type": "image"}] * n_images
         if getattr(self.tok, "chat_template", None):
-            return self.tok.apply_chat_template([{"role": "user", "content": media + [{"type": "text", "text": prompt}]}],
-                                                tokenize=False, add_generation_prompt=True)
+            turn = {"role": "user", "content": media + [{"type": "text", "text": prompt}]}
+            return self.tok.apply_chat_template([turn], tokenize=False, add_generation_prompt=True)
         if self.kind in QWEN_KINDS:  # Qwen2-VL / Qwen2.5-VL chat_template.json, default system prompt
             pad = "<|video_pad|>" if self.video else "<|image_pad|>"
             return ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
@@ -595,7 +596,7 @@ class OfficialInputs:
                     + "<|im_end|>\n<|im_start|>assistant\n")
         if self.kind == "llava_onevision":  # llava-hf LLaVA-OneVision chat template (Qwen2 turns)
             return "<|im_start|>user <video>\n" + prompt + "<|im_end|>\n<|im_start|>assistant\n"
-        # llava-hf LLaVA-NeXT-Video chat template: "USER: " + "<image>\n" per image (or "<video>\n") + text + " ASSISTANT:"
+        # llava-hf LLaVA-NeXT-Video template: "USER: " + "<image>\n" per image (or "<video>\n") + text + " ASSISTANT:"
         return "USER: " + ("<video>\n" if self.video else "<image>\n" * n_images) + prompt + " ASSISTANT:"
 
     def tokenize(self, text: str) -> list[int]:
@@ -772,8 +773,9 @@ def run(benchmark: str, items: list[dict], out: Path, vlm_loader, batch_size: in
         old = json.loads(settings_path(out).read_text())
         diff = [k for k in SETTINGS_KEYS if k in old and k in settings and old[k] != settings[k]]
         if diff:
-            raise ValueError(f"{out} was written with other settings ({', '.join(f'{k}: {old[k]!r} now {settings[k]!r}' for k in diff)}); "
-                             "use another --out, or the same flags to resume")
+            changes = ", ".join(f"{k}: {old[k]!r} now {settings[k]!r}" for k in diff)
+            raise ValueError(f"{out} was written with other settings ({changes}); use another --out, or the same "
+                             "flags to resume")
     if not todo:
         return
     check_media(todo)

@@ -371,7 +371,8 @@ def fake_model(answers, fail_after=None):
         assert kw["do_sample"] is False and kw["max_new_tokens"] == 2048  # All-Angles' official length
         return torch.cat([input_ids, torch.ones(len(input_ids), 1, dtype=torch.long)], 1)
 
-    return SimpleNamespace(device="cpu", generate=generate, config=SimpleNamespace(model_type="fake")), Processor(), calls
+    vlm = SimpleNamespace(device="cpu", generate=generate, config=SimpleNamespace(model_type="fake"))
+    return vlm, Processor(), calls
 
 
 def test_run_writes_as_it_goes_and_resumes(tmp_path):
