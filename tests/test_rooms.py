@@ -146,7 +146,7 @@ def test_depth_lies_on_every_primitive():
         scene = rooms.layout(rng)
         prims = scene["prims"]
         textures = {p["tex"]: np.full((8, 8, 3), 0.5, np.float32) for p in prims}
-        c2w = rooms._camera_path(rng, 8, scene["segment"], scene["path"], scene["look_yaw"])
+        c2w = rooms._camera_path(rng, 8, scene["segment"], scene["look_yaw"])
         for k in (0, 7):
             _, depth, which = rooms.render(prims, textures, K, c2w[k], (64, 64), light())
             v, u = np.mgrid[:64, :64].reshape(2, -1) + 0.5
@@ -168,7 +168,7 @@ def test_layouts_differ_from_synth():
         kinds |= set(scene["objects"])
         paths.add(scene["path"])
         notches.add(scene["notch"] is not None)
-        c2w = rooms._camera_path(rng, 12, scene["segment"], scene["path"], scene["look_yaw"])
+        c2w = rooms._camera_path(rng, 12, scene["segment"], scene["look_yaw"])
         assert np.linalg.norm(c2w[-1, :3, 3] - c2w[0, :3, 3]) > 0.1
         assert all(np.allclose(m[:3, :3].T @ m[:3, :3], np.eye(3)) and np.linalg.det(m[:3, :3]) > 0 for m in c2w)
     assert kinds == {"sphere", "drum", "pillar", "ramp", "panel"} and paths == {"walk", "strafe", "crab"}
