@@ -9,7 +9,7 @@ at a time, inside that layer's forward).
     G2   W_q = U Σ Vᵀ (that layer's q_proj.weight):  W1 ← U[:, :2r]ᵀ, b1 ← 0, W2 ← [I_r | 0], b2 ← 0
 
 `head_input="qk"` (default): v is the layer's own pre-rotary query (anchor side) or key
-(target side, repeated over query heads for GQA), so the loss shapes exactly the Q–K
+(target side, repeated over query heads for GQA), after q_norm / k_norm where the family has them, so the loss shapes exactly the Q–K
 matching the LLM attends with. `head_input="hidden"`: v is x_l, the normed input of the
 layer's attention, and W1 ← (Σ Vᵀ)[:2r] / σ_max (the same projection, read from x_l).
 
@@ -39,13 +39,13 @@ class CorrespondenceHeads(nn.Module):
         nn.init.normal_(self.w1, std=d_in**-0.5)
         nn.init.normal_(self.w2, std=(2 * r) ** -0.5)
 
-    def forward(self, v: torch.Tensor, layers: slice = slice(None), head_dim: int = 0) -> torch.Tensor:
+    def forward(self, v: torch.Tensor, layers: slice = slice(None), d_head: int = 0) -> torch.Tensor:
         """v (L', T, d_in) for the L' heads in `layers` -> (L', T, r). GQA keys may come unrepeated,
-        (L', T, H_kv * head_dim) with head_dim given: W1 is folded onto them (fold_kv), the same
+        (L', T, H_kv * d_head) with the attention head size d_head given: W1 is folded onto them (fold_kv), the same
         result as on repeat_kv(k) for H / H_kv times fewer multiply-adds."""
         w1 = self.w1[layers]
         if v.shape[-1] != w1.shape[-1]:
-            w1 = fold_kv(w1, v.shape[-1] // head_dim, head_dim)
+            w1 = fold_kv(w1, v.shape[-1] // d_head, d_head)
         # G1: e = normalize(W2 · GELU(W1 · v + b1) + b2), the sliced layers in one batched matmul.
         h = F.gelu(torch.baddbmm(self.b1[layers, None], v, w1.transpose(1, 2)))  # (L', T, 2r)
         e = torch.baddbmm(self.b2[layers, None], h, self.w2[layers].transpose(1, 2))  # (L', T, r)
@@ -77,17 +77,17 @@ class CorrespondenceHeads(nn.Module):
         self.b2.zero_()
 
 
-def fold_kv(w: torch.Tensor, num_kv_heads: int, head_dim: int) -> torch.Tensor:
+def fold_kv(w: torch.Tensor, num_kv_heads: int, d_head: int) -> torch.Tensor:
     """A map read from repeat_kv(k) -> the same map read from k: w (..., H * d_h) -> (..., H_kv * d_h),
     summing the columns of the query heads that share a key head (GQA)."""
-    n_rep = w.shape[-1] // (num_kv_heads * head_dim)
-    return w.unflatten(-1, (num_kv_heads, n_rep, head_dim)).sum(-2).flatten(-2)
+    n_rep = w.shape[-1] // (num_kv_heads * d_head)
+    return w.unflatten(-1, (num_kv_heads, n_rep, d_head)).sum(-2).flatten(-2)
 
 
-def repeat_kv(k: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+def repeat_kv(k: torch.Tensor, num_heads: int, d_head: int) -> torch.Tensor:
     """(..., H_kv * d_h) -> (..., H * d_h): key head g serves query heads g*n .. g*n + n - 1 (GQA)."""
-    h_kv = k.shape[-1] // head_dim
+    h_kv = k.shape[-1] // d_head
     if h_kv == num_heads:
         return k
-    k = k.unflatten(-1, (h_kv, 1, head_dim))  # (..., H_kv, 1, d_h)
-    return k.expand(*k.shape[:-2], num_heads // h_kv, head_dim).flatten(-3)
+    k = k.unflatten(-1, (h_kv, 1, d_head))  # (..., H_kv, 1, d_h)
+    return k.expand(*k.shape[:-2], num_heads // h_kv, d_head).flatten(-3)

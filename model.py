@@ -470,7 +470,10 @@ class GASP(nn.Module):
 
 def freeze_and_lora(vlm: nn.Module, lora_rank: int = 0, train_vision: bool = False) -> nn.Module:
     """Freeze the vision tower and projector (default); with lora_rank > 0, wrap the LLM linears
-    with peft LoRA (everything else frozen). Returns the model to train (a PeftModel under LoRA)."""
+    with peft LoRA (everything else frozen). Returns the model to train (a PeftModel under LoRA).
+    LoRA weights are kept in float32 whatever the frozen weights' dtype (peft's autocast_adapter_dtype)."""
+    if lora_rank < 0:
+        raise ValueError(f"lora_rank {lora_rank}: use 0 (full LLM fine-tuning) or a positive LoRA rank")
     for name, p in vlm.named_parameters():
         p.requires_grad = train_vision or "language_model" in name or "lm_head" in name
     if lora_rank <= 0:

@@ -37,7 +37,7 @@ def test_svd_init_hidden_input_reads_x_through_sigma_v():
 
 def test_repeat_kv_maps_query_head_to_its_group():
     k = torch.arange(2 * 3).float().view(1, 6)  # 2 kv heads of size 3
-    out = repeat_kv(k, num_heads=4, head_dim=3).view(4, 3)
+    out = repeat_kv(k, num_heads=4, d_head=3).view(4, 3)
     assert out[0].tolist() == out[1].tolist() == [0, 1, 2]
     assert out[2].tolist() == out[3].tolist() == [3, 4, 5]
 
@@ -46,8 +46,8 @@ def test_heads_read_gqa_keys_unrepeated():
     torch.manual_seed(0)
     heads = CorrespondenceHeads(2, 4 * 3, 5)  # 4 query heads of size 3
     k = torch.randn(2, 7, 2 * 3)  # 2 key heads
-    torch.testing.assert_close(heads(k, head_dim=3), heads(repeat_kv(k, 4, 3)), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(heads(k[1:], slice(1, 2), head_dim=3), heads(repeat_kv(k, 4, 3))[1:],
+    torch.testing.assert_close(heads(k, d_head=3), heads(repeat_kv(k, 4, 3)), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(heads(k[1:], slice(1, 2), d_head=3), heads(repeat_kv(k, 4, 3))[1:],
                                atol=1e-6, rtol=1e-5)
     assert fold_kv(torch.ones(1, 12), 2, 3).tolist() == [[2.0] * 6]
 

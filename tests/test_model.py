@@ -364,3 +364,18 @@ def test_prompt_layout_follows_the_stock_processors_rule_metaspace_and_byte_leve
     inp = proc([np.zeros((2, 224, 224, 3), np.uint8)], ["Which point matches?"])
     pos = (inp["input_ids"][0] == proc.vis_id).nonzero().flatten()
     assert len(pos) == 2 * 64 + 1 and torch.equal(proc.token_map(inp["input_ids"][0], 2).flatten(), pos[:-1])
+
+
+def test_bf16_weights_train_fp32_lora_and_heads_under_autocast(tiny):
+    vlm, proc = _load(tiny, "qwen3_vl", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="lora_rank"):
+        M.freeze_and_lora(vlm, lora_rank=-1)
+    net = M.GASP(M.freeze_and_lora(vlm.train(), lora_rank=4), r=16)
+    assert vlm.dtype == torch.bfloat16 and {p.dtype for p in net.parameters() if p.requires_grad} == {torch.float32}
+    _, inp, tmap = _inputs(proc)
+    targets = pair_targets(_sample(proc), proc.token_px, proc.grid)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, corr, depth = net(inp, tmap, anchor=1, loss=partial(gasp_losses, targets=targets, q_offset=1))
+        loss = total_loss(out.loss, corr, depth)
+    loss.backward()
+    assert torch.isfinite(loss) and net.heads.w1.grad.abs().sum() > 0
