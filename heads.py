@@ -1,4 +1,4 @@
-"""The per-layer correspondence head of GASP and its SVD initialisation (DESIGN.md G1-G2).
+"""The per-layer correspondence head of GASP and its SVD initialisation (G1-G2 below).
 
 One small head per supervised LLM layer embeds the visual tokens of that layer into a
 low-dimensional, L2-normalised correspondence space. All heads are stored as stacked
@@ -16,7 +16,7 @@ layer's attention, and W1 ← (Σ Vᵀ)[:2r] / σ_max (the same projection, read
 The heads are training-only: model.export() drops them, so inference costs nothing.
 
 Run: this file has no entry point; its tests are `python -m pytest tests/test_heads_losses.py -q`.
-References: GASP, arXiv 2605.30231 (§3 "Correspondence head"); DESIGN.md G1-G2.
+References: GASP, arXiv 2605.30231 (§3 "Correspondence head").
 """
 
 import torch
@@ -56,7 +56,7 @@ class CorrespondenceHeads(nn.Module):
         """G2: initialise head l from the SVD of layer l's q_proj weight (d_q, d).
 
         Assumption: the paper only says "initialized via SVD decomposition of the pre-trained
-        query projection weights"; the exact mapping below is our reconstruction (DESIGN.md G2).
+        query projection weights"; the exact mapping below (G2 in the module docstring) is our reconstruction.
         When 2r exceeds the rank, the remaining rows of W1 stay zero.
         """
         r2 = 2 * self.r

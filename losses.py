@@ -1,5 +1,5 @@
 """GASP losses: InfoNCE on ground-truth correspondences, soft-argmax depth consistency,
-deep supervision over layers and the total objective (DESIGN.md G3-G7).
+deep supervision over layers and the total objective (G3-G7 below).
 
     G3  e_i^f   = normalize(bilinear(E^f, p_i^f / token_px - 0.5))       point embedding from the token grid
     G4  L_corr  = -(1/N) Σ_i log( exp(<e_i^a, e_i^b>/τ) / Σ_{k∈C_i} exp(<e_i^a, e_k^b>/τ) )
@@ -113,7 +113,7 @@ def depth_loss(S: torch.Tensor, Db: torch.Tensor, d: torch.Tensor, valid: torch.
     Returns (L,); 0 when nothing is valid."""
     tok_ok = Db > 0  # (P, T)
     any_ok = tok_ok.any(-1, keepdim=True)  # (P, 1)
-    # Assumption: tokens without valid depth are left out of the softmax (DESIGN.md G5 is silent).
+    # Assumption: tokens without valid depth are left out of the softmax (the paper is silent).
     # A frame with no valid token keeps its full softmax (finite, no NaN) and contributes nothing.
     valid = valid & (d > 0) & any_ok
     A = torch.softmax(S.masked_fill(~(tok_ok | ~any_ok)[None, :, None, :], float("-inf")), dim=-1)  # A_ij

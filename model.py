@@ -1,22 +1,30 @@
-"""A stock Hugging Face VLM with GASP's training-only correspondence heads (DESIGN.md "Models", G1, G8).
+"""A stock Hugging Face VLM with GASP's training-only correspondence heads (G1) and the native Q-K read (G8).
+
+    G1  e = normalize(W2 · GELU(W1 · v + b1) + b2), v = the layer's pre-rotary q (or k) of a visual token
+    G8  A = softmax(q_later · k_earlierᵀ / sqrt(d_h)): the layer's own attention of a later frame's tokens
+        over an earlier frame's, with the q and k the attention function receives
 
 What lives here:
-  * `Processor`: frames + text -> model inputs for Qwen2.5-VL, Qwen2-VL (frames as a list of
-    images, one grid each) and LLaVA-NeXT-Video (frames as one video), built from the tokenizer
-    and the pillow image processor alone (no torchvision, see README "Why no torchvision").
-  * the per-frame visual-token map: sequence positions of every frame's (h, w) token grid, and
-    the frame-size helpers that give whole tokens (multiples of 28 px for Qwen, the CLIP size for LLaVA);
-  * `GASP`: wraps the stock model without changing its forward; forward hooks on each supervised
-    layer's q_proj / k_proj (or input_layernorm) read x_l's projections of the visual tokens from
-    the one training forward pass (gradient checkpointing safe) and feed the batched heads (G1);
-  * `native_qk`: the layer's own q and k with rotary / M-RoPE applied, for the probe (G8);
-  * freezing, LoRA through peft, and `export`: the bare VLM (heads dropped, LoRA merged) saved
-    with its processor, loadable with the stock transformers class and no project code;
-  * `build_tiny`: a random-init tiny model of the real classes, for tests and the embedded default.
+  * `Processor`: frames + text -> model inputs. The prompt goes through the tokenizer's chat template and the
+    visual placeholders are expanded as the stock processor does; frames are resized to whole tokens and
+    patchified with the pillow image processor (no torchvision). The per-family layout (image list or video,
+    pooling, trailing newline, token pitch) lives in families.py (Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
+    LLaVA-NeXT-Video, LLaVA-OneVision);
+  * the per-frame visual-token map: sequence positions of every frame's (h, w) token grid;
+  * `GASP`: wraps the stock model without changing its forward; forward hooks on each supervised layer's
+    q_proj / k_proj (q_norm / k_norm where the family has them; input_layernorm for head_input="hidden") read
+    the visual tokens' q and k in the one training forward pass and run that layer's head and loss at once
+    (replayed when the LLM's activation checkpointing recomputes the layer);
+  * `native_qk`: q and k exactly as each layer's attention function receives them (q/k norm, rotary / M-RoPE
+    applied by the model), read through a function registered with transformers' AttentionInterface (G8);
+  * freezing, LoRA through peft, and `export`: the bare VLM (heads dropped, LoRA merged) saved in the base
+    model's dtype with the base model's processor files copied unchanged, loadable with the stock classes;
+  * `build_tiny`: a random-init tiny model of the real classes with stock processor files, for tests and
+    the embedded default.
 
 Run: no entry point; `python -m pytest tests/test_model.py -q`.
 References: Qwen2.5-VL (arXiv 2502.13923), LLaVA-NeXT-Video (llava-vl.github.io/blog/2024-04-30-llava-next-video),
-GASP arXiv 2605.30231.
+GASP arXiv 2605.30231; transformers' AttentionInterface (huggingface.co/docs/transformers/attention_interface).
 """
 
 import importlib
@@ -32,14 +40,12 @@ import transformers
 from PIL import Image
 from torch.utils.checkpoint import checkpoint
 
-from families import SUPPORTED as FAMILIES_SUPPORTED
-from families import family
+from families import SUPPORTED, family  # noqa: F401 (SUPPORTED is part of this module's API)
 from heads import CorrespondenceHeads
 
 # Notation: F frames, (h, w) token grid per frame, T = F*h*w visual tokens, L supervised layers,
 # H query heads, d_h head size, S sequence length, B batch.
 
-SUPPORTED = FAMILIES_SUPPORTED
 PROMPT = "These are frames of a video."  # the short generic prompt of geometry samples (no answer, no L_LM)
 # What export() copies unchanged from the base model's folder, next to the saved weights.
 PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json",
