@@ -290,9 +290,10 @@ def build_tiny(out_dir: str, kind: str = "qwen2_5_vl", seed: int = 0, dtype=None
         old_cfg = transformers.AutoConfig.from_pretrained(out_dir)
         old, new = (getattr(c, "text_config", c) for c in (old_cfg, config))
         same = [getattr(old, k, None) for k in keys] == [getattr(new, k, None) for k in keys]
-        if same and old_cfg.model_type == kind and old_cfg.dtype == (dtype or torch.float32):
+        stock_files = os.path.exists(os.path.join(out_dir, "chat_template.jinja"))  # older tiny folders lack them
+        if same and stock_files and old_cfg.model_type == kind and old_cfg.dtype == (dtype or torch.float32):
             return out_dir
-        print(f"{out_dir}: holds another tiny architecture; rebuilding it")
+        print(f"{out_dir}: holds another tiny model (architecture, dtype or processor files); rebuilding it")
     torch.manual_seed(seed)
     model = transformers.AutoModelForImageTextToText.from_config(config).to(dtype or torch.float32)
     model.save_pretrained(out_dir)

@@ -287,6 +287,10 @@ def test_anchor_forward_embeds_only_the_frames_the_pairs_read(tiny):
     q_a, k_a = (torch.cat(x) for x in zip(*seen))
     torch.testing.assert_close(q_a, q_all[:, 1:])
     torch.testing.assert_close(k_a, k_all[:, :2])
+    with pytest.raises(ValueError, match="embed"):  # forward returns losses only; embeddings come from embed()
+        gasp(inp, tmap)
+    out, corr, depth = gasp(inp)  # instruction items: the stock forward
+    assert corr is None and depth is None and torch.equal(out.logits, gasp.embed(inp, tmap)[0].logits)
 
 
 def test_parse_layers_includes_both_ends_and_rejects_bad_specs():
