@@ -432,7 +432,7 @@ class GASP(nn.Module):
 
         # Without the LLM's checkpointing, each layer's head and loss run under their own checkpoint: only the
         # gathered q and k are kept for backward. Under it, the layer's checkpoint already covers them (the hook
-        # runs inside the layer), and an inner checkpoint would hold q and k alive until backward.
+        # runs inside the layer, nothing of the head outlives it), and an inner one would only recompute twice.
         llm_ckpt = getattr(self.vlm, "is_activation_checkpointing", False) and self.vlm.training
         ckpt = loss is not None and torch.is_grad_enabled() and not llm_ckpt
         outs = [None] * L
