@@ -243,7 +243,10 @@ def test_before_probe_is_kept_in_the_checkpoint_and_reused(env):
     first = json.load(open(out / "probe.json"))
     train_run(env, out, "--steps", "2", "--resume", *probe_flags)
     second = json.load(open(out / "probe.json"))
-    assert second["before"] == first["before"] and torch.load(out / "checkpoint.pt", weights_only=False)["probe_before"]
+    scenes = env["scenes"]
+    assert second[scenes]["before"] == first[scenes]["before"]
+    kept = torch.load(out / "checkpoint.pt", weights_only=False)["probe_before"][scenes]
+    assert json.loads(json.dumps(kept)) == first[scenes]["before"]
 
 
 @pytest.mark.slow
