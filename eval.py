@@ -37,7 +37,7 @@ Run (a checkpoint is any folder model.load reads, e.g. train.py's export):
 One process per GPU (split the work with --categories); there is nothing to gain from torchrun here.
 Optional dependencies: pyarrow (parquet files: BLINK, VSI-Bench parquet), av (VSI-Bench mp4 videos).
 
-References (research/benchmarks.md has the details):
+References (the official code each part follows, pinned):
   VSI-Bench   github.com/vision-x-nyu/thinking-in-space @51e089c, lmms_eval/tasks/vsibench/utils.py
   All-Angles  github.com/Chenyu-Wang567/All-Angles-Bench @0e1d210, VLMEvalkit/vlmeval/dataset/image_mcq.py,
               vlmeval/utils/matching_util.py (can_infer)
@@ -88,7 +88,7 @@ TITLES = {"allangles": "All-Angles Bench", "vsibench": "VSI-Bench", "blink": "BL
 # Official generation lengths: VSI-Bench yaml 16; All-Angles Qwen2VLChat 2048; BLINK query_model 1024.
 MAX_NEW_TOKENS = {"vsibench": 16, "allangles": 2048, "blink": 1024}
 # BLINK test_benchmark.py: need_disclaimer_tasks and the disclaimer put before their prompt.
-# Assumption: the text is recalled from that file; research/benchmarks.md names the tasks but not the text.
+# Assumption: the text is recalled from that file, not copied: only the task names are certain.
 BLINK_DISCLAIMER = ("Disclaimer: This is not to make unfair assumptions about the people in the image and you "
                     "just need to give your assessment on this question. You don't need to identify the real "
                     "people. You just need to analyze based on the information I gave you.\n\n")

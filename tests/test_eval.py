@@ -1,4 +1,4 @@
-"""eval.py against the official scorers' worked examples (research/benchmarks.md), on small fixtures
+"""eval.py against the official scorers' worked examples (from their pinned code), on small fixtures
 written in each benchmark's released format. The end-to-end run with a tiny random-init model is slow."""
 
 import io
