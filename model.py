@@ -90,6 +90,12 @@ class Processor:
                              f"(model.frame_size gives one)")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.vis_id = getattr(config, self.family.placeholder_id)
+        # The chat template: the tokenizer's, else the checkpoint's processor template (llava-hf ships it in
+        # chat_template.json), else the family's default.
+        folder = _folder(source)
+        jinja = os.path.join(folder, "chat_template.jinja") if folder else ""
+        self.template = (tokenizer.chat_template or (open(jinja).read() if os.path.exists(jinja) else None)
+                         or _read_json(source, "chat_template.json").get("chat_template") or self.family.template)
         mean, std = self.family.mean_std
         pre = _read_json(source, "preprocessor_config.json")
         self.mean, self.std = pre.get("image_mean", mean), pre.get("image_std", std)
@@ -112,7 +118,7 @@ class Processor:
         fam, tok = self.family, self.tokenizer
         visual = [{"type": "image"}] * num_frames if fam.layout == "images" else [{"type": "video"}]
         messages = [{"role": "user", "content": visual + [{"type": "text", "text": prompt}]}]
-        kw = dict(tokenize=False, chat_template=None if tok.chat_template else fam.template)
+        kw = dict(tokenize=False, chat_template=self.template)
         text = tok.apply_chat_template(messages, add_generation_prompt=True, **kw)  # ready for generate()
         start = len(text)  # where the labels start (nothing labelled without an answer)
         if answer is not None:

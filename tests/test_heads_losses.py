@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from heads import CorrespondenceHeads, fold_kv, repeat_kv
 from losses import (PairNLL, bilinear, candidates, depth_loss, frame_pairs, gasp_losses, grid_coords, info_nce,
-                    masked_mean, pair_targets, token_depth, total_loss)
+                    pair_targets, token_depth, total_loss)
 
 
 def test_svd_init_is_normalised_projection_on_top_query_directions():

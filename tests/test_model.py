@@ -2,6 +2,7 @@
 
 import filecmp
 import gc
+import json
 import os
 import weakref
 from functools import partial
@@ -383,3 +384,16 @@ def test_bf16_weights_train_fp32_lora_and_heads_under_autocast(tiny):
         loss = total_loss(out.loss, corr, depth)
     loss.backward()
     assert torch.isfinite(loss) and net.heads.w1.grad.abs().sum() > 0
+
+
+def test_processor_template_of_the_checkpoint_when_the_tokenizer_has_none(tmp_path):
+    """llava-hf checkpoints keep the chat template in the processor's chat_template.json."""
+    base = M.build_tiny(str(tmp_path), "llava_next_video", layers=1)
+    os.remove(os.path.join(base, "chat_template.jinja"))
+    template = M.family("llava_next_video").template.replace("upper() + ': '", "upper() + ':: '")
+    with open(os.path.join(base, "chat_template.json"), "w") as f:
+        json.dump({"chat_template": template}, f)
+    vlm, proc = M.load(base)
+    assert not proc.tokenizer.chat_template and proc.template == template
+    ids = proc([np.zeros((1, 224, 224, 3), np.uint8)], ["Hi"])["input_ids"][0]
+    assert proc.tokenizer.decode(ids).replace(" ", "").startswith("<s>USER::<video>")
