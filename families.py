@@ -21,6 +21,10 @@ Adding a family: one Family entry in FAMILIES (and its test in tests/test_model.
 | llava_next_video | one video   | (S/14/2)² (2x2 avg pool)     | 28 at S = 336          | q_proj / k_proj    |
 | llava_onevision  | one video   | ⌈S/14/2⌉² (bilinear), +1 newline after the last frame | 27 at S = 384 | q_proj / k_proj |
 
+Qwen families take frames as an image list, not a video: their video path merges every two frames into one
+token grid (temporal patch 2), so a token would not belong to one frame; as images, each frame is
+duplicated in time and keeps its own grid. Qwen3-VL's DeepStack adds vision features to the first LLM
+layers' visual positions; the heads stay one per LLM layer.
 LLaVA-OneVision takes frames as a video, not an image list. Assumption (ours): the video path is how
 the model was trained on video (LLaVA-Video-178K), it gives each frame one regular grid (2x2-pooled SigLIP
 patches, 196 tokens at 384 px) with a single newline after the last frame; the image path tiles every
@@ -32,7 +36,7 @@ LLaVA-NeXT-Video (llava-vl.github.io/blog/2024-04-30-llava-next-video), LLaVA-On
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import transformers
@@ -83,7 +87,6 @@ class Family:
     tiny: Callable  # (text dict, tokenizer, vision_layers, vision_hidden) -> config of the real class
     image_processor: Callable  # config -> the stock pillow image processor its checkpoints ship
     newline: int = 0  # placeholder positions after the last frame that carry no frame token
-    extra: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- Qwen (image list)
