@@ -98,7 +98,9 @@ def candidates(uv_b: torch.Tensor, valid: torch.Tensor, token_px: float) -> torc
 
 def token_depth(depth: torch.Tensor, token_px: int) -> torch.Tensor:
     """D_j: median of the valid (> 0, finite) depth inside each token. depth (F, H, W) -> (F, h, w), 0 = none valid."""
-    Fr, H, W = depth.shape
+    if not float(token_px).is_integer():
+        raise ValueError(f"token_px {token_px}: token depth needs whole pixels per token (model.frame_size gives them)")
+    Fr, H, W, token_px = *depth.shape, int(token_px)
     h, w = H // token_px, W // token_px
     cells = depth[:, : h * token_px, : w * token_px].reshape(Fr, h, token_px, w, token_px)
     cells = cells.permute(0, 1, 3, 2, 4).reshape(Fr, h, w, token_px * token_px)  # (F, h, w, px²)
