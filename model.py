@@ -74,7 +74,8 @@ def frame_size(config, target: int = 448) -> tuple[int, int]:
 class Processor:
     """Frames + prompt (+ answer) -> input dict of the stock model, with labels on answer tokens only.
 
-    The prompt goes through the tokenizer's own chat template (the family's default where it has none) and
+    The prompt goes through the checkpoint's own chat template (the tokenizer's, else the processor's
+    chat_template.jinja / .json, else the family's default) and
     the visual placeholders are expanded to the token grid as the stock processor does; the frames are
     resized here to `size` (whole tokens) and normalised as the checkpoint's preprocessor_config.json says.
     `source`: the checkpoint folder or id the processor files came from (export() copies them unchanged)."""
@@ -92,12 +93,11 @@ class Processor:
         self.vis_id = getattr(config, self.family.placeholder_id)
         # The chat template: the tokenizer's, else the checkpoint's processor template (llava-hf ships it in
         # chat_template.json), else the family's default.
-        folder = _folder(source)
-        jinja = os.path.join(folder, "chat_template.jinja") if folder else ""
-        self.template = (tokenizer.chat_template or (open(jinja).read() if os.path.exists(jinja) else None)
-                         or _read_json(source, "chat_template.json").get("chat_template") or self.family.template)
+        self.template = (tokenizer.chat_template or _read(source, "chat_template.jinja")
+                         or json.loads(_read(source, "chat_template.json") or "{}").get("chat_template")
+                         or self.family.template)
         mean, std = self.family.mean_std
-        pre = _read_json(source, "preprocessor_config.json")
+        pre = json.loads(_read(source, "preprocessor_config.json") or "{}")
         self.mean, self.std = pre.get("image_mean", mean), pre.get("image_std", std)
         if self.family.layout == "images":
             from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -197,8 +197,7 @@ class Processor:
                 if os.path.exists(os.path.join(folder, name)):
                     shutil.copyfile(os.path.join(folder, name), os.path.join(path, name))
             return
-        if not self.tokenizer.chat_template:
-            self.tokenizer.chat_template = self.family.template
+        self.tokenizer.chat_template = self.tokenizer.chat_template or self.template
         self.tokenizer.save_pretrained(path)
         self.family.image_processor(self.config).save_pretrained(path)
 
@@ -211,13 +210,13 @@ def _folder(source: str | None) -> str | None:
     return snapshot_download(source, local_files_only=True)
 
 
-def _read_json(source: str | None, name: str) -> dict:
-    folder = _folder(source) if source is not None else None
-    path = os.path.join(folder, name) if folder else None
-    if path is None or not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+def _read(source: str | None, name: str) -> str | None:
+    """The text of file `name` in the checkpoint folder `source`; None where there is none."""
+    folder = _folder(source)
+    if folder is None or not os.path.exists(os.path.join(folder, name)):
+        return None
+    with open(os.path.join(folder, name)) as f:
+        return f.read()
 
 
 def load(path: str, device="cpu", dtype=None, size=None, attn_implementation: str | None = None):
@@ -439,7 +438,7 @@ def export(model: nn.Module, processor: Processor, out_dir: str) -> str:
     processor.source; the model's own dtype without a source), and the base model's processor, tokenizer,
     chat-template and generation files copied unchanged, so the stock Auto* classes load it as they load the base."""
     vlm = bare_vlm(model)
-    base = _read_json(processor.source, "config.json")
+    base = json.loads(_read(processor.source, "config.json") or "{}")
     name = base.get("dtype") or base.get("torch_dtype") or base.get("text_config", {}).get("dtype")
     dtype = getattr(torch, name) if isinstance(name, str) else vlm.dtype
     kept = {}  # the trained values stay untouched in memory: cast copies for the save, restored after
