@@ -457,6 +457,23 @@ def export(model: nn.Module, processor: Processor, out_dir: str) -> str:
 
 # ----------------------------------------------------------------------------- native Q-K (probe, G8)
 
+_READERS = []  # the read callbacks of the attention_reader blocks now open
+
+
+def _reading_attention(own: str):
+    """An attention function that hands q and k to the open readers, then runs implementation `own`
+    (for eager: the attention module's family's own eager_attention_forward)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        for read in _READERS:
+            read(module, query, key)
+        eager = importlib.import_module(type(module).__module__).eager_attention_forward
+        stock = ALL_ATTENTION_FUNCTIONS.get_interface(own, eager)
+        return stock(module, query, key, value, attention_mask, **kwargs)
+    return attention
+
+
 @contextmanager
 def attention_reader(vlm: nn.Module, read):
     """Within the block, every LLM attention call first hands read(module, query, key) the exact q and k it
@@ -464,24 +481,18 @@ def attention_reader(vlm: nn.Module, read):
     the model computed them. A wrapping function registered with transformers' AttentionInterface is selected
     for the language model, then its own implementation (eager, sdpa, flash_attention_2) is restored."""
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+    from transformers.modeling_utils import AttentionInterface
     tc = text_config(vlm)
     own = tc._attn_implementation or "eager"
-    attn_cls = type(llm_layers(vlm)[0].self_attn)
-    eager = importlib.import_module(attn_cls.__module__).eager_attention_forward  # the family's own eager path
-    stock = ALL_ATTENTION_FUNCTIONS.get_interface(own, eager)
-    name = f"gasp_read_{own}"
-
-    def attention(module, query, key, value, attention_mask, **kwargs):
-        read(module, query, key)
-        return stock(module, query, key, value, attention_mask, **kwargs)
-
-    AttentionInterface.register(name, attention)
+    name = f"gasp_read_{own}"  # keeps "flash...2" in the name, so flash-specific paths stay the same
+    AttentionInterface.register(name, _reading_attention(own))
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[own])  # the same mask as the model's own
     tc._attn_implementation = name
+    _READERS.append(read)
     try:
         yield
     finally:
+        _READERS.remove(read)
         tc._attn_implementation = own
 
 

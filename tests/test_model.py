@@ -91,7 +91,7 @@ def test_native_qk_matches_the_attention_the_model_computes(tiny, kind):
     assert sorted(got) == list(range(len(M.llm_layers(vlm))))
     with torch.no_grad():
         attn = vlm(**inp, output_attentions=True).attentions
-    assert M.text_config(vlm)._attn_implementation == "eager"  # the model's own implementation is restored
+    assert M.text_config(vlm)._attn_implementation == "eager" and not M._READERS  # the model's own again
     a, b = 2, 0  # later frame attends to the earlier one
     for l, (q, k) in got.items():
         assert q.shape == k.shape == (3, proc.grid[0] * proc.grid[1], 4, 16 if kind in free else 32)
