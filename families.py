@@ -207,7 +207,8 @@ def _llava_next_video_tiny(text, tid, vision_layers, vision_hidden):
                   num_hidden_layers=vision_layers, num_attention_heads=2, image_size=224, patch_size=14,
                   projection_dim=text["hidden_size"])
     return transformers.LlavaNextVideoConfig(text_config=text, vision_config=vision,
-                                             video_token_index=tid("<video>"), image_token_index=tid("<image>"))
+                                             video_token_index=tid("<video>"), image_token_index=tid("<image>"),
+                                             image_grid_pinpoints=[[224, 448], [448, 224], [448, 448]])  # = its processor's
 
 
 def _llava_onevision_tiny(text, tid, vision_layers, vision_hidden):
@@ -219,7 +220,8 @@ def _llava_onevision_tiny(text, tid, vision_layers, vision_hidden):
                   num_hidden_layers=vision_layers, num_attention_heads=2, image_size=224, patch_size=14)
     return transformers.LlavaOnevisionConfig(text_config=text, vision_config=vision, video_token_index=tid("<video>"),
                                              image_token_index=tid("<image>"), vision_feature_layer=-1,
-                                             vision_feature_select_strategy="full")
+                                             vision_feature_select_strategy="full",
+                                             image_grid_pinpoints=[[224, 448], [448, 224], [448, 448]])  # = its processor's
 
 
 def _llava_next_image_processor(config):
