@@ -28,7 +28,9 @@ import torch.nn.functional as F
 
 
 def frame_pairs(num_frames: int, anchor: int) -> torch.Tensor:
-    """(P, 2) pairs (a, b), a later than b in the sample: the anchor frame with every other frame."""
+    """(P, 2) pairs (a, b), a later than b in the sample: the anchor frame with every other frame.
+    Assumption: the later frame gives the q side and the earlier the k side (the direction causal attention
+    reads, which the probe measures); the paper names an anchor frame but no direction."""
     others = [f for f in range(num_frames) if f != anchor]
     return torch.tensor([(max(anchor, f), min(anchor, f)) for f in others], dtype=torch.long).view(-1, 2)
 
@@ -90,7 +92,9 @@ def candidates(uv_b: torch.Tensor, valid: torch.Tensor, token_px: float) -> torc
     """G4's C_i = {i} ∪ {k : ||p_k^b - p_i^b|| > 1 token}, over valid tracks: uv_b (P, N, 2) target
     pixels, valid (P, N) -> (P, N, N) mask. The diagonal always stays, so every row has a finite
     logit and no NaN reaches the gradient.
-    Assumption: the near-positive mask (tracks within a token are not negatives) is ours."""
+    Assumption: the near-positive mask (tracks within a token are not negatives) is ours.
+    Assumption: negatives come from the target frame only. Two digests of the paper say negatives are drawn
+    from all frames except the anchor; that variant is left out (it needs every frame's k side per pair)."""
     dist = torch.cdist(uv_b.float(), uv_b.float()) / token_px  # (P, N, N) in tokens
     eye = torch.eye(dist.shape[-1], dtype=torch.bool, device=dist.device)
     return ((dist > 1) & valid[:, None, :] & valid[:, :, None]) | eye

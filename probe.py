@@ -49,7 +49,10 @@ ATTN = ("sdpa", "eager", "flash_attention_2")
 
 def match(q: torch.Tensor, k: torch.Tensor, sample: dict, token_px: int, grid, scale: float) -> dict:
     """G8-G9 for one layer and one sample, every pair a > b (later frame queries the earlier one).
-    q, k (F, T, H, d). Returns flat arrays over valid (pair, track): hit1, hit2, conf, gap."""
+    q, k (F, T, H, d). Returns flat arrays over valid (pair, track): hit1, hit2, conf, gap.
+    Assumption: the softmax runs over the earlier frame's tokens only (not the whole causal context), heads
+    are pooled by averaging their distributions, and a track's query is the q of the token holding it in
+    the later frame; the paper gives PCK@2patch and the confidence, not these details."""
     h, w = grid
     tracks = torch.as_tensor(sample["tracks"]).float()  # (F, N, 2)
     visible = torch.as_tensor(sample["visible"])
