@@ -52,7 +52,7 @@ The sample's decode reads PNGs that the OS has cached after the first repeat (as
 
 Run:
     python bench.py                                   # CPU: tiny and wide, ~1 min on an idle 2-core CPU; bench.json
-    python bench.py --configs paper,paper_llava       # CPU, 7B layer shapes: ~25 min on an idle 2-core CPU
+    python bench.py --configs paper,paper_llava       # CPU, 7B layer shapes: 25-40 min on this shared 2-core CPU
     python bench.py --configs paper_gpu               # one GPU: the whole 7B-shaped model, most frames per sample
     python bench.py --configs gpu --repeats 20        # one GPU ("gpu" is also added to the default list with CUDA)
     python bench.py --configs wide,wide_r64           # how the overhead scales with the head size r
@@ -455,6 +455,8 @@ def bench_paper(name: str, spec: dict, scene_dir: str, repeats: int) -> dict:
                    parts_time_frac=sum(res[f"{p}_time_frac"] for p in PARTS),
                    parts_flop_frac=sum(res[f"{p}_flop_frac"] for p in PARTS),
                    added_mb_per_layer=(res["gasp_peak_mb"] - res["sft_peak_mb"]) / shape["layers"])
+        print(f"{tag}: step time x{res['step_time_ratio']:.3f}, FLOPs x{res['step_flop_ratio']:.4f}, "
+              f"peak memory x{res['peak_memory_ratio']:.4f}")
         if spec.get("max_frames"):
             res.update(max_frames(steps, (gasp,), device))
         results[tag] = res
