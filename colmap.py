@@ -1,8 +1,9 @@
 """COLMAP's binary files in numpy: the sparse model (cameras.bin, images.bin, points3D.bin, after COLMAP's
-scripts/python/read_write_model.py) and the MVS arrays (*.geometric.bin, after read_write_dense.py), with a
+scripts/python/read_write_model.py; read and written) and the MVS arrays (*.geometric.bin, after read_write_dense.py), with a
 named error (`ColmapError`, naming the file and the byte range) for truncated or corrupt files.
 
-data.py reads DL3DV's SfM model (colmap/sparse/0) and MVS workspaces (dense/) through these functions.
+The writers (`write_cameras_bin`, `write_images_bin`, `write_points3d_bin`) are the readers' inverse, for
+scenes the tests and bench.py build. data.py reads DL3DV's SfM model (colmap/sparse/0) and MVS workspaces (dense/) through these functions.
 Conventions: images.bin stores world-to-camera (R, t) in OpenCV axes, as the rest of the project uses;
 pixel centres sit at +0.5 as in COLMAP.
 
@@ -27,6 +28,7 @@ COLMAP_MODELS = {0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL
                  8: ("SIMPLE_RADIAL_FISHEYE", 4), 9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12),
                  11: ("RAD_TAN_THIN_PRISM_FISHEYE", 16), 12: ("SIMPLE_DIVISION", 4), 13: ("DIVISION", 5),
                  14: ("SIMPLE_FISHEYE", 3), 15: ("FISHEYE", 4), 16: ("EUCM", 6), 17: ("EQUIRECTANGULAR", 2)}
+MODEL_IDS = {name: model_id for model_id, (name, _) in COLMAP_MODELS.items()}
 POINT2D = np.dtype([("xy", "<f8", 2), ("point3D_id", "<i8")])  # images.bin keypoint record; id -1 = none
 
 
@@ -138,6 +140,54 @@ def read_points3d_bin(path, tracks=False):
     return ids, xyz, [np.frombuffer(buf, "<i4", 2 * n, p + 51).reshape(n, 2) for p, n in zip(starts, lengths)]
 
 
+def write_cameras_bin(path, cameras):
+    """Inverse of read_cameras_bin (read_write_model.py::write_cameras_binary): cameras {camera_id: (model
+    name, width, height, params (n,))}, n as the model defines."""
+    out = [struct.pack("<Q", len(cameras))]
+    for cid, (model, w, h, params) in cameras.items():
+        if model not in MODEL_IDS or len(params) != COLMAP_MODELS[MODEL_IDS[model]][1]:
+            raise ColmapError(f"{path}: camera {cid}: {model} with {len(params)} parameters is not a COLMAP camera")
+        out += [struct.pack("<iiQQ", cid, MODEL_IDS[model], w, h), struct.pack(f"<{len(params)}d", *params)]
+    with open(path, "wb") as f:
+        f.write(b"".join(out))
+
+
+def write_images_bin(path, images):
+    """Inverse of read_images_bin (read_write_model.py::write_images_binary): images {image_id: (qvec (4,)
+    w x y z, tvec (3,) world-to-camera, camera_id, name, xy (n, 2) keypoints in px, point3D ids (n,), -1 =
+    none)}."""
+    out = [struct.pack("<Q", len(images))]
+    for iid, (qvec, tvec, cid, name, xy, pids) in images.items():
+        points = np.empty(len(xy), POINT2D)  # (n,) records: x, y float64, point3D id int64
+        points["xy"], points["point3D_id"] = np.reshape(xy, (-1, 2)), pids
+        out += [struct.pack("<i7di", iid, *qvec, *tvec, cid), name.encode() + b"\0", struct.pack("<Q", len(xy)),
+                points.tobytes()]
+    with open(path, "wb") as f:
+        f.write(b"".join(out))
+
+
+def write_points3d_bin(path, points):
+    """Inverse of read_points3d_bin (read_write_model.py::write_points3D_binary): points {point3D_id: (xyz
+    (3,), rgb (3,) uint8, reprojection error, track: (image_id, keypoint index) pairs, (L, 2))}."""
+    out = [struct.pack("<Q", len(points))]
+    for pid, (xyz, rgb, error, track) in points.items():
+        track = np.asarray(track, "<i4").reshape(-1, 2)
+        out += [struct.pack("<Q3d3BdQ", pid, *xyz, *rgb, error, len(track)), track.tobytes()]
+    with open(path, "wb") as f:
+        f.write(b"".join(out))
+
+
+def rotation_to_qvec(R):
+    """Rotation (3, 3) -> unit quaternion (w, x, y, z), w >= 0 (read_write_model.py::rotmat2qvec)."""
+    Rxx, Ryx, Rzx, Rxy, Ryy, Rzy, Rxz, Ryz, Rzz = np.asarray(R, np.float64).flat
+    Km = np.array([[Rxx - Ryy - Rzz, 0, 0, 0], [Ryx + Rxy, Ryy - Rxx - Rzz, 0, 0],
+                   [Rzx + Rxz, Rzy + Ryz, Rzz - Rxx - Ryy, 0],
+                   [Ryz - Rzy, Rzx - Rxz, Rxy - Ryx, Rxx + Ryy + Rzz]]) / 3.0
+    eigvals, eigvecs = np.linalg.eigh(Km)
+    qvec = eigvecs[[3, 0, 1, 2], np.argmax(eigvals)]
+    return -qvec if qvec[0] < 0 else qvec
+
+
 def qvec_to_rotation(q):
     """Unit quaternion (w, x, y, z) -> rotation matrix (3, 3) (read_write_model.py::qvec2rotmat)."""
     w, x, y, z = q
@@ -152,6 +202,12 @@ def colmap_c2w(image):
     m = np.eye(4)
     m[:3, :3], m[:3, 3] = R.T, -R.T @ image["tvec"]
     return m
+
+
+def colmap_w2c(c2w):
+    """Inverse of colmap_c2w: OpenCV camera-to-world (4, 4) -> (qvec (4,), tvec (3,)) as images.bin stores."""
+    R = np.asarray(c2w)[:3, :3].T
+    return rotation_to_qvec(R), -R @ np.asarray(c2w)[:3, 3]
 
 
 def colmap_intrinsics(camera, where):

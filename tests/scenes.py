@@ -8,8 +8,9 @@ homography). Each builder returns the folder and the exact geometry it used:
                 beside a distorted images_4/ + transforms.json the loader must NOT pair its depth with
   sparse_scene  DL3DV's SfM model colmap/sparse/0/*.bin at 4x the images_4/ size (any COLMAP camera
                 model) + images_4/ + transforms.json in another world frame (nerfstudio's), no depth
-The binary writers transcribe COLMAP's scripts/python/read_write_model.py (write_*_binary) and
-read_write_dense.py (write_array), so these files do not depend on the reader under test.
+The sparse model's files are written by colmap.py's writers (write_cameras_bin, write_images_bin,
+write_points3d_bin; tests/test_colmap.py checks them against pycolmap and the readers); the MVS array
+writer transcribes COLMAP's read_write_dense.py (write_array).
 Used by tests/test_data.py, tests/test_colmap.py and (for two training steps per layout) tests/test_train.py.
 """
 import json
@@ -19,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from colmap import rotation_to_qvec, write_cameras_bin, write_images_bin, write_points3d_bin  # noqa: F401
+
 PLANES = [(np.array([0.0, 0, 1]), 8.0), (np.array([0.0, 1, 0]), 1.5)]  # n·X = c: back wall, floor
-MODEL_IDS = {"SIMPLE_PINHOLE": 0, "PINHOLE": 1, "SIMPLE_RADIAL": 2, "RADIAL": 3, "OPENCV": 4}
 
 
 def rotation(rng, degrees):
@@ -126,39 +128,7 @@ def depths_scene(root, n=6, size=(60, 80), seed=0):
     return root, dict(K=np.repeat(K[None], n, 0), c2w=c2w, size=size)
 
 
-# ----------------------------------------------------------------------------- COLMAP writers (transcribed)
-
-def write_cameras_bin(path, cameras):
-    """cameras {id: (model name, width, height, params)} (read_write_model.py::write_cameras_binary)."""
-    with open(path, "wb") as fid:
-        fid.write(struct.pack("<Q", len(cameras)))
-        for cid, (model, w, h, params) in cameras.items():
-            fid.write(struct.pack("<iiQQ", cid, MODEL_IDS[model], w, h))
-            fid.write(struct.pack("<" + "d" * len(params), *params))
-
-
-def write_images_bin(path, images):
-    """images {id: (qvec, tvec, camera id, name, xy (n, 2), point3D ids (n,))} (write_images_binary)."""
-    with open(path, "wb") as fid:
-        fid.write(struct.pack("<Q", len(images)))
-        for iid, (qvec, tvec, cid, name, xy, pids) in images.items():
-            fid.write(struct.pack("<idddddddi", iid, *qvec, *tvec, cid))
-            fid.write(name.encode() + b"\x00")
-            fid.write(struct.pack("<Q", len(xy)))
-            for (x, y), p in zip(xy, pids):
-                fid.write(struct.pack("<ddq", x, y, p))
-
-
-def write_points3d_bin(path, points):
-    """points {id: (xyz, rgb, error, track [(image id, keypoint index)])} (write_points3D_binary)."""
-    with open(path, "wb") as fid:
-        fid.write(struct.pack("<Q", len(points)))
-        for pid, (xyz, rgb, error, track) in points.items():
-            fid.write(struct.pack("<QdddBBBd", pid, *xyz, *rgb, error))
-            fid.write(struct.pack("<Q", len(track)))
-            for iid, idx in track:
-                fid.write(struct.pack("<ii", iid, idx))
-
+# ----------------------------------------------------------------------------- COLMAP writers
 
 def write_colmap_array(path, array):
     """read_write_dense.py::write_array, transcribed."""
@@ -170,16 +140,6 @@ def write_colmap_array(path, array):
         array_trans = np.transpose(array, (1, 0)) if array.ndim == 2 else np.transpose(array, (1, 0, 2))
         data_1d = array_trans.reshape(-1, order="F").tolist()
         fid.write(struct.pack("<" + "f" * len(data_1d), *data_1d))
-
-
-def rotation_to_qvec(R):
-    """Rotation (3, 3) -> unit quaternion (w, x, y, z), w >= 0 (read_write_model.py::rotmat2qvec)."""
-    Rxx, Ryx, Rzx, Rxy, Ryy, Rzy, Rxz, Ryz, Rzz = R.flat
-    Km = np.array([[Rxx - Ryy - Rzz, 0, 0, 0], [Ryx + Rxy, Ryy - Rxx - Rzz, 0, 0],
-                   [Rzx + Rxz, Rzy + Ryz, Rzz - Rxx - Ryy, 0], [Ryz - Rzy, Rzx - Rxz, Rxy - Ryx, Rxx + Ryy + Rzz]]) / 3.0
-    eigvals, eigvecs = np.linalg.eigh(Km)
-    qvec = eigvecs[[3, 0, 1, 2], np.argmax(eigvals)]
-    return -qvec if qvec[0] < 0 else qvec
 
 
 def w2c_colmap(c2w):

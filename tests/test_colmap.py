@@ -101,6 +101,29 @@ def test_reader_agrees_with_pycolmap(colmap_scene):
     assert len(ids) > 100 and np.mean([len(t) for t in tracks]) > 3
 
 
+def test_writers_invert_the_readers(colmap_scene, tmp_path):
+    """colmap.write_*_bin of what the readers read from pycolmap's files gives those files byte for byte
+    (points3D's colour and error, which the reader leaves out, from pycolmap); a wrong camera is refused."""
+    root, rec = colmap_scene
+    model = root / "colmap" / "sparse" / "0"
+    colmap.write_cameras_bin(tmp_path / "cameras.bin", colmap.read_cameras_bin(model / "cameras.bin"))
+    images = colmap.read_images_bin(model / "images.bin")
+    colmap.write_images_bin(tmp_path / "images.bin", {
+        i: (im["qvec"], im["tvec"], im["camera_id"], im["name"], im["points2D"]["xy"], im["points2D"]["point3D_id"])
+        for i, im in images.items()})
+    ids, xyz, tracks = colmap.read_points3d_bin(model / "points3D.bin", tracks=True)
+    colmap.write_points3d_bin(tmp_path / "points3D.bin", {
+        int(p): (X, rec.points3D[int(p)].color, rec.points3D[int(p)].error, t) for p, X, t in zip(ids, xyz, tracks)})
+    for name in ("cameras.bin", "images.bin", "points3D.bin"):
+        assert (tmp_path / name).read_bytes() == (model / name).read_bytes(), name
+    for iid, im in images.items():  # poses: colmap_w2c inverts colmap_c2w
+        q, t = colmap.colmap_w2c(colmap.colmap_c2w(im))
+        np.testing.assert_allclose(q, im["qvec"] * np.sign(im["qvec"][0]), atol=1e-12)
+        np.testing.assert_allclose(t, im["tvec"], atol=1e-12)
+    with pytest.raises(colmap.ColmapError, match="cameras.bin: camera 1: PINHOLE with 3 parameters"):
+        colmap.write_cameras_bin(tmp_path / "cameras.bin", {1: ("PINHOLE", 8, 8, [1.0, 4, 4])})
+
+
 def test_sparse_samples_follow_pycolmaps_tracks(colmap_scene):
     """query = the anchor's keypoints of 3D points; tracks[f] = the same point's keypoint in frame f (scaled
     from 128 to 48 px), visible = observed; track_depth = its z; depth = observed points' z at their pixels."""
