@@ -1,9 +1,11 @@
 """COLMAP's binary files in numpy: the sparse model (cameras.bin, images.bin, points3D.bin, after COLMAP's
-scripts/python/read_write_model.py; read and written) and the MVS arrays (*.geometric.bin, after read_write_dense.py), with a
-named error (`ColmapError`, naming the file and the byte range) for truncated or corrupt files.
+scripts/python/read_write_model.py; read and written) and the MVS arrays (*.geometric.bin, after
+read_write_dense.py), with a named error (`ColmapError`, naming the file and the byte range) for truncated or
+corrupt files.
 
-The writers (`write_cameras_bin`, `write_images_bin`, `write_points3d_bin`) are the readers' inverse, for
-scenes the tests and bench.py build. data.py reads DL3DV's SfM model (colmap/sparse/0) and MVS workspaces (dense/) through these functions.
+The writers (`write_cameras_bin`, `write_images_bin`, `write_points3d_bin`) are the readers' inverse, for the
+scenes the tests and bench.py build. data.py reads DL3DV's SfM model (colmap/sparse/0) and MVS workspaces
+(dense/) through the readers.
 Conventions: images.bin stores world-to-camera (R, t) in OpenCV axes, as the rest of the project uses;
 pixel centres sit at +0.5 as in COLMAP.
 
