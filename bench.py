@@ -32,6 +32,16 @@ One run measures, per model config, on the same model, batch and device:
   export_param_delta    exported parameter count − stock parameter count
   sample_build_fraction one 16-frame 336² sample with 640 tracks (load_scene + make_sample, PNG decode
                         included) ÷ the GASP step time; sample_build_ms is the same with frames pre-decoded
+                        (Scene.preload), target <= 30 ms; sample_build_with_decode_ms with decode (448² PNGs)
+  sparse_sample_build_ms  the same sample from a scene with DL3DV's SfM model alone (colmap/sparse/0, no
+                        depth: data.py's "sparse" source), frames pre-decoded; target <= 30 ms, as the depth
+                        path; sparse_sample_build_with_decode_ms with decode. bench writes that scene from the
+                        depth scene's frames, poses and exact depth (sparse_scene), at the same 448² size.
+  sample_960x540_ms     the same sparse sample from 960x540 PNGs (DL3DV-960P's images_4/), decode included
+  loader_samples_per_s_w0 / _w2  samples/s train.py's input pipeline delivers (train.Items over
+                        data.SceneDataset through its DataLoader, 0 and 2 workers, prefetch 4) from the 960x540
+                        scene: 16 frames at 336², objective full, no preload, 24 items after 4 of warm-up, the
+                        tiny Qwen2.5-VL processor. Compare with 1000 / gasp_step_ms of your GPU to size --workers.
   probe_memory_ratio    peak memory of probe.run_probe (native Q-K, 24 frames) ÷ a no-grad forward
 Configs (random-init Qwen2.5-VL, model.tiny_config): "tiny" = 4 layers, d 128, 2 heads, 4 frames at 448², r 64
 (train.py's demo); "wide" = 8 layers, d 512, 8 heads, 8 frames at 336², r 256; "gpu" = "wide" on CUDA in
@@ -49,9 +59,11 @@ The probe's forward baseline builds its inputs inside the measured region, as ru
 tiny / wide: SFT and GASP run on two copies with equal weights, so GASP's forward hooks never fire in the
 SFT step.
 The sample's decode reads PNGs that the OS has cached after the first repeat (as in a long training run).
+The data measures appear in every row (tiny, wide): they do not depend on the model.
 
 Run:
-    python bench.py                                   # CPU: tiny and wide, ~1 min on an idle 2-core CPU; bench.json
+    python bench.py                                   # CPU: tiny and wide, ~1 min on an idle 2-core CPU, plus
+                                                      # ~1 min of data measures (at load 2-4); bench.json
     python bench.py --configs paper,paper_llava       # CPU, 7B layer shapes: 25-40 min on this shared 2-core CPU
     python bench.py --configs paper_gpu               # one GPU: the whole 7B-shaped model, most frames per sample
     python bench.py --configs gpu --repeats 20        # one GPU ("gpu" is also added to the default list with CUDA)
@@ -68,17 +80,22 @@ import tempfile
 import time
 from contextlib import nullcontext
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 import transformers
+from PIL import Image
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
 
+import colmap
 import data
 import model as M
 import probe
 import synth
+import train
 from losses import gasp_losses, pair_targets, total_loss
 
 CONFIGS = {
@@ -119,6 +136,7 @@ CONFIGS.update(PAPER)
 TAU, LAMBDA_C, LAMBDA_D = 0.07, 0.3, 1.0  # the paper's τ and λ
 PARTS = ("capture", "heads", "infonce", "depth", "recompute")
 SAMPLE = dict(num_frames=16, size=(336, 336), grids=(8, 24))  # the data-loader target: 640 tracks
+SIZE_960P = (540, 960)  # DL3DV-960P's images_4/ (H, W); its COLMAP model is at 4x
 # measure, target, check, configs the target applies to (none: reported, not judged)
 TARGETS = [
     # GASP's cost is judged at the paper's shapes (PAPER_TARGETS); at these toy widths it is reported only.
@@ -129,6 +147,7 @@ TARGETS = [
     ("export_param_delta", "0", lambda v: v == 0, ("tiny", "wide", "gpu")),
     ("sample_build_fraction", "<= 0.25 (wide)", lambda v: v <= 0.25, ("wide", "gpu")),
     ("sample_build_ms", "<= 30 ms", lambda v: v <= 30, ("tiny", "wide", "gpu")),
+    ("sparse_sample_build_ms", "<= 30 ms", lambda v: v <= 30, ("tiny", "wide", "gpu")),
     ("probe_memory_ratio", "<= 1.5", lambda v: v <= 1.5, ("tiny", "wide", "gpu")),
 ]
 
@@ -170,18 +189,118 @@ def peak_mb(fn, device: str) -> float:
     return max(0, int(np.cumsum([n for _, n in events]).max(initial=0))) / 2**20
 
 
-def sample_build(scene_dir: str, repeats: int) -> dict:
-    """ms for one training sample from disk (decode included) and from a pre-decoded scene."""
+def sample_build(scene_dir: str, repeats: int, prefix: str = "", cached: bool = True) -> dict:
+    """ms for one training sample from disk (decode included) and, with cached, from a pre-decoded scene
+    (Scene.preload): {prefix + "sample_build_with_decode_ms", prefix + "sample_build_ms", prefix +
+    "sample_tracks"}. The same frames each time (seed 0)."""
     def from_disk():
         scene = data.load_scene(scene_dir, SAMPLE["size"])
         return data.make_sample(scene, np.random.default_rng(0), **SAMPLE)
 
-    n = from_disk()["tracks"].shape[1]
-    assert n == 640, f"{scene_dir}: the sample has {n} tracks, the target is set for 640"
-    cached = data.load_scene(scene_dir, SAMPLE["size"]).preload()
-    t = median_ms({"disk": from_disk, "cached": lambda: data.make_sample(cached, np.random.default_rng(0), **SAMPLE)},
-                  repeats, "cpu")  # the same frames each time (seed 0)
-    return {"sample_build_with_decode_ms": t["disk"], "sample_build_ms": t["cached"]}
+    fns = {"disk": from_disk}
+    if cached:
+        scene = data.load_scene(scene_dir, SAMPLE["size"]).preload()
+        fns["cached"] = lambda: data.make_sample(scene, np.random.default_rng(0), **SAMPLE)
+    t = median_ms(fns, repeats, "cpu")
+    res = {f"{prefix}sample_build_with_decode_ms": t["disk"], f"{prefix}sample_tracks": from_disk()["tracks"].shape[1]}
+    return {**res, f"{prefix}sample_build_ms": t["cached"]} if cached else res
+
+
+def sparse_scene(src: str, out: str, size=None, points_per_frame: int = 100, seed: int = 0) -> str:
+    """A scene as DL3DV ships it, with no depth, made from a depths-source scene (exact depth, one pinhole
+    K): images_4/ at size (H, W) (None: the source's), the source frames resized per axis (a pinhole camera
+    stretched per axis is the pinhole camera diag(sx, sy, 1) K); colmap/sparse/0/*.bin at 4x that size
+    (DL3DV's full resolution) with one PINHOLE camera; transforms.json with the same poses (OpenGL axes).
+    3D points: `points_per_frame` random pixel centres of every frame unprojected with its depth, observed
+    (keypoint = exact projection, at the model's size) in every frame where the depth test passes, kept if
+    observed twice. Assumption: as many keypoints again with no 3D point, COLMAP's unmatched features.
+    Image ids follow frame order; keypoints are shuffled. -> out."""
+    scene, rng = data.load_scene(src), np.random.default_rng(seed)
+    if scene.source != "depths" or np.ptp(scene.K, 0).any():
+        raise SystemExit(f"--scene {src}: bench builds its sparse scenes from a depths/ scene with one camera "
+                         f"(e.g. data/synthetic/train/scene_0000), not a {scene.source} one")
+    (h, w), F = scene.size, len(scene)
+    H, W = size or scene.size
+    depth = np.stack([scene.depth(i) for i in range(F)])  # (F, h, w)
+    X = []
+    for i in range(F):
+        r, c = rng.integers(0, h, points_per_frame), rng.integers(0, w, points_per_frame)
+        z = depth[i, r, c]
+        uv = np.stack([c + 0.5, r + 0.5], -1)[z > 0]
+        X.append(data.cam_to_world(data.unproject(uv, z[z > 0], scene.K[i]), scene.c2w[i]))
+    X = np.concatenate(X)  # (P, 3) world points
+    uv, z = data.project(data.world_to_cam(X[None], scene.c2w), scene.K)  # (F, P, 2), (F, P) source px
+    seen = data.visibility(uv, z, data.lookup_depth(depth, uv), scene.size)  # (F, P)
+    X, uv, seen = X[seen.sum(0) >= 2], uv[:, seen.sum(0) >= 2], seen[:, seen.sum(0) >= 2]
+    to_model = np.array([4 * W / w, 4 * H / h])  # source px -> model px (model = 4x images_4/)
+    K = np.diag([*to_model, 1.0]) @ scene.K[0]
+    root, model = Path(out), Path(out) / data.SPARSE_MODEL
+    (root / "images_4").mkdir(parents=True)
+    model.mkdir(parents=True)
+    images, point, image, index = {}, [], [], []  # observations: point row, image id, keypoint index
+    names = [Path(f).name for f in scene.image_files]
+    for i in tqdm(range(F), desc=f"sparse scene {W}x{H}", leave=False):
+        frame = Image.open(scene.image_files[i]).convert("RGB")
+        (frame if (H, W) == (h, w) else frame.resize((W, H), Image.BILINEAR)).save(root / "images_4" / names[i])
+        rows = np.flatnonzero(seen[i])
+        xy = np.concatenate([uv[i, rows] * to_model, rng.uniform(0, 1, (len(rows), 2)) * [4 * W, 4 * H]])
+        pids = np.concatenate([rows + 1, -np.ones(len(rows), np.int64)])  # point id = row + 1; -1 = none
+        perm = rng.permutation(len(xy))  # (n,) keypoint order unrelated to point ids
+        images[i + 1] = (*colmap.colmap_w2c(scene.c2w[i]), 1, names[i], xy[perm], pids[perm])
+        point.append(rows)
+        image.append(np.full(len(rows), i + 1))
+        index.append(np.argsort(perm)[: len(rows)])  # where each observation landed
+    point, image, index = (np.concatenate(a) for a in (point, image, index))
+    order = np.argsort(point, kind="stable")
+    tracks = np.split(np.stack([image, index], -1)[order], np.flatnonzero(np.diff(point[order])) + 1)
+    colmap.write_cameras_bin(model / "cameras.bin", {1: ("PINHOLE", 4 * W, 4 * H, K[[0, 1, 0, 1], [0, 1, 2, 2]])})
+    colmap.write_images_bin(model / "images.bin", images)
+    colmap.write_points3d_bin(model / "points3D.bin", {int(p) + 1: (X[p], (128, 128, 128), 0.5, t)
+                                                       for p, t in zip(np.unique(point), tracks)})
+    frames = [{"file_path": f"images/{n}", "transform_matrix": data.gl_to_cv(m).tolist()}
+              for n, m in zip(names, scene.c2w)]  # the same product converts OpenCV to OpenGL
+    meta = {"camera_model": "PINHOLE", "w": 4 * W, "h": 4 * H, "fl_x": K[0, 0], "fl_y": K[1, 1], "cx": K[0, 2],
+            "cy": K[1, 2], "frames": frames}
+    (root / "transforms.json").write_text(json.dumps(meta))
+    return str(root)
+
+
+def loader_rate(root: str, proc, workers: int, items: int = 24, warmup: int = 4) -> float:
+    """Samples/s that train.py's input pipeline delivers from the scenes under root, built as train.py builds
+    it (train.Items over data.SceneDataset, DataLoader with batch_size=None, its sampler and collate_fn,
+    prefetch 4 with workers), with a consumer that takes no time: 16 frames at proc.size, objective full, no
+    preload (decode included). Timed over `items` after `warmup` (the workers' start)."""
+    cfg = train.Config(frames="16", objective="full")
+    geo = data.SceneDataset(root, size=proc.size, num_frames=16, grids=SAMPLE["grids"], window=cfg.window, seed=0)
+    loader = torch.utils.data.DataLoader(train.Items(cfg, proc, geo, None), batch_size=None,
+                                         sampler=train.item_indices(0, warmup + items, 1, 1, 0), num_workers=workers,
+                                         collate_fn=train.as_is, prefetch_factor=4 if workers else None)
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    t = time.perf_counter()
+    for _ in range(items):
+        next(it)
+    return items / (time.perf_counter() - t)
+
+
+def data_measures(scene_dir: str, repeats: int) -> dict:
+    """The data path's costs (flat keys, see the module docstring), on scene_dir and on two sparse-only
+    scenes built from it: one at its own size (the same frames as sample_build_ms) and one at 960x540."""
+    res = sample_build(scene_dir, repeats)
+    assert res["sample_tracks"] == 640, f"{scene_dir}: the sample has {res['sample_tracks']} tracks, the target " \
+                                        f"is set for 640"
+    tokenizer = M.build_tokenizer("qwen2_5_vl")
+    proc = M.Processor(M.tiny_config("qwen2_5_vl", tokenizer), tokenizer, SAMPLE["size"])
+    with tempfile.TemporaryDirectory() as tmp:
+        res.update(sample_build(sparse_scene(scene_dir, f"{tmp}/sparse"), repeats, "sparse_"))
+        wide = sparse_scene(scene_dir, f"{tmp}/960x540/scene", SIZE_960P)
+        t = sample_build(wide, repeats, "960x540_", cached=False)
+        res.update(sample_960x540_ms=t["960x540_sample_build_with_decode_ms"],
+                   sample_960x540_tracks=t["960x540_sample_tracks"])
+        for w in (0, 2):
+            res[f"loader_samples_per_s_w{w}"] = loader_rate(f"{tmp}/960x540", proc, w)
+    return res
 
 
 def step_measures(sft_step, gasp_step, models, repeats: int, device: str, warmup: int = 2) -> dict:
@@ -503,8 +622,9 @@ PAPER_EXTRA = ("sft_step_ms", "gasp_step_ms", "sft_gflop", "gasp_gflop", "sft_pe
 
 
 def table(results: dict, targets=TARGETS, extra=("sft_step_ms", "gasp_step_ms", "sft_gflop", "gasp_gflop",
-          "sft_peak_mb", "gasp_peak_mb", "stock_forward_ms", "sample_build_with_decode_ms", "probe_forward_peak_mb",
-          "probe_peak_mb")) -> str:
+          "sft_peak_mb", "gasp_peak_mb", "stock_forward_ms", "sample_build_with_decode_ms",
+          "sparse_sample_build_with_decode_ms", "sample_960x540_ms", "loader_samples_per_s_w0",
+          "loader_samples_per_s_w2", "probe_forward_peak_mb", "probe_peak_mb")) -> str:
     """Measures x configs, with each target and whether every config it applies to meets it
     ("paper+ckpt" counts as "paper")."""
     names = list(results)
@@ -543,7 +663,8 @@ def main():
         scene = "data/synthetic/train/scene_0000"
     results = {}
     if any(n not in PAPER for n in names):
-        sample_ms = sample_build(scene, args.repeats)
+        sample_ms = data_measures(scene, args.repeats)
+        print("data: " + ", ".join(f"{k} {v:.1f}" for k, v in sample_ms.items()))
     for n in names:
         if n in PAPER:
             results.update(bench_paper(n, CONFIGS[n], scene, args.repeats))

@@ -1,0 +1,32 @@
+"""bench.py's own scene builder: the sparse-only scene it writes from a depth scene must load as data.py's
+"sparse" source and give the tracks the plane homography gives (tests/scenes.depths_scene: planes seen by
+pinhole cameras), at the depth scene's size and stretched to another aspect."""
+import numpy as np
+import pytest
+
+import bench
+import data
+import scenes
+
+
+@pytest.mark.parametrize("size", [None, (45, 120)])
+def test_sparse_scene_tracks_follow_the_geometry(tmp_path, size):
+    src, _ = scenes.depths_scene(tmp_path / "depths", n=6, size=(60, 80))
+    out = bench.sparse_scene(str(src), str(tmp_path / "sparse"), size, points_per_frame=400)
+    sparse, dense = data.load_scene(out, (48, 64)), data.load_scene(src, (48, 64))
+    assert sparse.source == "sparse" and len(sparse) == 6
+    assert data.load_scene(out).size == (size or (60, 80))
+    assert sparse.image(0).shape == (48, 64, 3)
+    np.testing.assert_allclose(sparse.K, dense.K, rtol=1e-9)
+    np.testing.assert_allclose(sparse.c2w, dense.c2w, atol=1e-9)
+    s = data.make_sample(sparse, np.random.default_rng(0), 4, grids=(4, 8))
+    e = data.make_sample(dense, np.random.default_rng(0), 4, grids=(4, 8))
+    a = s["anchor"]
+    assert (s["frame_index"] == e["frame_index"]).all() and a == e["anchor"]
+    assert s["tracks"].shape[1] > 40
+    K, c2w, vis = s["K"].astype(float), s["c2w"].astype(float), s["visible"]
+    z_a = scenes.ray_hits(K[a], c2w[a], s["tracks"][a])[0]  # (N,) exact: the anchor ray meets a plane
+    tracks, z = scenes.plane_tracks(s["tracks"][a], a, K, c2w, z_a)  # the plane homography
+    assert (vis.sum(0) >= 2).all() and vis.mean() > 0.5
+    np.testing.assert_allclose(s["tracks"][vis], tracks[vis], atol=1e-3)
+    np.testing.assert_allclose(s["track_depth"], z, rtol=1e-5)
