@@ -312,7 +312,7 @@ class GASP(nn.Module):
         q_weights = [getattr(a.q_proj, "base_layer", a.q_proj).weight for a in attn]  # base weight under LoRA
         self.heads.init_from_query_projections(q_weights, head_input)
         self._pos = None  # {"q": (T_q,), "k": (T_k,)} visual positions read by the hooks, None = idle
-        self._run = None  # (j, q, k) -> layer j's embeddings or losses: set during a GASP forward, kept for replay
+        self._on_layer = None  # (j, q, k, live) -> layer j's embeddings or losses: set during a GASP forward, kept for replay
         self._live = False  # True while a GASP forward runs; False in a checkpoint recomputation (replay)
         self._cap = {}  # the q capture of the layer running now, until its k arrives
         # A forward that does not come through GASP clears _pos, so the hooks stay idle.
@@ -327,11 +327,11 @@ class GASP(nn.Module):
 
     def _clear_stale(self, module, args):
         if not self._live:
-            self._pos = self._run = None
+            self._pos = self._on_layer = None
 
     def _hook(self, side: str, j: int):
         def hook(module, args, out):
-            if self._pos is None or self._run is None:
+            if self._pos is None or self._on_layer is None:
                 return
             x = out[0, self._pos[side]].flatten(1)  # (T_side, d): visual tokens of sample 0 (q_norm: (T, H, d_h))
             self._cap[side] = x
@@ -339,7 +339,7 @@ class GASP(nn.Module):
                 # Under the LLM's activation checkpointing the layer is recomputed in backward and this hook
                 # fires again with _live False: the same head (and loss) ops replay on the recomputed q and k,
                 # so autograd finds the tensors it saved; their outputs are dropped.
-                self._run(j, self._cap.pop("q"), self._cap.pop("k", None), self._live)
+                self._on_layer(j, self._cap.pop("q"), self._cap.pop("k", None), self._live)
         return hook
 
     def _forward(self, inputs: dict, token_map: torch.Tensor, anchor: int | None, loss):
@@ -362,14 +362,15 @@ class GASP(nn.Module):
             e = embed(j, q, k)
             return e if loss is None else loss(*e)
 
-        # Without the LLM's checkpointing, each layer's head and loss run under their own checkpoint: only the
-        # gathered q and k are kept for backward. Under it, the layer's checkpoint already covers them (the hook
-        # runs inside the layer, nothing of the head outlives it), and an inner one would only recompute twice.
+        # Each layer's head and loss run under their own checkpoint: only the gathered q and k are kept for
+        # backward. Under the LLM's checkpointing too (nested): the layer's checkpoint alone would rebuild the
+        # head's saved tensors together with the layer's, so they would be alive while the layer's MLP backward
+        # runs (SFT's peak); the inner one rebuilds them only when the loss's backward comes.
         llm_ckpt = getattr(self.vlm, "is_activation_checkpointing", False) and self.vlm.training
-        ckpt = loss is not None and torch.is_grad_enabled() and not llm_ckpt
+        ckpt = loss is not None and torch.is_grad_enabled()
         outs = [None] * L
 
-        def run(j: int, q: torch.Tensor, k: torch.Tensor | None, live: bool):
+        def on_layer(j: int, q: torch.Tensor, k: torch.Tensor | None, live: bool):
             res = checkpoint(layer, j, q, k, use_reentrant=False) if ckpt else layer(j, q, k)
             if live:
                 outs[j] = res
@@ -377,13 +378,13 @@ class GASP(nn.Module):
         # Each layer's head (and loss) runs inside the forward, as soon as that layer's q and k exist: its
         # backward then comes when the LLM's backward reaches the layer, after the layers above have freed
         # their activations.
-        self._pos, self._run, self._live = {"q": q_map.flatten(), "k": k_map.flatten()}, run, True
+        self._pos, self._on_layer, self._live = {"q": q_map.flatten(), "k": k_map.flatten()}, on_layer, True
         try:
             out = self.vlm(**inputs, use_cache=False)
         finally:
             self._live, self._cap = False, {}
         if not llm_ckpt:
-            self._run = None  # nothing will replay
+            self._on_layer = None  # nothing will replay
         return out, outs
 
     def forward(self, inputs: dict, token_map: torch.Tensor | None = None, anchor: int | None = None, loss=None):
@@ -497,11 +498,12 @@ def attention_reader(vlm: nn.Module, read):
 
 
 @torch.no_grad()
-def native_qk(vlm: nn.Module, inputs: dict, token_map: torch.Tensor, fn, layers=None, run=None, rotary: bool = True):
+def native_qk(vlm: nn.Module, inputs: dict, token_map: torch.Tensor, fn, layers=None, forward=None,
+              rotary: bool = True):
     """G8 input: for every layer l (or those listed), call fn(l, q, k) with the q (F, h*w, H, d_h) and
     k (F, h*w, H, d_h) of the visual tokens exactly as the layer's attention receives them (q_norm / k_norm,
     rotary / M-RoPE applied by the model itself), keys repeated over query heads (GQA). Called inside the
-    forward, one layer at a time, so no (layers x tokens x tokens) tensor is ever held. `run` replaces the
+    forward, one layer at a time, so no (layers x tokens x tokens) tensor is ever held. `forward` replaces the
     plain forward (e.g. lambda: gasp.embed(...), so the heads are read in the same pass); its result is returned.
     rotary=False: q and k before the rotary embedding, where the heads read them (a diagnostic of what
     M-RoPE costs the match, not G8)."""
@@ -509,7 +511,7 @@ def native_qk(vlm: nn.Module, inputs: dict, token_map: torch.Tensor, fn, layers=
     H, d_h = tc.num_attention_heads, head_size(tc)
     layers = set(range(len(blocks)) if layers is None else layers)
     pos, Fr = token_map.flatten(), token_map.shape[0]
-    forward = run if run is not None else (lambda: vlm(**inputs, use_cache=False))
+    forward = forward if forward is not None else (lambda: vlm(**inputs, use_cache=False))
 
     def hand(l, q, k):  # q (T, H, d_h), k (T, H_kv, d_h)
         k = k.repeat_interleave(H // k.shape[1], dim=1)  # key head g serves query heads g*n .. g*n + n - 1
