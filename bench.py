@@ -1,4 +1,4 @@
-"""Speed and memory of GASP, as ratios against plain fine-tuning and the stock model (DESIGN.md "Models";
+"""Speed and memory of GASP, as ratios against plain fine-tuning and the stock model (model.py, train.py;
 paper claim: the heads are training-only, so inference costs nothing).
 
 Where GASP is used, the 7B models ("paper", "paper_llava"; --configs paper,paper_llava), it is judged:
@@ -369,10 +369,10 @@ def bench_config(name: str, spec: dict, scene_dir: str, sample_ms: dict, repeats
     assert type(exported) is type(stock), f"export reloads as {type(exported).__name__}, not {type(stock).__name__}"
 
     def forward(m):
-        def run():
+        def stock_forward():
             with torch.no_grad(), amp:
                 m(**plain, use_cache=False)
-        return run
+        return stock_forward
 
     # Two models with identical graphs: the ratio is pure noise, so it gets 4x the repeats (forwards are cheap).
     t = median_ms({"stock": forward(stock), "export": forward(exported)}, 4 * repeats, device)

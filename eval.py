@@ -761,7 +761,7 @@ def settings_path(out: Path) -> Path:
     return out.with_name(out.stem + ".settings.json")
 
 
-def run(benchmark: str, items: list[dict], out: Path, vlm_loader, batch_size: int = 1, max_new_tokens=None,
+def run_benchmark(benchmark: str, items: list[dict], out: Path, vlm_loader, batch_size: int = 1, max_new_tokens=None,
         n_frames: int = 32, inputs: str = "official", settings: dict | None = None) -> None:
     """Append one scored line per item not yet in `out`; the model is loaded only if work remains.
     The resolved settings go to `<out stem>.settings.json`; a resume with other settings is refused."""
@@ -883,7 +883,7 @@ def main(argv=None):
             settings = dict(model=str(args.model), dtype=dtype_name, device=str(device))
             print(f"eval.py run: {args.benchmark}, inputs {args.inputs}, dtype {dtype_name}, batch size "
                   f"{args.batch_size}, frames {args.frames}", file=sys.stderr)
-            run(args.benchmark, select(args.benchmark, items, args.categories, args.limit), args.out,
+            run_benchmark(args.benchmark, select(args.benchmark, items, args.categories, args.limit), args.out,
                 lambda: model.load(args.model, **load), args.batch_size, args.max_new_tokens, args.frames,
                 args.inputs, settings)
             # --limit / --categories make a partial run on purpose: scored as it is, with its coverage

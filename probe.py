@@ -176,7 +176,7 @@ def run_probe(vlm, proc, samples, gasp=None, tau: float = 0.07, device="cpu", de
             native[l].append(match(q, k, sample, proc.token_px, proc.grid, q.shape[-1] ** -0.5))
 
         forward = (lambda: gasp.embed(inputs, tmap)) if gasp is not None else None  # heads read in the same pass
-        out = M.native_qk(vlm, inputs, tmap, on_layer, run=forward, rotary=rotary)
+        out = M.native_qk(vlm, inputs, tmap, on_layer, forward=forward, rotary=rotary)
         if gasp is not None:
             _, e_q, e_k = out  # (L, F, h, w, r) each
             for j in range(e_q.shape[0]):

@@ -381,13 +381,13 @@ def test_run_writes_as_it_goes_and_resumes(tmp_path):
     out = tmp_path / "runs" / "aa.jsonl"
     vlm, processor, calls = fake_model(answers, fail_after=1)
     with pytest.raises(KeyboardInterrupt):
-        E.run("allangles", items, out, lambda: (vlm, processor), batch_size=2, inputs="train-size")
+        E.run_benchmark("allangles", items, out, lambda: (vlm, processor), batch_size=2, inputs="train-size")
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [0, 1]
     assert calls == [[2, 2], [2]]  # batches hold items with equal image counts
     with out.open("a") as f:
         f.write('{"id": 2, "predic')  # a torn last line
     vlm, processor, calls = fake_model(answers)
-    E.run("allangles", items, out, lambda: (vlm, processor), batch_size=2, inputs="train-size")
+    E.run_benchmark("allangles", items, out, lambda: (vlm, processor), batch_size=2, inputs="train-size")
     assert calls == [[2], [3, 3]]  # only what was left
     lines = [json.loads(line) for line in out.read_text().splitlines()]  # the torn line was dropped
     assert sorted(x["id"] for x in lines) == [0, 1, 2, 3, 4]
@@ -396,11 +396,11 @@ def test_run_writes_as_it_goes_and_resumes(tmp_path):
     assert lines[0]["inputs"] == {"mode": "images", "frames": 2, "grids": [], "tokens": 0}  # the fake shows nothing
     assert {x["id"]: x["score"] for x in lines} == {0: 1.0, 1: 0.0, 2: 1.0, 3: 1.0, 4: 0.0}
     assert {x["id"]: x["prediction"] for x in lines} == AA_PREDS  # decoded text stripped
-    E.run("allangles", items, out, lambda: pytest.fail("nothing left to do, yet the model was loaded"),
+    E.run_benchmark("allangles", items, out, lambda: pytest.fail("nothing left to do, yet the model was loaded"),
           inputs="train-size")
     assert E.score_file("allangles", items, out)["overall"] == pytest.approx(60.0)
     with pytest.raises(ValueError, match="other settings .inputs: 'train-size' now 'official'"):
-        E.run("allangles", items, out, lambda: pytest.fail("refused before loading"), inputs="official")
+        E.run_benchmark("allangles", items, out, lambda: pytest.fail("refused before loading"), inputs="official")
 
 
 @pytest.mark.slow

@@ -122,7 +122,7 @@ def test_pre_rotary_read_is_where_the_heads_read(tiny, kind):
     pre = {}
     gasp = M.GASP(vlm, layers=[0], r=16)
     _, e_q, e_k = M.native_qk(vlm, inp, tmap, lambda l, q, k: pre.__setitem__(l, (q, k)), layers=[0],
-                              run=lambda: gasp.embed(inp, tmap), rotary=False)
+                              forward=lambda: gasp.embed(inp, tmap), rotary=False)
     for h in hooks:
         h.remove()
     q, k = pre[0]
