@@ -834,17 +834,14 @@ class InstructionDataset:
 
 # ----------------------------------------------------------------------------- figure and command line
 
-def _colourise(depth):
-    """Depth (H, W) -> uint8 (H, W, 3): inverse depth, 2-98 percentile stretched, dark far to bright near; 0 -> black."""
+def _colourise(depth, lo, hi):
+    """Depth (H, W) -> uint8 (H, W, 3): inverse depth mapped from lo..hi (1/far..1/near) to dark..bright; 0 -> black."""
     valid = depth > 0
     inv = np.where(valid, 1 / np.where(valid, depth, 1), 0)
-    lo, hi = np.percentile(inv[valid], [2, 98]) if valid.any() else (0, 1)
     x = np.clip((inv - lo) / (hi - lo + EPS), 0, 1)
     stops = np.array([[13, 8, 135], [126, 3, 168], [204, 71, 120], [248, 149, 64], [240, 249, 33]], np.float32)
     rgb = np.stack([np.interp(x, np.linspace(0, 1, 5), stops[:, c]) for c in range(3)], -1)
     return np.where(valid[..., None], rgb, 0).astype(np.uint8)
-
-
 
 
 def show(scene_dir, out, num_frames=4, stride=12, grid=8, size=336, anchor=0):
@@ -856,22 +853,35 @@ def show(scene_dir, out, num_frames=4, stride=12, grid=8, size=336, anchor=0):
     N = s["tracks"].shape[1]  # grid² for depth sources, at most that for the SfM model
     hue = (np.arange(N) * 0.618034) % 1  # golden-ratio hues: neighbouring points differ
     colours = (255 * np.clip(np.abs(((hue[:, None] * 6 + [0, 4, 2]) % 6) - 3) - 1, 0, 1)).astype(int)  # HSV, S = V = 1
-    pad, top = 8, 22
-    canvas = Image.new("RGB", (num_frames * (size + pad) + pad, 2 * (size + pad) + top), "white")
+    pad, top, bar = 8, 22, 44
+    canvas = Image.new("RGB", (num_frames * (size + pad) + pad, 2 * (size + pad) + top + bar), "white")
     draw = ImageDraw.Draw(canvas)
-    for col, f in enumerate(range(0, span, stride)):
+    shown = list(range(0, span, stride))
+    depths = [s["depth"][f] for f in shown]
+    if scene.source == "sparse":  # depth at single keypoint pixels: grow each to 3 x 3 for the eye
+        depths = [np.max([np.roll(z, (i, j), (0, 1)) for i in (-1, 0, 1) for j in (-1, 0, 1)], 0) for z in depths]
+    valid = np.concatenate([z[z > 0] for z in depths])
+    lo, hi = np.percentile(1 / valid, [2, 98]) if len(valid) else (0.0, 1.0)  # one colour scale for every panel
+    for col, (f, depth) in enumerate(zip(shown, depths)):
         x = pad + col * (size + pad)
         frame = Image.fromarray(s["frames"][f])
         dots = ImageDraw.Draw(frame)
         for (u, v), colour in zip(s["tracks"][f][s["visible"][f]], colours[s["visible"][f]]):
             dots.ellipse([u - 4.5, v - 4.5, u + 4.5, v + 4.5], fill=tuple(colour), outline="black", width=2)
         canvas.paste(frame, (x, top))
-        depth = s["depth"][f]
-        if scene.source == "sparse":  # depth at single keypoint pixels: grow each to 3 x 3 for the eye
-            depth = np.max([np.roll(depth, (i, j), (0, 1)) for i in (-1, 0, 1) for j in (-1, 0, 1)], 0)
-        canvas.paste(Image.fromarray(_colourise(depth)), (x, top + size + pad))
+        canvas.paste(Image.fromarray(_colourise(depth, lo, hi)), (x, top + size + pad))
         label = f"frame {s['frame_index'][f]}" + (" (anchor)" if f == s["anchor"] else f"  +{f}")
         draw.text((x, 5), label + f"  {s['visible'][f].sum()}/{N} visible", fill="black")
+    # Depth key under the depth row: the colour ramp from far (left) to near (right), with its values.
+    y0, x0, x1 = top + 2 * (size + pad), pad, canvas.width - pad
+    ramp = np.linspace(lo, hi, x1 - x0)[None].repeat(12, 0)  # inverse depth along x
+    canvas.paste(Image.fromarray(_colourise(1 / ramp, lo, hi)), (x0, y0))
+    for t in np.linspace(0, 1, 5):
+        xt = x0 + t * (x1 - x0 - 1)
+        draw.line((xt, y0 + 12, xt, y0 + 16), fill="black")
+        draw.text((min(xt, x1 - 40), y0 + 17), f"{1 / (lo + t * (hi - lo)):.2f}", fill="black")
+    draw.text((x0 + (x1 - x0) // 2 - 170, y0 + 30), "depth z in pose units (colour = 1/z: far dark, near bright, "
+              "black = no depth)", fill="black")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
     return out

@@ -21,13 +21,6 @@ import synth
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def rotation(rng, degrees):
-    """A random rotation by at most `degrees` (Rodrigues)."""
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis)
-    a = np.radians(rng.uniform(-degrees, degrees))
-    S = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(a) * S + (1 - np.cos(a)) * S @ S
 
 
 def pose(R, t):
@@ -81,7 +74,7 @@ def test_plane_tracks_match_homographies():
     size = (60, 80)  # H != W, fx != fy, off-centre principal point: transpositions and mixed axes fail
     K = np.array([[70.0, 0, 43.0], [0, 64.0, 27.5], [0, 0, 1]])
     planes = [(np.array([0.0, 0, 1]), 8.0), (np.array([0.0, 1, 0]), 1.5)]  # wall z = 8, floor y = 1.5 (y down)
-    c2w = np.stack([pose(rotation(rng, 8), rng.uniform(-0.4, 0.4, 3)) for _ in range(5)])
+    c2w = np.stack([pose(scenes.rotation(rng, 8), rng.uniform(-0.4, 0.4, 3)) for _ in range(5)])
     depth = np.stack([ray_depth(K, m, size, planes)[0] for m in c2w])
     hit = ray_depth(K, c2w[2], size, planes)[1]
     j, i = np.mgrid[1:60:3, 2:80:3].reshape(2, -1)
@@ -138,7 +131,7 @@ def test_point_behind_an_object_is_invisible():
 def test_unproject_project_round_trip(dist):
     rng = np.random.default_rng(1)
     K = np.array([[310.0, 0, 150.3], [0, 290.0, 121.7], [0, 0, 1]])
-    c2w = pose(rotation(rng, 180), rng.normal(size=3))
+    c2w = pose(scenes.rotation(rng, 180), rng.normal(size=3))
     uv, z = rng.uniform(0, 300, (50, 2)), rng.uniform(0.5, 20, 50)
     X_w = data.cam_to_world(data.unproject(uv, z, K, dist), c2w)
     uv2, z2 = data.project(data.world_to_cam(X_w, c2w), K, dist)
@@ -180,7 +173,7 @@ def test_opengl_to_opencv():
 
 def test_load_scene_converts_poses_and_sorts_frames(tmp_path):
     rng = np.random.default_rng(2)
-    c2w = [pose(rotation(rng, 90), rng.normal(size=3)) for _ in range(3)]
+    c2w = [pose(scenes.rotation(rng, 90), rng.normal(size=3)) for _ in range(3)]
     root = write_scene(tmp_path / "s", c2w, np.array([[20.0, 0, 10], [0, 22.0, 8], [0, 0, 1]]), (16, 20),
                        [np.ones((16, 20))] * 3)
     meta = json.loads((root / "transforms.json").read_text())
