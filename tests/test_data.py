@@ -446,7 +446,7 @@ def test_command_line(synthetic, tmp_path, capsys):
     out = tmp_path / "fig.png"
     data.main(["show", "--scene", str(synthetic / "scene_0000"), "--out", str(out), "--frames", "3", "--stride", "4",
                "--size", "64"])
-    assert Image.open(out).size == (3 * 72 + 8, 2 * 72 + 22)
+    assert Image.open(out).size == (3 * 72 + 8, 2 * 72 + 22 + 44)  # frames, depth, the depth key
     assert "track source depths" in capsys.readouterr().out
 
 
