@@ -421,17 +421,18 @@ def main(argv=None):
         raise SystemExit(f"--model {cfg.model} / --layers {cfg.layers}: {e}")
     cfg.size = proc.size[0]  # the frame side actually fed (whole tokens)
     if ckpt is not None:
-        differ = {k: (ckpt["config"].get(k), getattr(cfg, k)) for k in RESUME_KEYS if ckpt["config"].get(k) != getattr(cfg, k)}
+        differ = [f"{k}: saved {ckpt['config'].get(k)!r}, now {getattr(cfg, k)!r}" for k in RESUME_KEYS
+                  if ckpt["config"].get(k) != getattr(cfg, k)]
         if differ:
-            raise SystemExit(f"--resume: {cfg.out}/checkpoint.pt was trained with other settings: "
-                             + "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in ((k, *v) for k, v in differ.items()))
+            raise SystemExit(f"--resume: {cfg.out}/checkpoint.pt was trained with other settings: " + "; ".join(differ)
                              + ". Resume with the saved settings (see config.json) or use another --out")
     geometry = cfg.objective in GEOMETRY
     net = DDP(raw, find_unused_parameters=True) if ddp else raw  # geometry-only items leave lm_head without gradient
     vlm.train()
     dtype = getattr(torch, cfg.dtype)
-    autocast = torch.autocast(device.split(":")[0], dtype=dtype) if dtype != torch.float32 else nullcontext()
-    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
+    device_type = device.split(":")[0]
+    autocast = torch.autocast(device_type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
 
     head_params = list(raw.heads.parameters()) if geometry else []
     head_ids = {id(p) for p in head_params}
