@@ -64,6 +64,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import data
+from families import family
 
 VSI_REL_DIR = ("object_rel_direction_easy", "object_rel_direction_medium", "object_rel_direction_hard")
 VSI_MCA = VSI_REL_DIR + ("object_rel_distance", "route_planning", "obj_appearance_order")
@@ -586,18 +587,10 @@ class OfficialInputs:
     def text(self, n_images: int, prompt: str) -> str:
         """The conversation up to the assistant turn, one placeholder per image (or one for the video)."""
         media = [{"type": "video"}] if self.video else [{"type": "image"}] * n_images
-        if getattr(self.tok, "chat_template", None):
-            turn = {"role": "user", "content": media + [{"type": "text", "text": prompt}]}
-            return self.tok.apply_chat_template([turn], tokenize=False, add_generation_prompt=True)
-        if self.kind in QWEN_KINDS:  # Qwen2-VL / Qwen2.5-VL chat_template.json, default system prompt
-            pad = "<|video_pad|>" if self.video else "<|image_pad|>"
-            return ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-                    + f"<|vision_start|>{pad}<|vision_end|>" * len(media) + prompt
-                    + "<|im_end|>\n<|im_start|>assistant\n")
-        if self.kind == "llava_onevision":  # llava-hf LLaVA-OneVision chat template (Qwen2 turns)
-            return "<|im_start|>user <video>\n" + prompt + "<|im_end|>\n<|im_start|>assistant\n"
-        # llava-hf LLaVA-NeXT-Video template: "USER: " + "<image>\n" per image (or "<video>\n") + text + " ASSISTANT:"
-        return "USER: " + ("<video>\n" if self.video else "<image>\n" * n_images) + prompt + " ASSISTANT:"
+        turn = {"role": "user", "content": media + [{"type": "text", "text": prompt}]}
+        # A tokenizer without a chat template gets its family's documented one (families.py, as model.Processor).
+        template = None if getattr(self.tok, "chat_template", None) else family(self.config).template
+        return self.tok.apply_chat_template([turn], chat_template=template, tokenize=False, add_generation_prompt=True)
 
     def tokenize(self, text: str) -> list[int]:
         bos = self.tok.bos_token  # as ProcessorMixin.apply_chat_template: no second BOS if the template wrote one
