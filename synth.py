@@ -117,7 +117,8 @@ def _face_sizes(kind, half):
 
 def _synth_layout(rng):
     """A room (world z up, floor at z = 0) and objects on the floor: boxes, vertical cylinders and spheres.
-    Inner objects lie within 1.5 m of the centre, outer ones beyond 2.8 m; the camera moves at 2-2.9 m.
+    Inner objects lie within 1.5 m of the centre, outer ones beyond 2.9 m; the camera moves at 2-2.9 m
+    (see _scene_geometry, which keeps it clear of both).
     Two look-alike boxes (same size and textures) sit at clearly different depths from the first camera."""
     L = rng.uniform(4.5, 5.5, 2)
     half = np.array([L[0], L[1], 1.5 * rng.uniform(0.95, 1.15)])
@@ -146,19 +147,20 @@ def _synth_layout(rng):
 
 def _camera_path(rng, n, theta0):
     """A smooth camera path of one of three kinds, starting at angle theta0 about the room centre, moving
-    ~2-3 cm and turning ~0.5-0.8° per frame, with a little bob and roll -> (c2w (n, 4, 4) OpenCV, kind):
-      "orbit": radius 2.4-2.7 m, looking at a slowly wandering point near the room centre;
+    ~2-4 cm per frame, with a little bob and roll -> (c2w (n, 4, 4) OpenCV, kind):
+      "orbit": radius 2.4-2.7 m at 0.5-0.8°/frame, looking at a slowly wandering point near the room centre;
       "arc":   the same with a radius changing by 0.5-1.2 cm per frame;
-      "dolly": a straight line (sideways, forward or oblique), looking in a slowly panning direction."""
+      "dolly": a straight line (sideways, forward or oblique) at 2-3 cm/frame, looking in a slowly panning
+               direction (turning under 0.35°/frame: mostly translation, so parallax does the work)."""
     k = np.arange(n)[:, None]
     ph = rng.uniform(0, 2 * np.pi, 6)
-    kind = str(rng.choice(["orbit", "arc", "dolly"]))
+    path = str(rng.choice(["orbit", "arc", "dolly"]))
     height = rng.uniform(1.3, 1.7) + 0.1 * np.sin(k[:, 0] / 9 + ph[0])
     wander = np.stack([0.7 * np.cos(k[:, 0] / 40 + ph[1]), 0.7 * np.sin(k[:, 0] / 40 + ph[1]),
                        0.8 + 0.2 * np.sin(k[:, 0] / 25 + ph[2])], -1)  # (n, 3) a point near the room centre
-    if kind in ("orbit", "arc"):
+    if path in ("orbit", "arc"):
         theta = theta0 + np.radians(rng.uniform(0.5, 0.8) * rng.choice([-1, 1])) * k[:, 0]
-        radius = rng.uniform(2.4, 2.7) + (rng.uniform(0.005, 0.012) * rng.choice([-1, 1]) * k[:, 0] if kind == "arc" else 0)
+        radius = rng.uniform(2.4, 2.7) + (rng.uniform(0.005, 0.012) * rng.choice([-1, 1]) * k[:, 0] if path == "arc" else 0)
         eye = np.stack([radius * np.cos(theta), radius * np.sin(theta), height], -1)
         target = wander
     else:
@@ -170,7 +172,7 @@ def _camera_path(rng, n, theta0):
         start = rng.uniform(2.3, 2.8) * np.array([np.cos(theta0), np.sin(theta0)])
         xy = start + rng.uniform(0.02, 0.03) * k * [np.cos(heading), np.sin(heading)]
         eye = np.concatenate([xy, height[:, None]], -1)
-        target = eye + 3 * np.stack([np.cos(look), np.sin(look), rng.uniform(-0.35, -0.1) + 0 * look], -1)
+        target = eye + 3 * np.stack([np.cos(look), np.sin(look), np.full(n, rng.uniform(-0.35, -0.1))], -1)
     fwd = (target - eye) / np.linalg.norm(target - eye, axis=-1, keepdims=True)
     right = np.cross(fwd, [0, 0, 1.0])
     right /= np.linalg.norm(right, axis=-1, keepdims=True)
@@ -179,14 +181,14 @@ def _camera_path(rng, n, theta0):
     right, down = np.cos(roll) * right + np.sin(roll) * down, np.cos(roll) * down - np.sin(roll) * right
     c2w = np.tile(np.eye(4), (n, 1, 1))
     c2w[:, :3, :3], c2w[:, :3, 3] = np.stack([right, down, fwd], -1), eye
-    return c2w, kind
+    return c2w, path
 
 
 def _clear(objects, eye):
     """Whether every camera centre eye (n, 3) keeps CLEARANCE from the room's walls and ceiling and from every
     object's bounding vertical cylinder."""
     room = objects[0][2]
-    ok = (np.abs(eye) < room + [-CLEARANCE, -CLEARANCE, room[2]]).all(-1) & (eye[:, 2] < 2 * room[2] - CLEARANCE)
+    ok = (np.abs(eye[:, :2]) < room[:2] - CLEARANCE).all(-1) & (eye[:, 2] > CLEARANCE) & (eye[:, 2] < 2 * room[2] - CLEARANCE)
     for _, centre, half, _, _ in objects[1:]:
         ok &= np.linalg.norm(eye[:, :2] - centre[:2], axis=-1) > np.linalg.norm(half[:2]) + CLEARANCE
     return bool(ok.all())

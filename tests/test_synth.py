@@ -102,6 +102,8 @@ def test_default_camera_paths_keep_clear_and_move_like_an_orbit():
             assert (np.linalg.norm(eye[:, :2] - centre[:2], axis=-1) > np.linalg.norm(half[:2]) + synth.CLEARANCE).all()
         step = np.linalg.norm(np.diff(eye, axis=0), axis=-1)
         assert (step > 0.015).all() and (step < 0.05).all()  # an orbit moves ~3 cm per frame
+        turn = np.arccos(np.clip((np.trace(c2w[1:, :3, :3].transpose(0, 2, 1) @ c2w[:-1, :3, :3], axis1=1, axis2=2) - 1) / 2, -1, 1))
+        assert np.degrees(turn).max() < 2.5  # and turns ~0.5-0.8° (the wandering target adds a little)
         np.testing.assert_allclose(c2w[:, :3, :3] @ c2w[:, :3, :3].transpose(0, 2, 1), np.tile(np.eye(3), (48, 1, 1)), atol=1e-9)
         K = np.array([[28.8, 0, 16], [0, 28.8, 16], [0, 0, 1]])
         for k in range(48):
