@@ -14,7 +14,9 @@ In a pair (a, b) the anchor a is the later frame (q-side embeddings), b the earl
 Pairs are (sample anchor, every other frame), ordered in time.
 
 Memory: model.GASP.forward calls gasp_losses one layer at a time under a checkpoint, and PairNLL holds
-one frame pair's (N, N) logits at a time, in forward and in backward.
+the (c, N, N) logits of a chunk of c frame pairs at a time, in forward and in backward, under
+PAIR_CHUNK_BYTES (32 MB: at the paper's N = 640, 20 pairs in float32, 13 under bf16 autocast, where each
+float32 logit also has a bf16 copy).
 
 Run: no entry point; tests are `python -m pytest tests/test_heads_losses.py -q`.
 References: GASP arXiv 2605.30231 §3; InfoNCE (van den Oord et al., arXiv 1807.03748);
@@ -50,42 +52,74 @@ def bilinear(maps: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
                          align_corners=True)[:, :, 0]
 
 
+PAIR_CHUNK_BYTES = 32 * 2**20  # PairNLL's bound on one chunk's (c, N, N) logits (float32 + their matmul-dtype copy)
+_OFF = 1e30  # logit given to k ∉ C_i through the matmul's bias (masked_fill with a bool mask costs 5x more on CPU)
+_EXP_FLOOR = -40.0  # softmax exponents are clamped here: exp(-40) = 4e-18 is 0 next to the row max's exp(0) = 1 at
+#                     float32 precision (N * 4e-18 << 6e-8), while exp below -87 (denormal or zero results: -1e30, -inf)
+#                     and matmuls on denormals are 10-50x slower on CPU
+
+
 def _wide(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+def _masked_logits(a: torch.Tensor, b: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """a (c, N, r), b (c, N, r) in the matmul dtype, cand (c, N, N) -> (c, N, N) <a_i, b_k> for k ∈ C_i,
+    -1e30 elsewhere, in float32 (float64 for float64 inputs). The mask enters the matmul as its bias."""
+    off = cand.view(torch.uint8).to(a.dtype).sub_(1)  # (c, N, N): 0 on C_i, -1 off it
+    return off.baddbmm_(a, b.mT, beta=_OFF).to(_wide(a))  # _OFF * off + a bᵀ
+
+
 class PairNLL(torch.autograd.Function):
-    """G4's -log softmax of the positive over C_i, one frame pair at a time in forward and backward:
-    one pair's (N, N) logits are the largest tensor alive (as flash attention: the logsumexp is kept,
-    the logits are recomputed in backward). ea (B, N, r) anchor points already divided by τ,
-    eb (B, N, r) target points, cand (B, N, N) -> nll (B, N) = logsumexp_k∈C_i <ea_i, eb_k> - <ea_i, eb_i>."""
+    """G4's -log softmax of the positive over C_i for B frame pairs. ea (B, N, r) anchor points already
+    divided by τ, eb (B, N, r) target points, cand (B, N, N) C_i as a mask that holds the diagonal (the
+    positive; candidates() gives it) -> nll (B, N) = logsumexp_k∈C_i <ea_i, eb_k> - <ea_i, eb_i>.
+    Memory (as flash attention): pairs go through in chunks of c whose (c, N, N) logits stay under
+    chunk_bytes; only the logsumexp (B, N) is kept, the logits are recomputed in backward.
+    Precision: the matmuls run in the dtype autocast gives them at forward (bf16 under bf16 autocast, else
+    float32), in backward too whatever the autocast state then, so backward differentiates the forward
+    that ran; the logsumexp, the softmax and the gradient sums are float32."""
 
     @staticmethod
-    def forward(ctx, ea, eb, cand):
-        a, b = ea.to(_wide(ea)), eb.to(_wide(eb))  # bf16 under autocast -> float32
-        lse = torch.stack([(a[p] @ b[p].T).masked_fill_(~cand[p], float("-inf")).logsumexp(-1) for p in range(len(a))])
+    def forward(ctx, ea, eb, cand, chunk_bytes=PAIR_CHUNK_BYTES):
+        dev, acc = ea.device.type, _wide(ea)  # acc: float32 (float64 for float64 inputs)
+        mm = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) and acc == torch.float32 else acc
+        B, N, _ = ea.shape
+        extra = 0 if mm == acc else mm.itemsize  # the matmul's own output, before its float32 copy
+        ctx.mm, ctx.c = mm, max(1, chunk_bytes // (N * N * (acc.itemsize + extra)))  # pairs per chunk
+        lse, pos = (torch.empty(B, N, dtype=acc, device=ea.device) for _ in range(2))
+        with torch.autocast(dev, enabled=False):
+            a, b = ea.to(mm), eb.to(mm)
+            for s in range(0, B, ctx.c):
+                p = slice(s, s + ctx.c)
+                S = _masked_logits(a[p], b[p], cand[p])  # (c, N, N)
+                pos[p] = S.diagonal(dim1=1, dim2=2)  # <ea_i, eb_i>
+                m = S.amax(-1, keepdim=True)  # (c, N, 1): finite, the diagonal is in C_i
+                lse[p] = S.sub_(m).clamp_(min=_EXP_FLOOR).exp_().sum(-1).log_().add_(m[..., 0])  # logsumexp in place
         ctx.save_for_backward(ea, eb, cand, lse)
-        return lse - (a * b).sum(-1)
+        return lse - pos
 
     @staticmethod
     def backward(ctx, g):  # d/d ea_i = g_i (Σ_k A_ik eb_k - eb_i); d/d eb_k = Σ_i g_i A_ik ea_i - g_k ea_k
         ea, eb, cand, lse = ctx.saved_tensors
-        a, b, g = ea.to(_wide(ea)), eb.to(_wide(eb)), g.to(_wide(g))
-        ga, gb = -g[..., None] * b, -g[..., None] * a
-        for p in range(len(a)):
-            A = torch.exp((a[p] @ b[p].T).masked_fill_(~cand[p], float("-inf")) - lse[p, :, None]) * g[p, :, None]
-            ga[p] += A @ b[p]
-            gb[p] += A.T @ a[p]
-        return ga.to(ea.dtype), gb.to(eb.dtype), None
+        with torch.autocast(ea.device.type, enabled=False):
+            a, b, g = ea.to(ctx.mm), eb.to(ctx.mm), g.to(lse.dtype)
+            ga, gb = -g[..., None] * b.to(lse.dtype), -g[..., None] * a.to(lse.dtype)  # (B, N, r)
+            for s in range(0, len(a), ctx.c):
+                p = slice(s, s + ctx.c)
+                A = _masked_logits(a[p], b[p], cand[p]).sub_(lse[p, :, None]).clamp_(min=_EXP_FLOOR).exp_()  # A_ik
+                A = A.to(ctx.mm)  # (c, N, N); g_i is applied on the (N, r) sides, off the N x N one
+                ga[p] += g[p, :, None] * torch.bmm(A, b[p])
+                gb[p] += torch.bmm(A.mT, (g[p, :, None] * a[p]).to(ctx.mm))
+        return ga.to(ea.dtype), gb.to(eb.dtype), None, None
 
 
 def info_nce(ea: torch.Tensor, eb: torch.Tensor, cand: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """G4 per layer. ea (L, P, N, r) anchor point embeddings, already divided by τ; eb (L, P, N, r)
     target point embeddings; cand (P, N, N) C_i as a mask (candidates()); valid (P, N) track visible
     in both frames. Returns (L,); 0 when nothing is valid."""
-    L, P, N, r = ea.shape
-    nll = PairNLL.apply(ea.reshape(L * P, N, r), eb.reshape(L * P, N, r), cand.repeat(L, 1, 1))
-    return masked_mean(nll.view(L, P, N), valid)
+    nll = torch.stack([PairNLL.apply(ea[l], eb[l], cand) for l in range(len(ea))])  # (L, P, N)
+    return masked_mean(nll, valid)
 
 
 def candidates(uv_b: torch.Tensor, valid: torch.Tensor, token_px: float) -> torch.Tensor:
@@ -95,9 +129,11 @@ def candidates(uv_b: torch.Tensor, valid: torch.Tensor, token_px: float) -> torc
     Assumption: the near-positive mask (tracks within a token are not negatives) is ours.
     Assumption: negatives come from the target frame only. Two digests of the paper say negatives are drawn
     from all frames except the anchor; that variant is left out (it needs every frame's k side per pair)."""
-    dist = torch.cdist(uv_b.float(), uv_b.float()) / token_px  # (P, N, N) in tokens
-    eye = torch.eye(dist.shape[-1], dtype=torch.bool, device=dist.device)
-    return ((dist > 1) & valid[:, None, :] & valid[:, :, None]) | eye
+    dist = torch.cdist(uv_b.float(), uv_b.float())  # (P, N, N) px
+    v = valid.to(dist.dtype)  # (P, N)
+    dist.mul_(v[:, :, None]).mul_(v[:, None, :]).div_(token_px)  # in tokens; 0 (not a negative) if a track is invalid
+    dist.diagonal(dim1=1, dim2=2).fill_(torch.inf)  # the positive always stays
+    return dist > 1  # in place and one comparison: a third of the bool-mask passes' time on CPU
 
 
 def token_depth(depth: torch.Tensor, token_px: int) -> torch.Tensor:
@@ -108,8 +144,8 @@ def token_depth(depth: torch.Tensor, token_px: int) -> torch.Tensor:
     h, w = H // token_px, W // token_px
     cells = depth[:, : h * token_px, : w * token_px].reshape(Fr, h, token_px, w, token_px)
     cells = cells.permute(0, 1, 3, 2, 4).reshape(Fr, h, w, token_px * token_px)  # (F, h, w, px²)
-    cells = torch.where(torch.isfinite(cells) & (cells > 0), cells, torch.nan)
-    return cells.nanmedian(dim=-1).values.nan_to_num(0.0)
+    cells = torch.where((cells > 0) & (cells < torch.inf), cells, torch.nan)  # invalid: <= 0, nan, ±inf
+    return cells.nanmedian(dim=-1).values.nan_to_num(0.0)  # the lower median, as torch.median
 
 
 def depth_loss(S: torch.Tensor, Db: torch.Tensor, d: torch.Tensor, valid: torch.Tensor,
@@ -122,7 +158,8 @@ def depth_loss(S: torch.Tensor, Db: torch.Tensor, d: torch.Tensor, valid: torch.
     # Assumption: tokens without valid depth are left out of the softmax (the paper is silent).
     # A frame with no valid token keeps its full softmax (finite, no NaN) and contributes nothing.
     valid = valid & (d > 0) & any_ok
-    A = torch.softmax(S.masked_fill(~(tok_ok | ~any_ok)[None, :, None, :], float("-inf")), dim=-1)  # A_ij
+    off = torch.zeros(Db.shape, dtype=S.dtype, device=S.device).masked_fill_(~(tok_ok | ~any_ok), float("-inf"))  # (P, T)
+    A = torch.softmax(S + off[None, :, None, :], dim=-1)  # A_ij, the mask built once for all L and N
     d_hat = torch.einsum("lpnt,pt->lpn", A, Db.to(A.dtype))  # soft-argmax depth
     err = (d - d_hat).abs() / (d + d_hat + eps)  # (L, P, N)
     return masked_mean(err, valid)
@@ -143,9 +180,19 @@ def pair_targets(sample: dict, token_px: int, grid: tuple[int, int], with_depth:
                                            for k in ("tracks", "visible", "track_depth", "depth"))
     a, b = frame_pairs(tracks.shape[0], int(sample["anchor"])).to(tracks.device).unbind(1)  # (P,) later, earlier frame
     valid = visible[a] & visible[b]  # (P, N)
+    D_b = None
+    if with_depth:  # each target frame once: the anchor is the target of every later frame's pair
+        frames, pair_frame = b.unique(return_inverse=True)  # (U,), (P,)
+        D_b = token_depth(depth[frames], token_px).flatten(1)[pair_frame]  # (P, T)
     return dict(a=a, b=b, valid=valid, cand=candidates(tracks[b], valid, token_px),
                 xy_a=grid_coords(tracks[a], *grid, token_px), xy_b=grid_coords(tracks[b], *grid, token_px),
-                d_b=track_depth[b], D_b=token_depth(depth[b], token_px).flatten(1) if with_depth else None)
+                d_b=track_depth[b], D_b=D_b)
+
+
+def unit(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """scale * F.normalize(x, dim=1) for x (B, r, N) in one multiply: x * scale / max(||x||, 1e-12).
+    (F.normalize's division and its backward cost twice as much on CPU.)"""
+    return x * (x.square().sum(1, keepdim=True).clamp_min(1e-24).rsqrt() * scale)  # (B, r, N)
 
 
 def gasp_losses(e_q: torch.Tensor, e_k: torch.Tensor, targets: dict, tau: float = 0.07,
@@ -160,9 +207,9 @@ def gasp_losses(e_q: torch.Tensor, e_k: torch.Tensor, targets: dict, tau: float 
     P, N = targets["valid"].shape
     xy_a, xy_b = targets["xy_a"].repeat(L, 1, 1), targets["xy_b"].repeat(L, 1, 1)  # (L*P, N, 2)
     maps_a = e_q[:, targets["a"] - q_offset].permute(0, 1, 4, 2, 3).reshape(L * P, r, h, w)  # anchor frames
-    ea = F.normalize(bilinear(maps_a, xy_a), dim=1).transpose(1, 2) / tau  # (L*P, N, r): G3, 1/τ on the small side
+    ea = unit(bilinear(maps_a, xy_a), 1 / tau).transpose(1, 2)  # (L*P, N, r): G3, 1/τ on the small side
     tb = e_k[:, targets["b"]].reshape(L * P, h * w, r)  # (L*P, T, r) target tokens t_j^b
-    eb = F.normalize(bilinear(tb.transpose(1, 2).reshape(L * P, r, h, w), xy_b), dim=1).transpose(1, 2)  # (L*P, N, r)
+    eb = unit(bilinear(tb.transpose(1, 2).reshape(L * P, r, h, w), xy_b)).transpose(1, 2)  # (L*P, N, r)
     corr = info_nce(ea.view(L, P, N, r), eb.view(L, P, N, r), targets["cand"], targets["valid"])
     if targets["D_b"] is None:
         return corr, torch.zeros_like(corr)
