@@ -78,6 +78,71 @@ def test_pair_nll_gradient_is_exact():
     torch.testing.assert_close(PairNLL.apply(ea, eb, cand), want)
 
 
+def _pair_nll_reference(ea, eb, cand):
+    """G4 the plain autograd way, in float64: -log_softmax over the masked (B, N, N) logits, at the positive."""
+    logits = (ea.double() @ eb.double().transpose(1, 2)).masked_fill(~cand, -torch.inf)
+    return -torch.log_softmax(logits, -1).diagonal(dim1=1, dim2=2)
+
+
+def _pair_nll_case(B, N, r=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ea = F.normalize(torch.randn(B, N, r, generator=g), dim=-1) / 0.07  # unit points / τ, as gasp_losses gives them
+    eb = F.normalize(torch.randn(B, N, r, generator=g), dim=-1)
+    cand = (torch.rand(B, N, N, generator=g) > 0.4) | torch.eye(N, dtype=torch.bool)
+    cand[:, 1] = False  # a row with the positive alone
+    cand[:, 1, 1] = True
+    return ea, eb, cand, torch.rand(B, N, generator=g)  # the last: an upstream gradient
+
+
+def test_pair_nll_equals_plain_log_softmax_for_any_chunking():
+    for B, N in ((1, 5), (3, 7), (4, 33)):
+        ea, eb, cand, g = _pair_nll_case(B, N)
+        for pairs in (1, 2, B, B + 5):  # chunks of 1 pair (smaller than B), 2 (B odd: a short last chunk), all
+            for dtype in (torch.float32, torch.bfloat16):  # bf16 inputs are read in float32
+                x = [t.to(dtype).clone().requires_grad_() for t in (ea, eb)]
+                ref = [t.to(dtype).double().requires_grad_() for t in (ea, eb)]
+                want = _pair_nll_reference(*ref, cand)
+                want.backward(g.double())
+                got = PairNLL.apply(*x, cand, pairs * N * N * 4)
+                got.backward(g)
+                assert got.dtype == torch.float32
+                torch.testing.assert_close(got.double(), want.detach(), atol=2e-5, rtol=1e-5)
+                for t, w in zip(x, ref):
+                    assert t.grad.dtype == dtype
+                    torch.testing.assert_close(t.grad.double(), w.grad, atol=2e-5 if dtype == torch.float32 else 1e-2,
+                                               rtol=1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_pair_nll_under_bf16_autocast_is_the_gradient_of_its_forward():
+    """Under autocast the logits come from bf16 matmuls, in backward as in forward (also when backward runs
+    outside autocast, as in train.py), and the logsumexp is float32: the NLL equals, to float32 precision,
+    the float64 one of the bf16-rounded logits, and the gradient is that reference's (rounded to a straight
+    through) up to the bf16 gradient matmuls. Backward logits in float32 against a bf16 forward miss by ~1 %."""
+    ea, eb, cand, g = _pair_nll_case(3, 40)
+    ref = [t.to(torch.bfloat16).double().requires_grad_() for t in (ea, eb)]
+    logits = ref[0] @ ref[1].transpose(1, 2)
+    logits = logits + (logits.detach().to(torch.bfloat16).double() - logits.detach())  # bf16 values, exact gradient
+    want = -torch.log_softmax(logits.masked_fill(~cand, -torch.inf), -1).diagonal(dim1=1, dim2=2)
+    want.backward(g.double())
+    for pairs in (1, 3):
+        x = ea.clone().requires_grad_(), eb.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = PairNLL.apply(*x, cand, pairs * 40 * 40 * 6)
+        got.backward(g)
+        assert got.dtype == torch.float32 and (got >= 0).all()
+        torch.testing.assert_close(got.double(), want.detach(), atol=1e-5, rtol=1e-5)
+        for t, w in zip(x, ref):
+            err = (t.grad.double() - w.grad).norm() / w.grad.norm()
+            assert err < 4e-3, err
+
+
+def test_pair_nll_gradient_is_exact_in_chunks():
+    torch.manual_seed(0)
+    ea, eb = (torch.randn(3, 5, 4, dtype=torch.double, requires_grad=True) for _ in range(2))
+    cand = (torch.rand(3, 5, 5) > 0.3) | torch.eye(5, dtype=torch.bool)
+    assert torch.autograd.gradcheck(lambda a, b: PairNLL.apply(a, b, cand, 2 * 5 * 5 * 8), (ea, eb))
+
+
 def test_info_nce_worked_example():
     e = torch.eye(2)[None, None]  # (L=1, P=1, N=2, r=2)
     far = torch.tensor([[[0.0, 0.0], [100.0, 0.0]]])  # 10 tokens apart
@@ -156,6 +221,59 @@ def test_token_depth_is_median_of_valid_pixels():
     assert out.shape == (1, 1, 2)
     assert out[0, 0, 0].item() == 2.0  # median of {1, 2, 3}
     assert out[0, 0, 1].item() == 0.0  # no valid pixel
+
+
+def _token_depth_reference(depth, px):
+    """D_j by hand: the lower median (as torch.median) of each token's pixels that are > 0 and finite, 0 if none."""
+    Fr, H, W = depth.shape
+    out = torch.zeros(Fr, H // px, W // px)
+    for f in range(Fr):
+        for i in range(H // px):
+            for j in range(W // px):
+                cell = depth[f, i * px:(i + 1) * px, j * px:(j + 1) * px].flatten()
+                cell = cell[torch.isfinite(cell) & (cell > 0)].sort().values
+                out[f, i, j] = cell[(len(cell) - 1) // 2] if len(cell) else 0.0
+    return out
+
+
+def test_token_depth_equals_the_median_by_hand_with_invalid_pixels():
+    g = torch.Generator().manual_seed(0)
+    depth = torch.rand(3, 24, 30, generator=g) * 4 + 0.1  # tokens of 6 px: a 4 x 5 grid
+    u = torch.rand(depth.shape, generator=g)
+    for lo, hi, value in ((0.0, 0.1, 0.0), (0.1, 0.2, float("nan")), (0.2, 0.25, float("inf")),
+                          (0.25, 0.3, -1.0), (0.3, 0.32, -float("inf"))):
+        depth[(u >= lo) & (u < hi)] = value
+    depth[0, :6, :6] = 0.0  # a token without a valid pixel
+    depth[1, :6, 6:12] = float("nan")
+    depth[2, :6, 12:18] = torch.where(torch.arange(36).view(6, 6) < 35, torch.inf, 2.5)  # one valid pixel
+    got = token_depth(depth, 6)
+    torch.testing.assert_close(got, _token_depth_reference(depth, 6), atol=0, rtol=0)
+    assert got[0, 0, 0] == 0 and got[1, 0, 1] == 0 and got[2, 0, 2] == 2.5
+
+
+def test_candidates_equal_the_distance_definition():
+    g = torch.Generator().manual_seed(0)
+    P, N, px = 3, 41, 10
+    uv = (torch.rand(P, N, 2, generator=g) * 40 * 8).round() / 8  # 1/8 px: squared distances exact in float32
+    uv[:, 1] = uv[:, 0] + torch.tensor([6.0, 8.0])  # exactly 1 token apart: not a negative
+    uv[:, 2] = uv[:, 0] + torch.tensor([6.0, 8.125])  # just beyond
+    valid = torch.rand(P, N, generator=g) > 0.2
+    valid[:, :3] = True
+    valid[2] = False  # nothing valid: the diagonal alone
+    got = candidates(uv, valid, px)
+    dist = torch.cdist(uv.double(), uv.double()) / px
+    want = ((dist > 1) & valid[:, None, :] & valid[:, :, None]) | torch.eye(N, dtype=torch.bool)
+    assert torch.equal(got, want)
+    assert not got[:, 0, 1].any() and got[:2, 0, 2].all() and torch.equal(got[2], torch.eye(N, dtype=torch.bool))
+
+
+def test_pair_targets_read_each_target_frame_once():
+    sample = _sample(Fr=5, N=7)
+    sample["anchor"] = 2
+    sample["depth"] = torch.rand(5, 40, 40) * 3 + torch.arange(5.0)[:, None, None]  # a different depth per frame
+    t = pair_targets(sample, 10, (4, 4))
+    assert t["b"].tolist() == [0, 1, 2, 2]
+    torch.testing.assert_close(t["D_b"], token_depth(sample["depth"][t["b"]], 10).flatten(1), atol=0, rtol=0)
 
 
 def _sample(Fr=3, N=5, h=4, w=4, px=10, visible=True, depth=1.0):
