@@ -83,7 +83,7 @@ def _texture(rng, h, w, family):
         region = np.searchsorted(np.quantile(level, [0.25, 0.5, 0.75]), level)  # four regions, hard edges
         g = rng.normal(size=2)
         ramp = ((xx - w / 2) * g[0] + (yy - h / 2) * g[1]) / (w + h)
-        t = rng.random((4, 3))[region] * (0.6 + 0.4 * _standardise(field) * 0.5 + ramp[..., None]) + 0.08 * colour_noise
+        t = rng.random((4, 3))[region] * (0.6 + 0.2 * _standardise(field) + ramp[..., None]) + 0.08 * colour_noise
         for _ in range(h * w // 3000 + 1):  # soft blobs, 8-30 texels
             y, x, r, c = rng.random() * h, rng.random() * w, rng.uniform(8, 30), rng.random(3)
             y0, y1 = int(max(y - 2 * r, 0)), int(min(y + 2 * r + 1, h))
@@ -224,6 +224,8 @@ def _lighting(rng, n):
     """Per-frame light direction (n, 3), ambient share, exposure gain (n,), gamma (n,) and colour cast (n, 3):
     smooth and small (gain ±12 %, gamma ±8 %, cast ±4 %, the light turning 0.5-1.5° per frame), so a surface
     stays recognisable across the ±8 frames a sample spans while its brightness does change."""
+    # Assumption: these sizes (a guess): enough that exact colour constancy across frames cannot be relied on,
+    # small enough that colours at a track agree far better than at random point pairs (tests/test_synth.py).
     k = np.arange(n)[:, None]
     ph = rng.uniform(0, 2 * np.pi, 6)
     azimuth = rng.uniform(0, 2 * np.pi) + np.radians(rng.uniform(0.5, 1.5) * rng.choice([-1, 1])) * k[:, 0]
@@ -321,9 +323,9 @@ def _cast(objects, K, c2w, size):
     return best, hit_obj, hit_face, d
 
 
-def _render(objects, textures, K, c2w, size, light=(0.4, 0.3, 0.87), ambient=0.75):
+def _render(objects, textures, K, c2w, size, light, ambient):
     """One frame: RGB float32 (H, W, 3) in [0, 1] before exposure (texture × Lambert shading) and exact
-    z-depth (H, W)."""
+    z-depth (H, W). light (3,) unit direction towards the light; ambient: the unlit share of brightness."""
     H, W = size
     best, hit_obj, hit_face, d = _cast(objects, K, c2w, size)
     best, hit_obj, hit_face, d = best.reshape(-1), hit_obj.reshape(-1), hit_face.reshape(-1), d.reshape(3, -1)
