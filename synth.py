@@ -48,8 +48,8 @@ def _standardise(t):
 def _texture(rng, h, w, family):
     """A locally distinctive texture (h, w, 3) in [0, 1] from one of four families, drawn per surface:
     0 smooth colour noise, 1 stripes, 2 checkers/tiles, 3 procedural "photo-like" patches; then discs and bars.
-    Periodic families (1, 2) are modulated by smooth colour noise, so a patch of a few tokens is never aliased
-    with the next period."""
+    Periodic families (1, 2) are modulated by smooth colour noise (and carry discs and bars), so a patch of a
+    few tokens does not look like the one a period away."""
     # Assumption: most energy at 2-6 tokens (about 60-200 px at 448 px, 1 token = 28 px; 1 m is ~160 px at
     # 2.5 m, so ~25-75 texels), little below: finer structure decorrelates under a few pixels of motion and
     # no grid-aligned token could match it.
