@@ -16,7 +16,8 @@ Pairs are (sample anchor, every other frame), ordered in time.
 Memory: model.GASP.forward calls gasp_losses one layer at a time under a checkpoint, and PairNLL holds
 the (c, N, N) logits of a chunk of c frame pairs at a time, in forward and in backward, under
 PAIR_CHUNK_BYTES (32 MB: at the paper's N = 640, 20 pairs in float32, 13 under bf16 autocast, where each
-float32 logit also has a bf16 copy).
+float32 logit also has a bf16 copy). bilinear's (P, N, T) corner-weight matrices (5.5 MB each there) live as
+long as one layer's loss.
 
 Run: no entry point; tests are `python -m pytest tests/test_heads_losses.py -q`.
 References: GASP arXiv 2605.30231 §3; InfoNCE (van den Oord et al., arXiv 1807.03748);
@@ -24,7 +25,6 @@ soft-argmax as in RAFT (Teed & Deng, arXiv 2003.12039).
 """
 
 import torch
-import torch.nn.functional as F
 
 # Notation: L layers, F frames, (h, w) token grid, T = h*w tokens, N tracks, P frame pairs, r embedding size.
 
@@ -45,11 +45,22 @@ def grid_coords(uv: torch.Tensor, h: int, w: int, token_px: float) -> torch.Tens
     return torch.stack([2 * x / max(w - 1, 1) - 1, 2 * y / max(h - 1, 1) - 1], dim=-1)
 
 
-def bilinear(maps: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
-    """G3 before its re-normalisation: maps (B, C, h, w) read at xy (B, N, 2) grid coordinates -> (B, C, N).
-    Points beyond the edge token centres take the edge tokens ("border")."""
-    return F.grid_sample(maps, xy[:, None].to(maps.dtype), mode="bilinear", padding_mode="border",
-                         align_corners=True)[:, :, 0]
+def bilinear(tokens: torch.Tensor, xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """G3 before its re-normalisation: tokens (..., B, T, C) of an h x w grid (T = h*w) read at xy (B, N, 2)
+    grid coordinates -> (..., B, N, C). Points beyond the edge token centres take the edge tokens: the values of
+    F.grid_sample(align_corners=True, padding_mode="border"), as a (B, N, T) matrix of each point's 4 corner
+    weights times the tokens, in the tokens' dtype (float32 heads: float32 under autocast too, as grid_sample).
+    (On CPU the matmul and its backward take half the time of grid_sample's backward scatter.)"""
+    x = ((xy[..., 0].float() + 1) / 2 * (w - 1)).clamp(0, w - 1)  # (B, N) in token units, border
+    y = ((xy[..., 1].float() + 1) / 2 * (h - 1)).clamp(0, h - 1)
+    x0, y0 = x.floor(), y.floor()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)  # at the last centre: weight 0 on itself
+    weights = torch.zeros(*x.shape, h * w, device=x.device)  # (B, N, T)
+    for yi, xi, wi in ((y0, x0, (x0 + 1 - x) * (y0 + 1 - y)), (y0, x1, (x - x0) * (y0 + 1 - y)),
+                       (y1, x0, (x0 + 1 - x) * (y - y0)), (y1, x1, (x - x0) * (y - y0))):
+        weights.scatter_add_(-1, (yi * w + xi).long()[..., None], wi[..., None])
+    with torch.autocast(tokens.device.type, enabled=False):
+        return weights.to(tokens.dtype) @ tokens
 
 
 PAIR_CHUNK_BYTES = 32 * 2**20  # PairNLL's bound on one chunk's (c, N, N) logits (float32 + their matmul-dtype copy)
@@ -190,9 +201,9 @@ def pair_targets(sample: dict, token_px: int, grid: tuple[int, int], with_depth:
 
 
 def unit(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """scale * F.normalize(x, dim=1) for x (B, r, N) in one multiply: x * scale / max(||x||, 1e-12).
+    """scale * F.normalize(x, dim=-1) in one multiply: x * scale / max(||x||, 1e-12), x (..., r).
     (F.normalize's division and its backward cost twice as much on CPU.)"""
-    return x * (x.square().sum(1, keepdim=True).clamp_min(1e-24).rsqrt() * scale)  # (B, r, N)
+    return x * (x.square().sum(-1, keepdim=True).clamp_min(1e-24).rsqrt() * scale)
 
 
 def gasp_losses(e_q: torch.Tensor, e_k: torch.Tensor, targets: dict, tau: float = 0.07,
@@ -204,16 +215,15 @@ def gasp_losses(e_q: torch.Tensor, e_k: torch.Tensor, targets: dict, tau: float 
     targets: pair_targets(sample). Returns per-layer L_corr (L,) and L_depth (L,) (zeros without depth targets).
     """
     L, _, h, w, r = e_q.shape
-    P, N = targets["valid"].shape
-    xy_a, xy_b = targets["xy_a"].repeat(L, 1, 1), targets["xy_b"].repeat(L, 1, 1)  # (L*P, N, 2)
-    maps_a = e_q[:, targets["a"] - q_offset].permute(0, 1, 4, 2, 3).reshape(L * P, r, h, w)  # anchor frames
-    ea = unit(bilinear(maps_a, xy_a), 1 / tau).transpose(1, 2)  # (L*P, N, r): G3, 1/τ on the small side
-    tb = e_k[:, targets["b"]].reshape(L * P, h * w, r)  # (L*P, T, r) target tokens t_j^b
-    eb = unit(bilinear(tb.transpose(1, 2).reshape(L * P, r, h, w), xy_b)).transpose(1, 2)  # (L*P, N, r)
-    corr = info_nce(ea.view(L, P, N, r), eb.view(L, P, N, r), targets["cand"], targets["valid"])
+    P = len(targets["a"])
+    ta = e_q[:, targets["a"] - q_offset].reshape(L, P, h * w, r)  # (L, P, T, r) anchor frames' tokens
+    tb = e_k[:, targets["b"]].reshape(L, P, h * w, r)  # (L, P, T, r) target tokens t_j^b
+    ea = unit(bilinear(ta, targets["xy_a"], h, w), 1 / tau)  # (L, P, N, r): G3, 1/τ on the small side
+    eb = unit(bilinear(tb, targets["xy_b"], h, w))  # (L, P, N, r)
+    corr = info_nce(ea, eb, targets["cand"], targets["valid"])
     if targets["D_b"] is None:
         return corr, torch.zeros_like(corr)
-    S = (ea @ tb.transpose(1, 2)).view(L, P, N, h * w)  # <e_i^a, t_j^b>/τ
+    S = ea @ tb.transpose(2, 3)  # (L, P, N, T) <e_i^a, t_j^b>/τ
     return corr, depth_loss(S, targets["D_b"], targets["d_b"], targets["valid"])
 
 
