@@ -57,11 +57,28 @@ def test_bilinear_point_features_on_token_grid():
     maps[0, :, 0, 0] = torch.tensor([1.0, 0.0])
     maps[0, :, 0, 1] = torch.tensor([0.0, 1.0])
     uv = torch.tensor([[[5.0, 5.0], [10.0, 5.0], [15.0, 5.0], [-7.0, 2.0]]])  # centre 0, midway, centre 1, outside
-    out = F.normalize(bilinear(maps, grid_coords(uv, 2, 3, token_px=10)), dim=1)[0].T
+    tokens = maps.flatten(2).transpose(1, 2)  # (B, T, r)
+    out = F.normalize(bilinear(tokens, grid_coords(uv, 2, 3, token_px=10), 2, 3), dim=-1)[0]
     torch.testing.assert_close(out[0], torch.tensor([1.0, 0.0]))
     torch.testing.assert_close(out[1], torch.tensor([1.0, 1.0]) / math.sqrt(2))
     torch.testing.assert_close(out[2], torch.tensor([0.0, 1.0]))
     torch.testing.assert_close(out[3], torch.tensor([1.0, 0.0]))  # border: the edge token
+
+
+def test_bilinear_equals_grid_sample():
+    g = torch.Generator().manual_seed(0)
+    for h, w in ((4, 5), (1, 3), (3, 1)):
+        maps = torch.randn(2, 3, 6, h, w, generator=g, requires_grad=True)  # (L, B, C, h, w)
+        xy = torch.rand(3, 40, 2, generator=g) * 2.4 - 1.2  # inside and beyond the edge centres
+        xy[:, :3] = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [1.0, -0.5]])  # exactly on edge centres
+        want = torch.stack([F.grid_sample(m, xy[:, None], mode="bilinear", padding_mode="border",
+                                          align_corners=True)[:, :, 0].transpose(1, 2) for m in maps])
+        got = bilinear(maps.flatten(3).transpose(2, 3), xy, h, w)  # (L, B, N, C)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        upstream = torch.randn(got.shape, generator=g)
+        g_want, = torch.autograd.grad(want, maps, upstream)
+        g_got, = torch.autograd.grad(got, maps, upstream)
+        torch.testing.assert_close(g_got, g_want, atol=1e-5, rtol=1e-5)
 
 
 def _nce(ea, eb, uv_b, valid, tau):
