@@ -1,8 +1,9 @@
 """Model families: one small adapter per VLM family, the only place that knows a family's token layout.
 
 A family says how frames become LLM tokens and where GASP reads them:
-  * layout: "images" (every frame one image, `<|vision_start|><|image_pad|>*n<|vision_end|>` each: Qwen) or
-    "video" (all frames one `<video>` run: LLaVA), and the placeholder token the stock processor expands;
+  * layout: "images" (every frame one image, `<|vision_start|><|image_pad|>*n<|vision_end|>` each: Qwen3-VL) or
+    "video" (all frames one run: `<|video_pad|>` for Qwen2-VL / Qwen2.5-VL, `<video>` for LLaVA), and the
+    placeholder token the stock processor expands; patches: Qwen's patchified pixels with a (t, h, w) grid;
   * newline: placeholder positions after the last frame's grid that carry no frame token (LLaVA-OneVision
     appends one `image_newline` to a video): the token map skips them;
   * the token grid and pixels per token (token_px), and the frame size that gives whole tokens;
@@ -18,16 +19,22 @@ Adding a family: one Family entry in FAMILIES (and its test in tests/test_model.
 
 | family           | frames as   | tokens per frame             | px per token           | q/k read at        |
 |------------------|-------------|------------------------------|------------------------|--------------------|
-| qwen2_vl         | image list  | (H/28)(W/28)                 | 28 (patch 14, merge 2) | q_proj / k_proj    |
-| qwen2_5_vl       | image list  | (H/28)(W/28)                 | 28                     | q_proj / k_proj    |
+| qwen2_vl         | one video   | (H/28)(W/28)                 | 28 (patch 14, merge 2) | q_proj / k_proj    |
+| qwen2_5_vl       | one video   | (H/28)(W/28)                 | 28                     | q_proj / k_proj    |
 | qwen3_vl         | image list  | (H/32)(W/32)                 | 32 (patch 16, merge 2) | q_norm / k_norm    |
 | llava_next_video | one video   | (S/14/2)² (2x2 avg pool)     | 28 at S = 336          | q_proj / k_proj    |
 | llava_onevision  | one video   | ⌈S/14/2⌉² (bilinear), +1 newline after the last frame | 27 at S = 384 | q_proj / k_proj |
 
-Qwen families take frames as an image list, not a video: their video path merges every two frames into one
-token grid (temporal patch 2), so a token would not belong to one frame; as images, each frame is
-duplicated in time and keeps its own grid. Qwen3-VL's DeepStack adds vision features to the first LLM
-layers' visual positions; the heads stay one per LLM layer.
+Qwen2-VL and Qwen2.5-VL take the frames as one video in which every frame is repeated to fill a temporal
+patch (t = 2): every token belongs to one frame (the stock video path merges two different frames into one
+token), and the frames get the M-RoPE ids of a video: spatial ids shared by all frames, the temporal id one
+step a frame. Assumption (ours): this is the paper's multi-frame setting (video input, as on VSI-Bench).
+As an image list every frame would shift all three ids by max(h, w) + 2, so a point's true match in a frame
+7 steps back sat 126 positions away on every rotary axis (measured on the embedded default: native Q-K PCK@2
+0.76 as images, 0.85 when the same q and k were compared before M-RoPE). Qwen3-VL places every frame of a
+video like an image (its own ids after the previous frame's, with timestamp text between), so it keeps the
+image list. Qwen3-VL's DeepStack adds vision features to the first LLM layers' visual positions; the heads
+stay one per LLM layer.
 LLaVA-OneVision takes frames as a video, not an image list. Assumption (ours): the video path is how
 the model was trained on video (LLaVA-Video-178K), it gives each frame one regular grid (2x2-pooled SigLIP
 patches, 196 tokens at 384 px) with a single newline after the last frame; the image path tiles every
@@ -92,6 +99,8 @@ class Family:
     tiny: Callable  # (text dict, tokenizer, vision_layers, vision_hidden) -> config of the real class
     image_processor: Callable  # config -> the stock pillow image processor its checkpoints ship
     newline: int = 0  # placeholder positions after the last frame that carry no frame token
+    patches: bool = False  # frames patchified by Qwen's image processor, with a (t, h, w) grid per image / video
+    seconds_per_frame: float | None = None  # second_per_grid_ts of a frame-per-grid video (Qwen2.5-VL's M-RoPE)
 
 
 # ----------------------------------------------------------------------------- Qwen (image list)
@@ -141,7 +150,8 @@ def _qwen2_vl_tiny(text, tid, vision_layers, vision_hidden):
 def _qwen2_5_vl_tiny(text, tid, vision_layers, vision_hidden):
     text = _whole_heads(text)
     vision = dict(depth=vision_layers, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_heads=2,
-                  out_hidden_size=text["hidden_size"], fullatt_block_indexes=[vision_layers - 1], window_size=112)
+                  out_hidden_size=text["hidden_size"], fullatt_block_indexes=[vision_layers - 1], window_size=112,
+                  tokens_per_second=2)  # the released checkpoints' value
     return transformers.Qwen2_5_VLConfig(text_config=_qwen_text(text, tid), vision_config=vision, **_qwen_ids(tid))
 
 
@@ -165,11 +175,12 @@ def _qwen_image_processor(mean, std):
     return make
 
 
-def _qwen(template, tiny, mean_std):
-    return Family(layout="images", placeholder="<|image_pad|>", placeholder_id="image_token_id", grid=_qwen_grid,
+def _qwen(template, tiny, mean_std, video: bool, seconds_per_frame: float | None = None):
+    pad, pad_id = ("<|video_pad|>", "video_token_id") if video else ("<|image_pad|>", "image_token_id")
+    return Family(layout="video" if video else "images", placeholder=pad, placeholder_id=pad_id, grid=_qwen_grid,
                   token_px=_qwen_px, frame_size=_qwen_size, mean_std=mean_std, template=template,
                   tokenizer="byte_level", special=QWEN_SPECIAL, tiny=tiny,
-                  image_processor=_qwen_image_processor(*mean_std))
+                  image_processor=_qwen_image_processor(*mean_std), patches=True, seconds_per_frame=seconds_per_frame)
 
 
 # ----------------------------------------------------------------------------- LLaVA (one video)
@@ -241,9 +252,11 @@ def _llava_onevision_image_processor(config):
 
 
 FAMILIES = {
-    "qwen2_5_vl": _qwen(QWEN_TEMPLATE, _qwen2_5_vl_tiny, (CLIP_MEAN, CLIP_STD)),
-    "qwen2_vl": _qwen(QWEN_TEMPLATE, _qwen2_vl_tiny, (CLIP_MEAN, CLIP_STD)),
-    "qwen3_vl": _qwen(QWEN3_TEMPLATE, _qwen3_vl_tiny, (HALF, HALF)),
+    # Assumption: frames 0.5 s apart (Qwen2.5-VL's default 2 fps sampling): one M-RoPE temporal step per frame
+    # at the released checkpoints' tokens_per_second = 2.
+    "qwen2_5_vl": _qwen(QWEN_TEMPLATE, _qwen2_5_vl_tiny, (CLIP_MEAN, CLIP_STD), video=True, seconds_per_frame=0.5),
+    "qwen2_vl": _qwen(QWEN_TEMPLATE, _qwen2_vl_tiny, (CLIP_MEAN, CLIP_STD), video=True),
+    "qwen3_vl": _qwen(QWEN3_TEMPLATE, _qwen3_vl_tiny, (HALF, HALF), video=False),
     "llava_next_video": Family(
         layout="video", placeholder="<video>", placeholder_id="video_token_index", grid=_llava_grid,
         token_px=_llava_px, frame_size=_llava_size, mean_std=(CLIP_MEAN, CLIP_STD), template=LLAVA_VIDEO_TEMPLATE,

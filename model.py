@@ -86,7 +86,7 @@ class Processor:
         self.size = tuple(size or frame_size(config))
         self.token_px = token_px(config)
         self.grid = self.family.grid(config, self.size)  # (h, w) tokens per frame
-        if self.family.layout == "images" and (self.size[0] % self.token_px or self.size[1] % self.token_px):
+        if self.family.patches and (self.size[0] % self.token_px or self.size[1] % self.token_px):
             raise ValueError(f"frame size {self.size}: {self.kind} needs multiples of {self.token_px} px "
                              f"(model.frame_size gives one)")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -99,7 +99,7 @@ class Processor:
         mean, std = self.family.mean_std
         pre = json.loads(_read(source, "preprocessor_config.json") or "{}")
         self.mean, self.std = pre.get("image_mean", mean), pre.get("image_std", std)
-        if self.family.layout == "images":
+        if self.family.patches:
             from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
             v = config.vision_config
             self.image_processor = Qwen2VLImageProcessorPil(  # frames already at `size`: patchify only
@@ -154,13 +154,16 @@ class Processor:
             ids, lab = self._conversation(len(clip), prompt, None if answers is None else answers[i])
             seqs.append(ids)
             labels.append(lab)
-            if self.family.layout == "video":
+            if not self.family.patches:  # LLaVA: the frames as they are, the model pools its own patches
                 x = torch.from_numpy(np.stack(clip)).permute(0, 3, 1, 2).float() / 255  # (F, 3, H, W)
                 pixels.append((x - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None])
             else:
-                out = self.image_processor(images=clip, return_tensors="pt")
+                out = self.image_processor(images=clip, return_tensors="pt")  # each frame repeated to t = 2
                 pixels.append(out["pixel_values"])  # (F * patches, C * t * p * p)
-                grids.append(out["image_grid_thw"])  # (F, 3)
+                grid = out["image_grid_thw"]  # (F, 3), rows (1, H/p, W/p)
+                # A video of the frames, each repeated to fill a temporal patch: its patches are the images'
+                # patches in order, its grid (F, H/p, W/p), so every token still belongs to one frame.
+                grids.append(grid if self.family.layout == "images" else torch.tensor([[len(clip), *grid[0, 1:]]]))
         S = max(len(s) for s in seqs)
         left = answers is None
         pad = lambda s, v: ([v] * (S - len(s)) + s) if left else (s + [v] * (S - len(s)))  # noqa: E731
@@ -168,14 +171,20 @@ class Processor:
                  "attention_mask": torch.tensor([pad([1] * len(s), 0) for s in seqs])}
         if answers is not None:
             batch["labels"] = torch.tensor([pad(lab, -100) for lab in labels])
-        if self.family.layout == "video":
+        if not self.family.patches:
             if len({p.shape for p in pixels}) > 1:
                 raise ValueError(f"{self.kind} batches need the same number of frames per item")
             batch["pixel_values_videos"] = torch.stack(pixels)  # (B, F, 3, H, W)
-        else:
+        elif self.family.layout == "images":
             batch["pixel_values"] = torch.cat(pixels)
-            batch["image_grid_thw"] = torch.cat(grids)
-            batch["mm_token_type_ids"] = (batch["input_ids"] == self.vis_id).int()
+            batch["image_grid_thw"] = torch.cat(grids)  # (B * F, 3)
+            batch["mm_token_type_ids"] = (batch["input_ids"] == self.vis_id).int()  # 1 = image
+        else:
+            batch["pixel_values_videos"] = torch.cat(pixels)
+            batch["video_grid_thw"] = torch.cat(grids)  # (B, 3)
+            batch["mm_token_type_ids"] = 2 * (batch["input_ids"] == self.vis_id).int()  # 2 = video
+            if self.family.seconds_per_frame is not None:
+                batch["second_per_grid_ts"] = torch.tensor([self.family.seconds_per_frame] * len(seqs))
         return batch
 
     def token_map(self, input_ids: torch.Tensor, num_frames: int) -> torch.Tensor:

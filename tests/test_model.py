@@ -341,7 +341,7 @@ def test_two_gasp_training_steps(tiny, kind):
 def test_prompt_layout_follows_the_stock_processors_rule_metaspace_and_byte_level(tiny):
     """The token layout the stock processors produce, written from their documented rule: the chat template's
     text with each placeholder repeated once per visual token, tokenized in one piece (LLaVA-NeXT-Video:
-    `<video>` x F*h*w; Qwen: `<|vision_start|><|image_pad|> x h*w <|vision_end|>` per frame)."""
+    `<video>` x F*h*w; Qwen2.5-VL: `<|vision_start|><|video_pad|> x F*h*w <|vision_end|>`)."""
     # LLaVA-NeXT-Video, SentencePiece-style (Metaspace) tokenizer with BOS
     _, proc = _load(tiny, "llava_next_video")
     tok, n = proc.tokenizer, 3 * proc.grid[0] * proc.grid[1]
@@ -357,13 +357,14 @@ def test_prompt_layout_follows_the_stock_processors_rule_metaspace_and_byte_leve
     # Qwen2.5-VL, byte-level tokenizer, default system turn
     _, proc = _load(tiny, "qwen2_5_vl")
     tok, n = proc.tokenizer, proc.grid[0] * proc.grid[1]
-    frame = "<|vision_start|>" + "<|image_pad|>" * n + "<|vision_end|>"
-    want = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n" + frame * 2 +
+    video = "<|vision_start|>" + "<|video_pad|>" * 2 * n + "<|vision_end|>"  # two frames, one video
+    want = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n" + video +
             "Which point matches?<|im_end|>\n<|im_start|>assistant\n")
     batch = proc([np.zeros((2, 224, 224, 3), np.uint8)], ["Which point matches?"], ["B"])
     assert batch["input_ids"][0].tolist() == tok(want + "B<|im_end|>\n")["input_ids"]
     assert tok.decode(batch["labels"][0][batch["labels"][0] != -100]) == "B<|im_end|>\n"
-    assert batch["image_grid_thw"].tolist() == [[1, 2 * proc.grid[0], 2 * proc.grid[1]]] * 2
+    assert batch["video_grid_thw"].tolist() == [[2, 2 * proc.grid[0], 2 * proc.grid[1]]]  # a frame per grid
+    assert batch["second_per_grid_ts"].tolist() == [0.5]
     # LLaVA-OneVision: one newline position after the last frame, skipped by the token map
     _, proc = _load(tiny, "llava_onevision")
     inp = proc([np.zeros((2, 224, 224, 3), np.uint8)], ["Which point matches?"])
@@ -397,3 +398,30 @@ def test_processor_template_of_the_checkpoint_when_the_tokenizer_has_none(tmp_pa
     assert not proc.tokenizer.chat_template and proc.template == template
     ids = proc([np.zeros((1, 224, 224, 3), np.uint8)], ["Hi"])["input_ids"][0]
     assert proc.tokenizer.decode(ids).replace(" ", "").startswith("<s>USER::<video>")
+
+
+@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_qwen_frames_keep_their_own_grid_and_video_position_ids(tiny, kind):
+    """Qwen2-VL / Qwen2.5-VL take the frames as one video, each frame repeated to fill a temporal patch: the
+    vision tower gives every frame the features it gives that frame as an image, all frames share the spatial
+    M-RoPE ids and the temporal id moves one step a frame. Qwen3-VL places every frame of a video like an image
+    (its own ids after the previous frame's), so it keeps the image list."""
+    vlm, proc = _load(tiny, kind)
+    frames = np.random.default_rng(0).integers(0, 255, (3, *proc.size, 3), dtype=np.uint8)
+    inp = proc([frames], ["Which point matches?"])
+    tmap = proc.token_map(inp["input_ids"][0], 3)  # (F, h, w)
+    keys = ("input_ids", "mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts",
+            "attention_mask")
+    pos = vlm.model.get_rope_index(**{k: v for k, v in inp.items() if k in keys})[0][:, 0]  # (3, S)
+    t, hw = pos[0, tmap], pos[1:, tmap]  # (F, h, w), (2, F, h, w)
+    assert (t == t[:, :1, :1]).all()  # one temporal id per frame
+    if kind == "qwen3_vl":
+        assert "pixel_values" in inp and (hw[:, 1] > hw[:, 0]).all()  # every id moves on: an image list
+        return
+    assert torch.equal(t[:, 0, 0] - t[0, 0, 0], torch.arange(3))  # one step a frame (Qwen2.5-VL: 2 tokens/s x 0.5 s)
+    assert (hw == hw[:, :1]).all()  # spatial ids shared by all frames
+    with torch.no_grad():
+        video = vlm.model.get_video_features(inp["pixel_values_videos"], inp["video_grid_thw"]).pooler_output
+        images = [vlm.model.get_image_features(p, g[None]).pooler_output for p, g in zip(
+            inp["pixel_values_videos"].chunk(3), torch.tensor([[1, *inp["video_grid_thw"][0, 1:]]] * 3))]
+    assert torch.allclose(torch.cat(video), torch.cat([torch.cat(i) for i in images]), atol=1e-5)
