@@ -44,7 +44,9 @@ def reconstruction(scene_dir, model="OPENCV", step=6, seed=0):
         uv, z = data.project(data.world_to_cam(X, scene.c2w[i]), scene.K[i])
         seen = data.visibility(uv, z, data.lookup_depth(depth[i][None], uv[None])[0], (H, W), margin=1) \
             & (rng.random(len(X)) < 0.9)
-        kp = cam.img_from_cam(X[seen] @ w2c[:, :3].T + w2c[:, 3])  # COLMAP's own distortion, at 128 px
+        kp = cam.img_from_cam(X @ w2c[:, :3].T + w2c[:, 3])  # COLMAP's own distortion, at 128 px
+        seen &= ((kp >= 0) & (kp < (2 * W, 2 * H))).all(1)  # distortion can push a point out: keypoints lie inside
+        kp = kp[seen]
         junk = rng.uniform(0, 2 * W, (3, 2))  # keypoints of no 3D point
         image = pycolmap.Image(name=Path(scene.image_files[i]).name, keypoints=np.concatenate([kp, junk]),
                                camera_id=1, image_id=n - i)
