@@ -54,7 +54,7 @@ def bilinear(tokens: torch.Tensor, xy: torch.Tensor, h: int, w: int) -> torch.Te
     x = ((xy[..., 0].float() + 1) / 2 * (w - 1)).clamp(0, w - 1)  # (B, N) in token units, border
     y = ((xy[..., 1].float() + 1) / 2 * (h - 1)).clamp(0, h - 1)
     x0, y0 = x.floor(), y.floor()
-    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)  # at the last centre: weight 0 on itself
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)  # on the last centre x1 = x0, weight x - x0 = 0
     weights = torch.zeros(*x.shape, h * w, device=x.device)  # (B, N, T)
     for yi, xi, wi in ((y0, x0, (x0 + 1 - x) * (y0 + 1 - y)), (y0, x1, (x - x0) * (y0 + 1 - y)),
                        (y1, x0, (x0 + 1 - x) * (y - y0)), (y1, x1, (x - x0) * (y - y0))):
