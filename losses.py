@@ -24,6 +24,8 @@ References: GASP arXiv 2605.30231 §3; InfoNCE (van den Oord et al., arXiv 1807.
 soft-argmax as in RAFT (Teed & Deng, arXiv 2003.12039).
 """
 
+import math
+
 import torch
 
 # Notation: L layers, F frames, (h, w) token grid, T = h*w tokens, N tracks, P frame pairs, r embedding size.
@@ -45,12 +47,9 @@ def grid_coords(uv: torch.Tensor, h: int, w: int, token_px: float) -> torch.Tens
     return torch.stack([2 * x / max(w - 1, 1) - 1, 2 * y / max(h - 1, 1) - 1], dim=-1)
 
 
-def bilinear(tokens: torch.Tensor, xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """G3 before its re-normalisation: tokens (..., B, T, C) of an h x w grid (T = h*w) read at xy (B, N, 2)
-    grid coordinates -> (..., B, N, C). Points beyond the edge token centres take the edge tokens: the values of
-    F.grid_sample(align_corners=True, padding_mode="border"), as a (B, N, T) matrix of each point's 4 corner
-    weights times the tokens, in the tokens' dtype (float32 heads: float32 under autocast too, as grid_sample).
-    (On CPU the matmul and its backward take half the time of grid_sample's backward scatter.)"""
+def corner_weights(xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Bilinear weights of points xy (B, N, 2) (grid coordinates) over the h x w tokens -> (B, N, T) float32,
+    4 non-zero weights a row summing to 1. Points beyond the edge token centres take the edge tokens."""
     x = ((xy[..., 0].float() + 1) / 2 * (w - 1)).clamp(0, w - 1)  # (B, N) in token units, border
     y = ((xy[..., 1].float() + 1) / 2 * (h - 1)).clamp(0, h - 1)
     x0, y0 = x.floor(), y.floor()
@@ -59,8 +58,17 @@ def bilinear(tokens: torch.Tensor, xy: torch.Tensor, h: int, w: int) -> torch.Te
     for yi, xi, wi in ((y0, x0, (x0 + 1 - x) * (y0 + 1 - y)), (y0, x1, (x - x0) * (y0 + 1 - y)),
                        (y1, x0, (x0 + 1 - x) * (y - y0)), (y1, x1, (x - x0) * (y - y0))):
         weights.scatter_add_(-1, (yi * w + xi).long()[..., None], wi[..., None])
+    return weights
+
+
+def bilinear(tokens: torch.Tensor, xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """G3 before its re-normalisation: tokens (..., B, T, C) of an h x w grid (T = h*w) read at xy (B, N, 2)
+    grid coordinates -> (..., B, N, C). Points beyond the edge token centres take the edge tokens: the values of
+    F.grid_sample(align_corners=True, padding_mode="border"), as a (B, N, T) matrix of each point's 4 corner
+    weights times the tokens, in the tokens' dtype (float32 heads: float32 under autocast too, as grid_sample).
+    (On CPU the matmul and its backward take half the time of grid_sample's backward scatter.)"""
     with torch.autocast(tokens.device.type, enabled=False):
-        return weights.to(tokens.dtype) @ tokens
+        return corner_weights(xy, h, w).to(tokens.dtype) @ tokens
 
 
 PAIR_CHUNK_BYTES = 32 * 2**20  # PairNLL's bound on one chunk's (c, N, N) logits (float32 + their matmul-dtype copy)
@@ -225,6 +233,27 @@ def gasp_losses(e_q: torch.Tensor, e_k: torch.Tensor, targets: dict, tau: float 
         return corr, torch.zeros_like(corr)
     S = ea @ tb.transpose(2, 3)  # (L, P, N, T) <e_i^a, t_j^b>/τ
     return corr, depth_loss(S, targets["D_b"], targets["d_b"], targets["valid"])
+
+
+def native_loss(q: torch.Tensor, k: torch.Tensor, targets: dict, grid: tuple[int, int], q_offset: int = 0,
+                scale: float | None = None) -> torch.Tensor:
+    """Extension, not in the paper (train.py --lambda-n, 0 = off): the layer's own attention trained on the
+    same tracks, the distribution the probe (G8) reads:
+        P_ij = mean_heads softmax_j(q_i · k_j · scale) over the tokens j of the target frame b, q_i the post-rotary
+               query bilinearly read at track i in the anchor frame a (G3 on q)
+        L_n  = -(1/N) Σ_i Σ_j w_ij log P_ij,   w_ij = the bilinear weights of track i's position in frame b
+    q (H, F_q T, d_h): the visual queries of frames q_offset.. as the attention receives them (rotary applied);
+    k (H_kv, F_k T, d_h): the keys of frames 0..; scale: the attention's (default d_h^-1/2). Returns (1,)."""
+    h, w = grid
+    H, _, d = q.shape
+    T, a, b = h * w, targets["a"] - q_offset, targets["b"]
+    k = k.repeat_interleave(H // k.shape[0], dim=0)  # GQA: key head g serves query heads g*n .. g*n + n - 1
+    qa = bilinear(q.view(H, -1, T, d)[:, a], targets["xy_a"], h, w)  # (H, P, N, d_h)
+    with torch.autocast(q.device.type, enabled=False):
+        S = (qa.float() @ k.view(H, -1, T, d)[:, b].float().mT) * (scale or d ** -0.5)  # (H, P, N, T)
+        logp = S.log_softmax(-1).logsumexp(0) - math.log(H)  # (P, N, T): log of the heads' mean softmax
+    nll = -(corner_weights(targets["xy_b"], h, w) * logp).sum(-1)  # (P, N)
+    return masked_mean(nll[None], targets["valid"])
 
 
 def total_loss(lm: torch.Tensor, corr: torch.Tensor, depth: torch.Tensor,

@@ -31,7 +31,7 @@ import importlib
 import json
 import os
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -324,6 +324,8 @@ class GASP(nn.Module):
         self._on_layer = None  # (j, q, k, live) -> layer j's embeddings or losses: set during a GASP forward, kept for replay
         self._live = False  # True while a GASP forward runs; False in a checkpoint recomputation (replay)
         self._cap = {}  # the q capture of the layer running now, until its k arrives
+        self._on_native = None  # (j, q, k, live) -> layer j's native loss (the --lambda-n extension), during a forward
+        self._attn_layer = {id(a): j for j, a in enumerate(attn)}  # attention module -> supervised layer j
         # A forward that does not come through GASP clears _pos, so the hooks stay idle.
         find_module(vlm, "language_model").register_forward_pre_hook(self._clear_stale)
         for j, i in enumerate(self.layer_ids):
@@ -351,8 +353,14 @@ class GASP(nn.Module):
                 self._on_layer(j, self._cap.pop("q"), self._cap.pop("k", None), self._live)
         return hook
 
-    def _forward(self, inputs: dict, token_map: torch.Tensor, anchor: int | None, loss):
-        """One stock forward with layer j's head (and loss) run inside layer j. Returns (out, [result_j])."""
+    def _read_native(self, module, query, key):  # attention_reader callback: (B, H, S, d_h), (B, H_kv, S, d_h)
+        j = self._attn_layer.get(id(module))
+        if j is not None and self._pos is not None and self._on_native is not None:
+            self._on_native(j, query[0, :, self._pos["q"]], key[0, :, self._pos["k"]], self._live)
+
+    def _forward(self, inputs: dict, token_map: torch.Tensor, anchor: int | None, loss, native=None):
+        """One stock forward with layer j's head (and loss) run inside layer j. Returns (out, [result_j]),
+        and [native_j] with a native loss."""
         L, (Fr, h, w) = len(self.layer_ids), token_map.shape
         q_map, k_map = (token_map, token_map) if anchor is None else (token_map[anchor:], token_map[: anchor + 1])
         if self.head_input == "hidden":  # one capture of x_l serves both sides
@@ -377,38 +385,49 @@ class GASP(nn.Module):
         # runs (SFT's peak); the inner one rebuilds them only when the loss's backward comes.
         llm_ckpt = getattr(self.vlm, "is_activation_checkpointing", False) and self.vlm.training
         ckpt = loss is not None and torch.is_grad_enabled()
-        outs = [None] * L
+        outs, nats = [None] * L, [None] * L
 
         def on_layer(j: int, q: torch.Tensor, k: torch.Tensor | None, live: bool):
             res = checkpoint(layer, j, q, k, use_reentrant=False) if ckpt else layer(j, q, k)
             if live:
                 outs[j] = res
 
+        def on_native(j: int, q: torch.Tensor, k: torch.Tensor, live: bool):  # post-rotary q, k of layer j
+            res = checkpoint(native, q, k, use_reentrant=False) if ckpt else native(q, k)
+            if live:
+                nats[j] = res
+
         # Each layer's head (and loss) runs inside the forward, as soon as that layer's q and k exist: its
         # backward then comes when the LLM's backward reaches the layer, after the layers above have freed
         # their activations.
         self._pos, self._on_layer, self._live = {"q": q_map.flatten(), "k": k_map.flatten()}, on_layer, True
+        self._on_native = on_native if native is not None else None
         try:
-            out = self.vlm(**inputs, use_cache=False)
+            with attention_reader(self.vlm, self._read_native) if native is not None else nullcontext():
+                out = self.vlm(**inputs, use_cache=False)
         finally:
             self._live, self._cap = False, {}
         if not llm_ckpt:
-            self._on_layer = None  # nothing will replay
-        return out, outs
+            self._on_layer = self._on_native = None  # nothing will replay
+        return (out, outs) if native is None else (out, outs, nats)
 
-    def forward(self, inputs: dict, token_map: torch.Tensor | None = None, anchor: int | None = None, loss=None):
+    def forward(self, inputs: dict, token_map: torch.Tensor | None = None, anchor: int | None = None, loss=None,
+                native=None):
         """inputs: one sample (batch 1) from Processor; token_map (F, h, w) its visual-token positions.
         loss: (e_q (1, F - anchor, h, w, r), e_k (1, anchor + 1, h, w, r)) of one layer -> (L_corr (1,), L_depth (1,)),
         e.g. partial(gasp_losses, targets=pair_targets(sample, ...), tau=..., q_offset=anchor). Only what the pairs
         (anchor, f) read is embedded: the q side of frames anchor..F-1, the k side of frames 0..anchor.
         Returns (stock output, L_corr (L,), L_depth (L,)); without token_map the stock forward alone
-        (instruction items) and (stock output, None, None). Embeddings for the probe: embed()."""
+        (instruction items) and (stock output, None, None). Embeddings for the probe: embed().
+        native: (q (H, T_q, d_h), k (H_kv, T_k, d_h)) of one layer, as its attention receives them (rotary
+        applied) -> (1,), e.g. partial(losses.native_loss, ...) (the --lambda-n extension); then L_native (L,)
+        is returned fourth."""
         if token_map is None:
             return self.vlm(**inputs, use_cache=False), None, None
         if loss is None or anchor is None:
             raise ValueError("GASP.forward with a token_map needs anchor and loss (train); use GASP.embed for embeddings")
-        out, outs = self._forward(inputs, token_map, anchor, loss)
-        return out, *(torch.cat(t) for t in zip(*outs))
+        out, outs, *nats = self._forward(inputs, token_map, anchor, loss, native)
+        return out, *(torch.cat(t) for t in zip(*outs)), *(torch.cat(n) for n in nats)
 
     def embed(self, inputs: dict, token_map: torch.Tensor):
         """The heads' embeddings of every frame on both sides (the probe): (stock output, e_q (L, F, h, w, r),

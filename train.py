@@ -44,7 +44,7 @@ import data
 import model as M
 import rooms
 import synth
-from losses import gasp_losses, pair_targets, total_loss
+from losses import gasp_losses, native_loss, pair_targets, total_loss
 
 TINY = "runs/tiny-qwen2_5_vl"
 DEMO_DATA = "data/synthetic"
@@ -93,6 +93,9 @@ class Config:
     embed_dim: int = flag(256, "r, the heads' embedding size. Assumption: the paper does not give it", check=POSITIVE)
     lambda_c: float = flag(0.3, "λ_c, weight of L_corr", check=NON_NEGATIVE)
     lambda_d: float = flag(1.0, "λ_d, weight of L_depth (objective full)", check=NON_NEGATIVE)
+    lambda_n: float = flag(0.0, "λ_n, weight of L_native: each supervised layer's own attention (post-rotary q/k, "
+                           "the probe's distribution) trained on the same tracks. An extension, not in the paper "
+                           "(0 = off, the paper's objective); corr / full only", check=NON_NEGATIVE)
     tau: float = flag(0.07, "τ of InfoNCE and the depth soft-argmax. Assumption: the paper does not give it",
                       check=POSITIVE)
     # optimisation
@@ -172,6 +175,11 @@ def parse_args(argv=None) -> Config:
         p.error("--resume and --overwrite exclude each other")
     if cfg.objective == "sft" and not cfg.sft_data:
         p.error("--objective sft trains on instruction data only: give --sft-data FILE.json")
+    if cfg.lambda_n and cfg.objective not in GEOMETRY:
+        p.error(f"--lambda-n supervises attention with the tracks: it needs --objective corr or full, not {cfg.objective}")
+    if cfg.lambda_n and cfg.grad_ckpt:
+        p.error("--lambda-n reads q and k inside the attention function, which the LLM's activation checkpointing "
+                "recomputes without the reader: drop --grad-ckpt (or --lambda-n)")
     return cfg
 
 
@@ -493,7 +501,7 @@ def main(argv=None):
     batches = iter(loader)
     bad, replaced, t0 = 0, 0, time.time()
     for step in range(start, cfg.steps):
-        terms = torch.zeros(4, device=device)  # loss, lm, corr, depth (means over micro-steps)
+        terms = torch.zeros(5, device=device)  # loss, lm, corr, depth, native (means over micro-steps)
         for micro in range(cfg.accum):
             item = to_device(next(batches), device)
             replaced += item["replaced"]  # unusable scene samples the dataset replaced by the next candidate
@@ -502,14 +510,19 @@ def main(argv=None):
             with sync, autocast:
                 if "targets" in item:  # heads and G3-G5 per layer, inside the forward
                     loss_fn = partial(gasp_losses, targets=item["targets"], tau=cfg.tau, q_offset=item["anchor"])
-                    out, corr, depth = net(inputs, item["token_map"], item["anchor"], loss=loss_fn)
+                    native_fn = partial(native_loss, targets=item["targets"], grid=proc.grid,
+                                        q_offset=item["anchor"]) if cfg.lambda_n else None
+                    out, corr, depth, *native = net(inputs, item["token_map"], item["anchor"], loss=loss_fn,
+                                                    native=native_fn)
+                    native = native[0] if native else torch.zeros(1, device=device)
                 else:
                     out = net(inputs)[0] if geometry else net(**inputs, use_cache=False)
-                    corr = depth = torch.zeros(1, device=device)
+                    corr = depth = native = torch.zeros(1, device=device)
                 lm = out.loss if item["lm"] else torch.zeros((), device=device)
                 loss = total_loss(lm, corr, depth, cfg.lambda_c, cfg.lambda_d if cfg.objective == "full" else 0.0)
+                loss = loss + cfg.lambda_n * native.mean()  # the extension (0 by default)
             scaler.scale(loss / cfg.accum).backward()
-            terms += torch.stack([loss, lm, corr.mean(), depth.mean()]).detach().float() / cfg.accum
+            terms += torch.stack([loss, lm, corr.mean(), depth.mean(), native.mean()]).detach().float() / cfg.accum
         if ddp:
             dist.all_reduce(terms, op=dist.ReduceOp.AVG)
         if not torch.isfinite(terms).all():  # the same decision on every rank
@@ -531,7 +544,7 @@ def main(argv=None):
         if master and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
             dt = (time.time() - t0) / (step + 1 - start)
             rec = dict(step=step + 1, loss=terms[0].item(), lm=terms[1].item(), corr=terms[2].item(),
-                       depth=terms[3].item(), lr=sched.get_last_lr()[0], grad_norm=float(gnorm), s_per_step=dt,
+                       depth=terms[3].item(), **({"native": terms[4].item()} if cfg.lambda_n else {}), lr=sched.get_last_lr()[0], grad_norm=float(gnorm), s_per_step=dt,
                        samples_per_s=cfg.accum * world / dt, eta_min=dt * (cfg.steps - step - 1) / 60)
             print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()), flush=True)
             with open(log, "a") as f:

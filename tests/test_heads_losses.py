@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from heads import CorrespondenceHeads, fold_kv, repeat_kv
-from losses import (PairNLL, bilinear, candidates, depth_loss, frame_pairs, gasp_losses, grid_coords, info_nce,
+from losses import (PairNLL, bilinear, native_loss, candidates, depth_loss, frame_pairs, gasp_losses, grid_coords, info_nce,
                     pair_targets, token_depth, total_loss)
 
 
@@ -331,3 +331,28 @@ def test_losses_on_the_anchor_split_equal_losses_on_all_frames():
     split = gasp_losses(e_q[:, 2:], e_k[:, :3], t, q_offset=2)  # what GASP(anchor=2) returns
     for a, b in zip(full, split):
         torch.testing.assert_close(a, b)
+
+
+def test_native_loss_is_minus_log_of_the_probes_attention_at_the_match():
+    """Tracks on token centres: L_native = mean over valid tracks of -log P(match token), P = the mean over query
+    heads of softmax(q·k / sqrt(d)) over the target frame's tokens, keys shared by GQA groups (2 query heads a key)."""
+    h, w, px, d, H, Fr, N, anchor = 3, 4, 10, 8, 4, 3, 6, 1
+    g = torch.Generator().manual_seed(0)
+    tok = torch.randint(0, h * w, (Fr, N), generator=g)  # (F, N) token of every track
+    tracks = torch.stack([tok % w, tok // w], -1).float() * px + px / 2  # token centres, (x, y) px
+    visible = torch.rand(Fr, N, generator=g) > 0.2
+    sample = {"tracks": tracks, "visible": visible, "track_depth": torch.ones(Fr, N),
+              "depth": torch.ones(Fr, h * px, w * px), "anchor": anchor}
+    t = pair_targets(sample, px, (h, w), with_depth=False)
+    q = torch.randn(H, (Fr - anchor) * h * w, d, generator=g)  # frames anchor..F-1
+    k = torch.randn(H // 2, (anchor + 1) * h * w, d, generator=g)  # frames 0..anchor, 2 KV heads
+    got = native_loss(q, k, t, (h, w), q_offset=anchor)
+    nll = []
+    for a, b in zip(t["a"].tolist(), t["b"].tolist()):
+        for i in range(N):
+            if visible[a, i] and visible[b, i]:
+                qi = q[:, (a - anchor) * h * w + tok[a, i]]  # (H, d)
+                kb = k[:, b * h * w:(b + 1) * h * w].repeat_interleave(2, 0)  # (H, T, d)
+                P = torch.softmax(torch.einsum("hd,htd->ht", qi, kb) / math.sqrt(d), -1).mean(0)  # (T,)
+                nll.append(-torch.log(P[tok[b, i]]))
+    torch.testing.assert_close(got, torch.stack(nll).mean()[None])

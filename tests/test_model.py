@@ -14,7 +14,7 @@ import transformers
 from PIL import Image
 
 import model as M
-from losses import gasp_losses, pair_targets, total_loss
+from losses import gasp_losses, native_loss, pair_targets, total_loss
 
 KINDS = list(M.SUPPORTED)
 
@@ -425,3 +425,26 @@ def test_qwen_frames_keep_their_own_grid_and_video_position_ids(tiny, kind):
         images = [vlm.model.get_image_features(p, g[None]).pooler_output for p, g in zip(
             inp["pixel_values_videos"].chunk(3), torch.tensor([[1, *inp["video_grid_thw"][0, 1:]]] * 3))]
     assert torch.allclose(torch.cat(video), torch.cat([torch.cat(i) for i in images]), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["qwen2_5_vl", "llava_onevision"])
+def test_native_loss_reads_what_the_attention_receives(tiny, kind):
+    """--lambda-n: GASP.forward's L_native of every layer equals native_loss on the q and k the probe reads (the
+    attention function's own, rotary applied, GQA keys repeated), and its gradient reaches q_proj and k_proj."""
+    vlm, proc = _load(tiny, kind)
+    gasp = M.GASP(M.freeze_and_lora(vlm.train()), r=16)
+    _, inp, tmap = _inputs(proc, answer=None)
+    t = pair_targets(_sample(proc), proc.token_px, proc.grid)
+    nat = partial(native_loss, targets=t, grid=proc.grid, q_offset=1)
+    _, corr, _, got = gasp(inp, tmap, anchor=1, loss=partial(gasp_losses, targets=t, q_offset=1), native=nat)
+    want = {}
+
+    def read(l, q, k):  # (F, T, H, d_h) each
+        want[l] = nat(q[1:].flatten(0, 1).transpose(0, 1), k[:2].flatten(0, 1).transpose(0, 1))
+
+    M.native_qk(vlm, inp, tmap, read)
+    assert got.shape == corr.shape == (4,)
+    torch.testing.assert_close(got.detach(), torch.cat([want[l] for l in range(4)]), atol=1e-5, rtol=1e-5)
+    got.sum().backward()
+    attn = M.llm_layers(vlm)[2].self_attn
+    assert attn.q_proj.weight.grad.abs().sum() > 0 and attn.k_proj.weight.grad.abs().sum() > 0

@@ -40,6 +40,8 @@ TIMING = ("s_per_step", "samples_per_s", "eta_min")  # the only log fields allow
     (["--sft-ratio", "1.5"], "must lie in [0, 1]"),
     (["--resume", "--overwrite"], "exclude each other"),
     (["--objective", "sft"], "give --sft-data"),
+    (["--objective", "vqa", "--lambda-n", "0.5"], "needs --objective corr or full"),
+    (["--lambda-n", "0.5", "--grad-ckpt"], "drop --grad-ckpt"),
 ])
 def test_flag_misuse_is_a_usage_error(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -143,13 +145,14 @@ def assert_same_weights(a, b, **tol):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective, lora", [("sft", 0), ("vqa", 4), ("corr", 0), ("full", 4)])
-def test_two_steps_of_each_objective_load_back_and_export_stock(env, objective, lora):
+@pytest.mark.parametrize("objective, lora, lambda_n", [("sft", 0, 0), ("vqa", 4, 0), ("corr", 0, 0), ("full", 4, 0.5)])
+def test_two_steps_of_each_objective_load_back_and_export_stock(env, objective, lora, lambda_n):
     out = env["tmp"] / objective
     train_run(env, out, "--objective", objective, "--steps", "2", "--sft-data", env["sft"], "--sft-ratio", "0.5",
-        "--lora-rank", str(lora))
+        "--lora-rank", str(lora), "--lambda-n", str(lambda_n))
     recs = log(out)
     assert [r["step"] for r in recs] == [1, 2] and all(np.isfinite(r["loss"]) for r in recs)
+    assert all((r.get("native", 0) > 0) == (lambda_n > 0) for r in recs)
     if objective in ("corr", "full"):
         assert all(r["corr"] > 0 for r in recs)
     assert (all(r["depth"] > 0 for r in recs) if objective == "full" else all(r["depth"] == 0 for r in recs))
