@@ -14,7 +14,7 @@ logits alone (answer_logits_only, the same loss). Their rows add the parts of wh
 at the step's shapes and given as a fraction of the SFT step's time and FLOPs (overhead_parts):
   capture    the hooks' gather of the visual q / k and its backward scatter (no FLOPs)
   heads      G1 forward + backward on both sides
-  infonce    G3 + G4 forward + backward (an N x N logit matrix per frame pair)
+  infonce    G3 + G4 forward + backward (N x N logits per frame pair, pairs in chunks under 32 MB)
   depth      G5 forward + backward (an N x T logit matrix per frame pair)
   recompute  the forward of heads + G3-G5 that backward replays (GASP's checkpoint, or the LLM layer's)
 parts_*_frac sums them; added_*_frac is the measured ratio - 1 (FLOPs: the two agree to the count).
@@ -439,8 +439,8 @@ def overhead_parts(gasp, tmap: torch.Tensor, anchor: int, targets: dict, seq_len
                  (S, .) tensor, added to the projections' gradient. No FLOPs, memory traffic only.
       heads      G1 on both sides (d_q -> 2r -> r, GELU, L2 norm; W1 folded onto the GQA keys), forward and
                  backward (the heads' weights and the q / k gradients that flow into LoRA).
-      infonce    G3 (bilinear read of the N tracks, normalize) + G4 over the P = F - 1 frame pairs: an (N, N)
-                 logit matrix per pair, recomputed in PairNLL's backward; forward and backward.
+      infonce    G3 (bilinear read of the N tracks, normalize) + G4 over the P = F - 1 frame pairs: (N, N)
+                 logits per pair, pairs in chunks under 32 MB, recomputed in PairNLL's backward; forward and backward.
       depth      G5: the (N, T) track x target-token logits of every pair, softmax over the tokens with valid
                  depth, soft-argmax depth; forward and backward (full gasp_losses minus the InfoNCE-only run).
       recompute  one more forward of heads + G3-G5, which backward replays: GASP's own checkpoint around them
