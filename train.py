@@ -109,6 +109,8 @@ class Config:
     weight_decay: float = flag(0.0, "AdamW weight decay. Assumption: 0", check=NON_NEGATIVE)
     clip: float = flag(1.0, "gradient-norm clip", check=POSITIVE)
     grad_ckpt: bool = flag(False, "non-reentrant activation checkpointing of the LLM layers")
+    train_vision: bool = flag(False, "also train the vision tower and projector (full fine-tuning only). Assumption: "
+                              "frozen, as LLaVA-style fine-tuning keeps them")
     max_bad_steps: int = flag(20, "stop after this many non-finite losses in a row", check=POSITIVE)
     seed: int = flag(0, "seed (data order, init)")
     # bookkeeping
@@ -131,7 +133,7 @@ class Config:
 # generator (other geometry, textures, lighting, translating cameras) never used for a tuning choice.
 DEMO = dict(steps=2500, lr=1e-3, frames="4", size=448, grids="24", window=8, embed_dim=64, log_every=25,
             save_every=200, preload=True, probe_scenes=f"{DEMO_DATA}/val,{DEMO_DATA}/rooms")
-RESUME_KEYS = ("model", "objective", "layers", "head_input", "embed_dim", "lora_rank", "size", "seed")
+RESUME_KEYS = ("model", "objective", "layers", "head_input", "embed_dim", "lora_rank", "train_vision", "size", "seed")
 CKPT_FORMAT = 1
 
 
@@ -177,6 +179,8 @@ def parse_args(argv=None) -> Config:
         p.error("--objective sft trains on instruction data only: give --sft-data FILE.json")
     if cfg.lambda_n and cfg.objective not in GEOMETRY:
         p.error(f"--lambda-n supervises attention with the tracks: it needs --objective corr or full, not {cfg.objective}")
+    if cfg.train_vision and cfg.lora_rank:
+        p.error("--train-vision trains the whole vision tower: use it with full fine-tuning (--lora-rank 0)")
     if cfg.lambda_n and cfg.grad_ckpt:
         p.error("--lambda-n reads q and k inside the attention function, which the LLM's activation checkpointing "
                 "recomputes without the reader: drop --grad-ckpt (or --lambda-n)")
@@ -202,7 +206,7 @@ def build_model(cfg: Config, device: str):
     layers = M.parse_layers(cfg.layers, len(M.llm_layers(vlm)))
     if cfg.grad_ckpt:
         vlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    net = M.freeze_and_lora(vlm, cfg.lora_rank)
+    net = M.freeze_and_lora(vlm, cfg.lora_rank, cfg.train_vision)
     if cfg.objective in GEOMETRY:
         net = M.GASP(net, layers, cfg.head_input, cfg.embed_dim)
     for p in net.parameters():

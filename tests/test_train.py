@@ -42,6 +42,7 @@ TIMING = ("s_per_step", "samples_per_s", "eta_min")  # the only log fields allow
     (["--objective", "sft"], "give --sft-data"),
     (["--objective", "vqa", "--lambda-n", "0.5"], "needs --objective corr or full"),
     (["--lambda-n", "0.5", "--grad-ckpt"], "drop --grad-ckpt"),
+    (["--train-vision", "--lora-rank", "8"], "full fine-tuning (--lora-rank 0)"),
 ])
 def test_flag_misuse_is_a_usage_error(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
