@@ -10,7 +10,7 @@ import pytest
 import data
 import synth
 
-DEFAULT_SEEDS = list(range(6)) + [10_000, 10_001]  # ensure_synthetic's train and val scenes
+DEFAULT_SEEDS = list(range(24)) + [10_000 + k for k in range(4)]  # ensure_synthetic's train and val scenes
 
 
 def _objects(meta):
