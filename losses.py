@@ -241,7 +241,9 @@ def native_loss(q: torch.Tensor, k: torch.Tensor, targets: dict, grid: tuple[int
     same tracks, the distribution the probe (G8) reads:
         P_ij = mean_heads softmax_j(q_i · k_j · scale) over the tokens j of the target frame b, q_i the post-rotary
                query bilinearly read at track i in the anchor frame a (G3 on q)
-        L_n  = -(1/N) Σ_i Σ_j w_ij log P_ij,   w_ij = the bilinear weights of track i's position in frame b
+        L_n  = -(1/N) Σ_i log P_i,j(i),   j(i) = the token holding track i in frame b (the probe's ground truth)
+    Assumption: the hard token target; bilinear weights over the 4 nearest tokens as a soft target cap a correct
+    match's confidence by where the point falls in its token (measured: rho 0.22 at 0.97 PCK@2 with them).
     q (H, F_q T, d_h): the visual queries of frames q_offset.. as the attention receives them (rotary applied);
     k (H_kv, F_k T, d_h): the keys of frames 0..; scale: the attention's (default d_h^-1/2). Returns (1,).
     Memory: (H, P, N, T) float32 logits a layer (155 MB at Qwen2.5-VL-7B's 28 heads, 15 pairs, 640 tracks, 144 tokens)."""
@@ -253,7 +255,9 @@ def native_loss(q: torch.Tensor, k: torch.Tensor, targets: dict, grid: tuple[int
     with torch.autocast(q.device.type, enabled=False):
         S = (qa.float() @ k.view(H, -1, T, d)[:, b].float().mT) * (scale or d ** -0.5)  # (H, P, N, T)
         logp = S.log_softmax(-1).logsumexp(0) - math.log(H)  # (P, N, T): log of the heads' mean softmax
-    nll = -(corner_weights(targets["xy_b"], h, w) * logp).sum(-1)  # (P, N)
+    x, y = ((targets["xy_b"].float() + 1) / 2 * torch.tensor([w - 1, h - 1], device=q.device)).unbind(-1)  # centres at j
+    j = (y + 0.5).floor().clamp(0, h - 1) * w + (x + 0.5).floor().clamp(0, w - 1)  # (P, N) token holding the track
+    nll = -logp.gather(-1, j.long()[..., None])[..., 0]  # (P, N)
     return masked_mean(nll[None], targets["valid"])
 
 

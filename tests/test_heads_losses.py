@@ -334,25 +334,35 @@ def test_losses_on_the_anchor_split_equal_losses_on_all_frames():
 
 
 def test_native_loss_is_minus_log_of_the_probes_attention_at_the_match():
-    """Tracks on token centres: L_native = mean over valid tracks of -log P(match token), P = the mean over query
-    heads of softmax(q·k / sqrt(d)) over the target frame's tokens, keys shared by GQA groups (2 query heads a key)."""
+    """L_native = mean over valid tracks of -log P(token holding the match), P = the mean over query heads of
+    softmax(q·k / sqrt(d)) over the target frame's tokens, q read bilinearly at the track (G3), keys shared by
+    GQA groups (2 query heads a key). Tracks anywhere inside their tokens, some beyond the edge centres."""
     h, w, px, d, H, Fr, N, anchor = 3, 4, 10, 8, 4, 3, 6, 1
     g = torch.Generator().manual_seed(0)
-    tok = torch.randint(0, h * w, (Fr, N), generator=g)  # (F, N) token of every track
-    tracks = torch.stack([tok % w, tok // w], -1).float() * px + px / 2  # token centres, (x, y) px
+    tracks = torch.rand(Fr, N, 2, generator=g) * torch.tensor([w * px, h * px])  # (F, N, 2) px
+    tok = (tracks // px).long()  # (F, N, 2) the token (x, y) holding each track
     visible = torch.rand(Fr, N, generator=g) > 0.2
     sample = {"tracks": tracks, "visible": visible, "track_depth": torch.ones(Fr, N),
               "depth": torch.ones(Fr, h * px, w * px), "anchor": anchor}
     t = pair_targets(sample, px, (h, w), with_depth=False)
     q = torch.randn(H, (Fr - anchor) * h * w, d, generator=g)  # frames anchor..F-1
     k = torch.randn(H // 2, (anchor + 1) * h * w, d, generator=g)  # frames 0..anchor, 2 KV heads
-    got = native_loss(q, k, t, (h, w), q_offset=anchor)
+
+    def read(grid, u, v):  # (H, h, w, d) at pixel (u, v): bilinear between token centres, border
+        x, y = min(max(u / px - 0.5, 0), w - 1), min(max(v / px - 0.5, 0), h - 1)
+        x0, y0 = min(int(x), w - 2), min(int(y), h - 2)
+        fx, fy = x - x0, y - y0
+        return ((1 - fx) * (1 - fy) * grid[:, y0, x0] + fx * (1 - fy) * grid[:, y0, x0 + 1]
+                + (1 - fx) * fy * grid[:, y0 + 1, x0] + fx * fy * grid[:, y0 + 1, x0 + 1])
+
     nll = []
     for a, b in zip(t["a"].tolist(), t["b"].tolist()):
+        qa = q[:, (a - anchor) * h * w:(a - anchor + 1) * h * w].view(H, h, w, d)
+        kb = k[:, b * h * w:(b + 1) * h * w].repeat_interleave(2, 0)  # (H, T, d)
         for i in range(N):
             if visible[a, i] and visible[b, i]:
-                qi = q[:, (a - anchor) * h * w + tok[a, i]]  # (H, d)
-                kb = k[:, b * h * w:(b + 1) * h * w].repeat_interleave(2, 0)  # (H, T, d)
+                qi = read(qa, *tracks[a, i].tolist())  # (H, d)
                 P = torch.softmax(torch.einsum("hd,htd->ht", qi, kb) / math.sqrt(d), -1).mean(0)  # (T,)
-                nll.append(-torch.log(P[tok[b, i]]))
+                nll.append(-torch.log(P[tok[b, i, 1] * w + tok[b, i, 0]]))
+    got = native_loss(q, k, t, (h, w), q_offset=anchor)
     torch.testing.assert_close(got, torch.stack(nll).mean()[None])
