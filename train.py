@@ -160,7 +160,8 @@ def parse_args(argv=None) -> Config:
             p.add_argument("--" + f.name.replace("_", "-"), type=f.type, choices=f.metadata["choices"], **kw)
     given = {k: v for k, v in vars(p.parse_args(argv)).items() if v is not None}
     if given.get("model", "tiny") == "tiny":
-        given = {**DEMO, **given}
+        lora = given.get("lora_rank", 0) > 0  # LoRA on the demo model: its vision tower stays frozen
+        given = {**{k: v for k, v in DEMO.items() if not (lora and k == "train_vision")}, **given}
     cfg = Config(**given)
     for f in fields:
         check = f.metadata["check"]
