@@ -699,18 +699,21 @@ def sampled_fps(base: str, n_frames: int):
 
 def train_size_inputs(processor, config):
     """`--inputs train-size`: model.py's training Processor (every frame / image one fixed square, VSI-Bench
-    frames as a list of images for Qwen, every visual as video frames for LLaVA-NeXT-Video), to probe the
-    inputs training saw. Returns build(visuals, prompts, fps) -> (batch, records) like OfficialInputs."""
+    frames in the family's training layout: one video of repeated frames for Qwen2-VL / Qwen2.5-VL, a list of
+    images for Qwen3-VL, video frames for LLaVA), to probe the inputs training saw.
+    Returns build(visuals, prompts, fps) -> (batch, records) like OfficialInputs."""
     vis_ids = {getattr(config, k, None) for k in ("image_token_id", "video_token_id", "image_token_index",
                                                    "video_token_index")} - {None}
 
     def build(visuals_batch, prompts, fps_batch=None):
         batch = processor(visuals_batch, prompts)
-        grids, records = batch.get("image_grid_thw"), []
+        grids, videos, records = batch.get("image_grid_thw"), batch.get("video_grid_thw"), []
         grids = iter(grids.tolist()) if grids is not None else None
-        for row, vis in zip(batch["input_ids"], visuals_batch):
+        for i, (row, vis) in enumerate(zip(batch["input_ids"], visuals_batch)):
             if grids is not None:
                 mode, g = "images", [next(grids) for _ in vis]
+            elif videos is not None:  # Qwen2-VL / Qwen2.5-VL: one (frames, h, w) grid an item
+                mode, g = "video", [videos[i].tolist()]
             elif "pixel_values_videos" in batch:
                 p = config.vision_config.patch_size
                 mode, g = "video", [[len(vis), *(s // p for s in batch["pixel_values_videos"].shape[-2:])]]
