@@ -844,10 +844,12 @@ def _colourise(depth, lo, hi):
     return np.where(valid[..., None], rgb, 0).astype(np.uint8)
 
 
-def show(scene_dir, out, num_frames=4, stride=12, grid=8, size=336, anchor=0):
+def show(scene_dir, out, num_frames=4, stride=None, grid=8, size=336, anchor=0):
     """The paper's training-data figure: top row frames with the anchor frame's tracks as dots (one colour per
-    query point, drawn where visible), bottom row depth maps. Frames are `stride` apart from the anchor."""
+    query point, drawn where visible), bottom row depth maps. Frames are `stride` apart from the anchor
+    (None: 12, or less where the scene is shorter)."""
     scene = load_scene(scene_dir, (size, size))
+    stride = stride or max(1, min(12, (len(scene) - 1 - anchor) // max(num_frames - 1, 1)))
     span = 1 + stride * (num_frames - 1)
     s = make_sample(scene, np.random.default_rng(0), span, (size, size), grids=(grid,), anchor=anchor, contiguous=True)
     N = s["tracks"].shape[1]  # grid² for depth sources, at most that for the SfM model
@@ -896,7 +898,8 @@ def main(argv=None):
     b.add_argument("--scene", required=True, help="scene folder (holds transforms.json)")
     b.add_argument("--out", default="tracks.png", help="output PNG")
     b.add_argument("--frames", type=int, default=4, help="number of frames (columns)")
-    b.add_argument("--stride", type=int, default=12, help="frame gap between columns")
+    b.add_argument("--stride", type=int, default=None, help="frame gap between columns (default: 12, less where "
+                                                             "the scene is shorter)")
     b.add_argument("--grid", type=int, default=8, help="query points on a grid x grid grid of the anchor frame")
     b.add_argument("--size", type=int, default=336, help="frame size in pixels")
     b.add_argument("--anchor", type=int, default=0, help="position of the anchor frame (first column)")
@@ -908,7 +911,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.command == "show":
         for flag in ("frames", "stride", "grid", "size"):
-            if getattr(args, flag) < 1:
+            if getattr(args, flag) is not None and getattr(args, flag) < 1:
                 p.error(f"--{flag} must be positive, got {getattr(args, flag)}")
         source = scene_source(args.scene) if Path(args.scene).is_dir() else "none"
         print(f"{args.scene}: track source {source}")

@@ -448,6 +448,9 @@ def test_command_line(synthetic, tmp_path, capsys):
                "--size", "64"])
     assert Image.open(out).size == (3 * 72 + 8, 2 * 72 + 22 + 44)  # frames, depth, the depth key
     assert "track source depths" in capsys.readouterr().out
+    short = tmp_path / "new" / "scene_0000"  # 3 frames: the default stride shrinks to fit
+    data.main(["show", "--scene", str(short), "--out", str(out), "--frames", "3", "--size", "32"])
+    assert Image.open(out).size[0] == 3 * 40 + 8
 
 
 @pytest.mark.slow
