@@ -31,10 +31,10 @@ token), and the frames get the M-RoPE ids of a video: spatial ids shared by all 
 step a frame. Assumption (ours): this is the paper's multi-frame setting (video input, as on VSI-Bench).
 As an image list every frame would shift all three ids by max(h, w) + 2, so a point's true match in a frame
 7 steps back sat 126 positions away on every rotary axis (measured on the embedded default: native Q-K PCK@2
-0.76 as images, 0.85 when the same q and k were compared before M-RoPE). Qwen3-VL places every frame of a
-video like an image (its own ids after the previous frame's, with timestamp text between), so it keeps the
-image list. Qwen3-VL's DeepStack adds vision features to the first LLM layers' visual positions; the heads
-stay one per LLM layer.
+0.76 as images, 0.85 when the same q and k were compared before M-RoPE, 0.84 as a video). Qwen3-VL places
+every frame of a video like an image (its own ids after the previous frame's, with timestamp text between),
+so it keeps the image list. Qwen3-VL's DeepStack adds vision features to the first LLM layers' visual
+positions; the heads stay one per LLM layer.
 LLaVA-OneVision takes frames as a video, not an image list. Assumption (ours): the video path is how
 the model was trained on video (LLaVA-Video-178K), it gives each frame one regular grid (2x2-pooled SigLIP
 patches, 196 tokens at 384 px) with a single newline after the last frame; the image path tiles every
@@ -103,7 +103,7 @@ class Family:
     seconds_per_frame: float | None = None  # second_per_grid_ts of a frame-per-grid video (Qwen2.5-VL's M-RoPE)
 
 
-# ----------------------------------------------------------------------------- Qwen (image list)
+# ----------------------------------------------------------------------------- Qwen (a video of repeated frames)
 
 def _qwen_px(config) -> int:
     return config.vision_config.patch_size * config.vision_config.spatial_merge_size

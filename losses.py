@@ -246,7 +246,8 @@ def native_loss(q: torch.Tensor, k: torch.Tensor, targets: dict, grid: tuple[int
     match's confidence by where the point falls in its token (measured: rho 0.22 at 0.97 PCK@2 with them).
     q (H, F_q T, d_h): the visual queries of frames q_offset.. as the attention receives them (rotary applied);
     k (H_kv, F_k T, d_h): the keys of frames 0..; scale: the attention's (default d_h^-1/2). Returns (1,).
-    Memory: (H, P, N, T) float32 logits a layer (155 MB at Qwen2.5-VL-7B's 28 heads, 15 pairs, 640 tracks, 144 tokens)."""
+    Memory: (H, P, N, T) float32 logits a layer (155 MB at Qwen2.5-VL-7B's 28 heads, 15 pairs, 640 tracks,
+    144 tokens)."""
     h, w = grid
     H, _, d = q.shape
     T, a, b = h * w, targets["a"] - q_offset, targets["b"]
@@ -255,7 +256,7 @@ def native_loss(q: torch.Tensor, k: torch.Tensor, targets: dict, grid: tuple[int
     with torch.autocast(q.device.type, enabled=False):
         S = (qa.float() @ k.view(H, -1, T, d)[:, b].float().mT) * (scale or d ** -0.5)  # (H, P, N, T)
         logp = S.log_softmax(-1).logsumexp(0) - math.log(H)  # (P, N, T): log of the heads' mean softmax
-    x, y = ((targets["xy_b"].float() + 1) / 2 * torch.tensor([w - 1, h - 1], device=q.device)).unbind(-1)  # centres at j
+    x, y = ((targets["xy_b"].float() + 1) / 2 * torch.tensor([w - 1, h - 1], device=q.device)).unbind(-1)  # (P, N)
     j = (y + 0.5).floor().clamp(0, h - 1) * w + (x + 0.5).floor().clamp(0, w - 1)  # (P, N) token holding the track
     nll = -logp.gather(-1, j.long()[..., None])[..., 0]  # (P, N)
     return masked_mean(nll[None], targets["valid"])
