@@ -436,8 +436,8 @@ def main(argv=None):
         raise SystemExit(f"--model {cfg.model} / --layers {cfg.layers}: {e}")
     cfg.size = proc.size[0]  # the frame side actually fed (whole tokens)
     if ckpt is not None:
-        differ = [f"{k}: saved {ckpt['config'].get(k)!r}, now {getattr(cfg, k)!r}" for k in RESUME_KEYS
-                  if ckpt["config"].get(k) != getattr(cfg, k)]
+        saved = {k: ckpt["config"].get(k, getattr(Config, k)) for k in RESUME_KEYS}  # older runs: the default
+        differ = [f"{k}: saved {saved[k]!r}, now {getattr(cfg, k)!r}" for k in RESUME_KEYS if saved[k] != getattr(cfg, k)]
         if differ:
             raise SystemExit(f"--resume: {cfg.out}/checkpoint.pt was trained with other settings: " + "; ".join(differ)
                              + ". Resume with the saved settings (see config.json) or use another --out")
