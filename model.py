@@ -387,15 +387,15 @@ class GASP(nn.Module):
         ckpt = loss is not None and torch.is_grad_enabled()
         outs, nats = [None] * L, [None] * L
 
-        def on_layer(j: int, q: torch.Tensor, k: torch.Tensor | None, live: bool):
-            res = checkpoint(layer, j, q, k, use_reentrant=False) if ckpt else layer(j, q, k)
-            if live:
-                outs[j] = res
+        def runner(fn, store: list):  # (j, q, k, live) -> fn(j, q, k), kept in store[j] unless a replay
+            def run(j: int, q: torch.Tensor, k: torch.Tensor | None, live: bool):
+                res = checkpoint(fn, j, q, k, use_reentrant=False) if ckpt else fn(j, q, k)
+                if live:
+                    store[j] = res
+            return run
 
-        def on_native(j: int, q: torch.Tensor, k: torch.Tensor, live: bool):  # post-rotary q, k of layer j
-            res = checkpoint(native, q, k, use_reentrant=False) if ckpt else native(q, k)
-            if live:
-                nats[j] = res
+        on_layer = runner(layer, outs)
+        on_native = runner(lambda j, q, k: native(q, k), nats)  # post-rotary q, k of layer j
 
         # Each layer's head (and loss) runs inside the forward, as soon as that layer's q and k exist: its
         # backward then comes when the LLM's backward reaches the layer, after the layers above have freed

@@ -551,7 +551,8 @@ def main(argv=None):
         if master and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
             dt = (time.time() - t0) / (step + 1 - start)
             rec = dict(step=step + 1, loss=terms[0].item(), lm=terms[1].item(), corr=terms[2].item(),
-                       depth=terms[3].item(), **({"native": terms[4].item()} if cfg.lambda_n else {}), lr=sched.get_last_lr()[0], grad_norm=float(gnorm), s_per_step=dt,
+                       depth=terms[3].item(), **({"native": terms[4].item()} if cfg.lambda_n else {}),
+                       lr=sched.get_last_lr()[0], grad_norm=float(gnorm), s_per_step=dt,
                        samples_per_s=cfg.accum * world / dt, eta_min=dt * (cfg.steps - step - 1) / 60)
             print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()), flush=True)
             with open(log, "a") as f:
