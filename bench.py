@@ -10,14 +10,19 @@ heads, d_ff 18944, head 128, M-RoPE [16, 24, 24], θ 1e6), LoRA 128; "paper_llav
 and heads in float32 under bf16 autocast, a small vision tower and a 512-token vocabulary (so the ratios are
 per-layer ratios; the whole model's lm_head and vision tower only add to both steps). One model serves both
 steps (the SFT step calls the LoRA model directly, where GASP's hooks stay idle), and L_LM reads the answer's
-logits alone (answer_logits_only, the same loss). Their rows add the parts of what GASP adds, each run alone
-at the step's shapes and given as a fraction of the SFT step's time and FLOPs (overhead_parts):
+logits alone (model.answer_logits_only, as train.py). Their rows add the parts of what GASP adds, each run alone at
+the step's shapes and given as a fraction of the SFT step's time and FLOPs (overhead_parts):
   capture    the hooks' gather of the visual q / k and its backward scatter (no FLOPs)
   heads      G1 forward + backward on both sides
   infonce    G3 + G4 forward + backward (N x N logits per frame pair, pairs in chunks under 32 MB)
   depth      G5 forward + backward (an N x T logit matrix per frame pair)
   recompute  the forward of heads + G3-G5 that backward replays (GASP's checkpoint, or the LLM layer's)
 parts_*_frac sums them; added_*_frac is the measured ratio - 1 (FLOPs: the two agree to the count).
+Peak memory is measured again on the same config with 2 more layers: sft_mb_per_layer / gasp_mb_per_layer is what
+one more layer adds to each step's peak, and full_depth_memory_ratio the ratio those give at the model's own depth
+(28 / 32 layers), also judged <= 1.03. With --grad-ckpt a layer adds little more than its parameters' gradients to
+the peak (the backward ends at layer 0, with every gradient made), so there the heads' own gradients
+(head_grad_mb_per_layer, float32 as LoRA's: lora_grad_mb_per_layer) set GASP's floor, 2r d_q + 2r r per layer.
 "paper_gpu" (CUDA only) is the whole 28-layer Qwen2.5-VL-7B-shaped model (its vocabulary and vision tower),
 random init, bf16, LoRA 128, --grad-ckpt, with the same ratios plus sft_max_frames / gasp_max_frames: the most
 frames (to 8) one sample holds in the GPU's memory for each step.
@@ -26,7 +31,7 @@ frames (to 8) one sample holds in the GPU's memory for each step.
 
 One run measures, per model config, on the same model, batch and device:
   step_time_ratio       GASP step (forward + G3-G7 losses, all layers + backward) ÷ SFT step (L_LM only)
-  peak_memory_ratio     the same two steps' peak tensor memory
+  peak_memory_ratio     the same two steps' peak tensor memory (paper rows: also full_depth_memory_ratio, above)
   step_flop_ratio       the same two steps' FLOPs (torch.utils.flop_counter): no target, immune to CPU noise
   export_forward_ratio  forward of model.export()'s checkpoint, reloaded with the stock class ÷ stock forward
   export_param_delta    exported parameter count − stock parameter count
@@ -118,15 +123,15 @@ VICUNA_7B = dict(hidden=4096, heads=32, kv_heads=32, intermediate=11008, head_di
 QWEN_VISION_7B = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
                       fullatt_block_indexes=[7, 15, 23, 31])  # Qwen2.5-VL-7B's vision tower
 PAPER = {
-    "paper": dict(kind="qwen2_5_vl", model=dict(layers=2, **QWEN_7B), lora=128),
+    "paper": dict(kind="qwen2_5_vl", model=dict(layers=2, **QWEN_7B), lora=128, depth=28),
     # LLaVA-NeXT-Video-7B: CLIP at 336 px, 24x24 patches pooled by 2 -> 12x12 tokens a frame.
     "paper_llava": dict(kind="llava_next_video", model=dict(layers=2, **VICUNA_7B), vision=dict(image_size=336),
-                        lora=512),
+                        lora=512, depth=32),
     # The whole model on one GPU: 28 layers, the real vocabulary and vision tower, --grad-ckpt only; plus the
     # most frames a sample can hold.
     "paper_gpu": dict(kind="qwen2_5_vl", model=dict(layers=28, vision_layers=32, vision_hidden=1280, **QWEN_7B),
                       text=dict(vocab_size=152064, max_position_embeddings=128000), vision=QWEN_VISION_7B, lora=128,
-                      device="cuda", grad_ckpt=(True,), max_frames=True),
+                      device="cuda", grad_ckpt=(True,), max_frames=True, depth=28),
 }
 for spec in PAPER.values():  # 16 frames at 336² (144 tokens each), 640 tracks, r 256
     for key, value in dict(frames=16, size=336, r=256, device="cpu", dtype=torch.bfloat16,
@@ -413,15 +418,6 @@ def build_paper(spec: dict):
     return model, tokenizer
 
 
-def answer_logits_only(inputs: dict) -> dict:
-    """The same L_LM from the answer's logits alone: labels cut to the positions from the one before the first
-    answer token on, logits_to_keep as many (the stock loss shifts by one inside that window). Spares the
-    (S, vocab) logits that no label reads (S x 152064 x 4 B = 44 GB at 512 frames)."""
-    labels = inputs["labels"]
-    keep = labels.shape[1] - int((labels[0] != -100).nonzero()[0]) + 1
-    return {**inputs, "labels": labels[:, -keep:], "logits_to_keep": keep}
-
-
 def tiled_sample(sample: dict, num_frames: int) -> dict:
     """The sample's frames, depths and tracks repeated to num_frames (memory depends on the count, not the
     content); the anchor stays."""
@@ -454,12 +450,11 @@ def overhead_parts(gasp, tmap: torch.Tensor, anchor: int, targets: dict, seq_len
     q_out = randn(1, seq_len, tc.num_attention_heads * gasp.d_head).requires_grad_()  # q_proj's output
     k_out = randn(1, seq_len, tc.num_key_value_heads * gasp.d_head).requires_grad_()  # k_proj's output (GQA)
     q, k = q_out[0, pos_q].detach().requires_grad_(), k_out[0, pos_k].detach().requires_grad_()
-    hd = heads.w1.dtype
 
     def embed(j: int):  # as GASP.forward: layer j -> (1, F - anchor, h, w, r), (1, anchor + 1, h, w, r)
         with amp:
-            e_q = heads(q[None].to(hd), slice(j, j + 1)).view(1, Fr - anchor, h, w, -1)
-            e_k = heads(k[None].to(hd), slice(j, j + 1), gasp.d_head).view(1, anchor + 1, h, w, -1)
+            e_q = heads(q[None], slice(j, j + 1)).view(1, Fr - anchor, h, w, -1)
+            e_k = heads(k[None], slice(j, j + 1), gasp.d_head).view(1, anchor + 1, h, w, -1)
         return e_q, e_k
 
     e_q, e_k = (e.detach().requires_grad_() for e in embed(0))
@@ -506,15 +501,16 @@ def overhead_parts(gasp, tmap: torch.Tensor, anchor: int, targets: dict, seq_len
     return res
 
 
-def bench_paper(name: str, spec: dict, scene_dir: str, repeats: int) -> dict:
-    """SFT vs GASP steps at a paper shape, without and with activation checkpointing, plus the parts of the
-    difference: {name: ..., name + "+ckpt": ...}. One model serves both steps: the SFT step calls the LoRA model
-    directly, where GASP's hooks stay idle, so no copy can carry the other side's LoRA."""
+def paper_steps(spec: dict, scene_dir: str, layers: int | None = None):
+    """A PAPER config's model (with `layers` LLM layers instead of its own, if given), LoRA and heads, and
+    steps(num_frames) -> (sft_step, gasp_step, token map, targets, sequence length) on one 336² sample of
+    scene_dir tiled to num_frames. One model serves both steps: the SFT step calls the LoRA model directly, where
+    GASP's hooks stay idle, so no copy can carry the other side's LoRA. -> (stock, gasp, steps, sample, build s)"""
     device = spec["device"]
     amp = torch.autocast(device, dtype=torch.bfloat16)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    stock, tokenizer = build_paper(spec)
+    stock, tokenizer = build_paper(spec if layers is None else {**spec, "model": {**spec["model"], "layers": layers}})
     train_vlm = M.freeze_and_lora(stock, spec["lora"])
     gasp = M.GASP(train_vlm, r=spec["r"]).to(device).train()
     proc = M.Processor(stock.config, tokenizer, (spec["size"], spec["size"]))
@@ -528,7 +524,7 @@ def bench_paper(name: str, spec: dict, scene_dir: str, repeats: int) -> dict:
         inputs = {k: v.to(device) for k, v in proc([sample["frames"]], [M.PROMPT], ["yes"]).items()}
         tmap = proc.token_map(inputs["input_ids"][0], num_frames)
         targets = pair_targets(sample, proc.token_px, proc.grid, device=device)
-        inputs = answer_logits_only(inputs)
+        inputs = M.answer_logits_only(inputs)
 
         def sft_step():
             gasp.zero_grad(set_to_none=True)
@@ -542,28 +538,48 @@ def bench_paper(name: str, spec: dict, scene_dir: str, repeats: int) -> dict:
                 out, corr, depth = gasp(inputs, tmap, anchor,
                                         loss=partial(gasp_losses, targets=targets, tau=TAU, q_offset=anchor))
                 loss = total_loss(out.loss, corr, depth, LAMBDA_C, LAMBDA_D)
+            del out  # as train.py: the stock output (its vision features) is not held through backward
             loss.backward()
         return sft_step, gasp_step, tmap, targets, inputs["input_ids"].shape[1]
+    return stock, gasp, steps, base, build_s
 
+
+def set_grad_ckpt(stock, on: bool):
+    """As train.py --grad-ckpt (non-reentrant activation checkpointing of every LLM layer), or off."""
+    if on:
+        stock.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        stock.activation_checkpointing_disable()
+
+
+def bench_paper(name: str, spec: dict, scene_dir: str, repeats: int) -> dict:
+    """SFT vs GASP steps at a paper shape, without and with activation checkpointing, plus the parts of the
+    difference: {name: ..., name + "+ckpt": ...}. Peak memory is also measured with two more layers, for the
+    megabytes each layer adds to either step and the ratio those give at the model's full depth."""
+    device, amp = spec["device"], torch.autocast(spec["device"], dtype=torch.bfloat16)
+    stock, gasp, steps, base, build_s = paper_steps(spec, scene_dir)
+    anchor = int(base["anchor"])
     sft_step, gasp_step, tmap, targets, seq_len = steps(spec["frames"])
     tc = M.text_config(stock)
-    lora_params = sum(p.numel() for n, p in train_vlm.named_parameters() if "lora_" in n)
+    L, depth = tc.num_hidden_layers, spec["depth"]
+    grad_mb = lambda f: sum(p.numel() * p.element_size() for n, p in gasp.named_parameters()  # noqa: E731
+                            if p.requires_grad and f(n)) / 2**20 / L
     shape = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
              "threads": torch.get_num_threads(), "dtype": str(spec["dtype"]).removeprefix("torch."),
-             "layers": tc.num_hidden_layers, "hidden": tc.hidden_size, "heads": tc.num_attention_heads,
+             "layers": L, "full_depth": depth, "hidden": tc.hidden_size, "heads": tc.num_attention_heads,
              "kv_heads": tc.num_key_value_heads, "intermediate": tc.intermediate_size, "head_size": gasp.d_head,
              "frames": spec["frames"], "size": spec["size"], "visual_tokens": tmap.numel(), "seq_len": seq_len,
-             "tracks": int(base["tracks"].shape[1]), "anchor": anchor, "r": spec["r"], "lora_rank": spec["lora"],
-             "lora_params_m": lora_params / 1e6, "head_params_m": sum(p.numel() for p in gasp.heads.parameters()) / 1e6,
-             "build_s": build_s}
+             "tracks": int(base["tracks"].shape[1]), "anchor": anchor,
+             "r": spec["r"], "lora_rank": spec["lora"],
+             "lora_params_m": sum(p.numel() for n, p in gasp.named_parameters() if "lora_" in n) / 1e6,
+             "head_params_m": sum(p.numel() for p in gasp.heads.parameters()) / 1e6,
+             "lora_grad_mb_per_layer": grad_mb(lambda n: "lora_" in n),
+             "head_grad_mb_per_layer": grad_mb(lambda n: n.startswith("heads.")), "build_s": build_s}
     results = {}
     for ckpt in spec["grad_ckpt"]:
-        if ckpt:  # as train.py --grad-ckpt
-            stock.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            stock.activation_checkpointing_disable()
+        set_grad_ckpt(stock, ckpt)
         tag = name + ("+ckpt" if ckpt else "")
-        print(f"{tag}: {shape['layers']} layers of d {shape['hidden']}, {seq_len} tokens; built in {build_s:.0f} s")
+        print(f"{tag}: {L} layers of d {shape['hidden']}, {seq_len} tokens; built in {build_s:.0f} s")
         res = {**shape, "grad_ckpt": ckpt}
         res.update(step_measures(sft_step, gasp_step, (gasp,), repeats, device, warmup=1))
         parts = overhead_parts(gasp, tmap, anchor, targets, seq_len, amp, spec["dtype"], device, 2 * repeats, ckpt)
@@ -573,12 +589,32 @@ def bench_paper(name: str, spec: dict, scene_dir: str, repeats: int) -> dict:
         res.update(parts, added_time_frac=res["step_time_ratio"] - 1, added_flop_frac=res["step_flop_ratio"] - 1,
                    parts_time_frac=sum(res[f"{p}_time_frac"] for p in PARTS),
                    parts_flop_frac=sum(res[f"{p}_flop_frac"] for p in PARTS),
-                   added_mb_per_layer=(res["gasp_peak_mb"] - res["sft_peak_mb"]) / shape["layers"])
+                   added_mb_per_layer=(res["gasp_peak_mb"] - res["sft_peak_mb"]) / L)
         print(f"{tag}: step time x{res['step_time_ratio']:.3f}, FLOPs x{res['step_flop_ratio']:.4f}, "
               f"peak memory x{res['peak_memory_ratio']:.4f}")
         if spec.get("max_frames"):
             res.update(max_frames(steps, (gasp,), device))
         results[tag] = res
+    if L < depth:  # two more layers: what one more layer adds to each step's peak, then the full-depth ratio
+        del stock, gasp, steps, sft_step, gasp_step
+        stock, gasp, steps, *_ = paper_steps(spec, scene_dir, L + 2)
+        deeper = steps(spec["frames"])[:2]
+        for ckpt in spec["grad_ckpt"]:
+            set_grad_ckpt(stock, ckpt)
+            res = results[name + ("+ckpt" if ckpt else "")]
+            for tag, step in zip(("sft", "gasp"), deeper):
+                step()  # warm-up
+                gasp.zero_grad(set_to_none=True)
+                res[f"{tag}_mb_per_layer"] = (peak_mb(step, device) - res[f"{tag}_peak_mb"]) / 2
+            gasp.zero_grad(set_to_none=True)
+            full = {tag: res[f"{tag}_peak_mb"] + (depth - L) * res[f"{tag}_mb_per_layer"] for tag in ("sft", "gasp")}
+            res["full_depth_memory_ratio"] = full["gasp"] / full["sft"]
+            print(f"{name + ('+ckpt' if ckpt else '')}: one more layer adds {res['sft_mb_per_layer']:.1f} MB (SFT) / "
+                  f"{res['gasp_mb_per_layer']:.1f} MB (GASP); at {depth} layers peak memory x"
+                  f"{res['full_depth_memory_ratio']:.4f}")
+    else:
+        for res in results.values():
+            res["full_depth_memory_ratio"] = res["peak_memory_ratio"]
     return results
 
 
@@ -614,11 +650,13 @@ def max_frames(steps, models, device: str, start: int = 16, cap: int = 2048) -> 
 PAPER_TARGETS = [
     ("step_time_ratio", "<= 1.03", lambda v: v <= 1.03, tuple(PAPER)),
     ("peak_memory_ratio", "<= 1.03", lambda v: v <= 1.03, tuple(PAPER)),
+    ("full_depth_memory_ratio", "<= 1.03", lambda v: v <= 1.03, tuple(PAPER)),
     ("step_flop_ratio", "none (exact)", None, ()),
     *((f"{p}_{u}_frac", "", None, ()) for u in ("time", "flop") for p in (*PARTS, "parts", "added")),
 ]
 PAPER_EXTRA = ("sft_step_ms", "gasp_step_ms", "sft_gflop", "gasp_gflop", "sft_peak_mb", "gasp_peak_mb",
-               "added_mb_per_layer", "seq_len")
+               "added_mb_per_layer", "sft_mb_per_layer", "gasp_mb_per_layer", "lora_grad_mb_per_layer",
+               "head_grad_mb_per_layer", "seq_len")
 
 
 def table(results: dict, targets=TARGETS, extra=("sft_step_ms", "gasp_step_ms", "sft_gflop", "gasp_gflop",

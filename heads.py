@@ -42,7 +42,10 @@ class CorrespondenceHeads(nn.Module):
     def forward(self, v: torch.Tensor, layers: slice = slice(None), d_head: int = 0) -> torch.Tensor:
         """v (L', T, d_in) for the L' heads in `layers` -> (L', T, r). GQA keys may come unrepeated,
         (L', T, H_kv * d_head) with the attention head size d_head given: W1 is folded onto them (fold_kv), the same
-        result as on repeat_kv(k) for H / H_kv times fewer multiply-adds."""
+        result as on repeat_kv(k) for H / H_kv times fewer multiply-adds. v may be in the LLM's dtype: under autocast
+        the matmuls take it as it comes (no float32 copy of a bf16 capture); without, it is cast to the heads' dtype."""
+        if not torch.is_autocast_enabled(v.device.type):
+            v = v.to(self.w1.dtype)
         w1 = self.w1[layers]
         if v.shape[-1] != w1.shape[-1]:
             w1 = fold_kv(w1, v.shape[-1] // d_head, d_head)

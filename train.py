@@ -333,6 +333,8 @@ class Items(torch.utils.data.Dataset):
         inputs = self.proc([frames], [prompt], None if answer is None else [answer])
         if answer is None:
             inputs["logits_to_keep"] = 1  # no L_LM on geometry items: skip the full-vocabulary logits
+        else:  # the same L_LM from the answer's logits alone
+            inputs = M.answer_logits_only(inputs)
         item = {"inputs": inputs, "lm": answer is not None, "replaced": 0 if sample is None else sample["replaced"]}
         if cfg.objective in GEOMETRY and sample is not None:
             item.update(token_map=self.proc.token_map(inputs["input_ids"][0], len(frames)), anchor=int(sample["anchor"]),
@@ -526,6 +528,7 @@ def main(argv=None):
                     out = net(inputs)[0] if geometry else net(**inputs, use_cache=False)
                     corr = depth = native = torch.zeros(1, device=device)
                 lm = out.loss if item["lm"] else torch.zeros((), device=device)
+                del out  # its logits and vision features are not needed in backward
                 loss = total_loss(lm, corr, depth, cfg.lambda_c, cfg.lambda_d if cfg.objective == "full" else 0.0)
                 loss = loss + cfg.lambda_n * native.mean()  # the extension (0 by default)
             scaler.scale(loss / cfg.accum).backward()

@@ -30,3 +30,21 @@ def test_sparse_scene_tracks_follow_the_geometry(tmp_path, size):
     assert (vis.sum(0) >= 2).all() and vis.mean() > 0.5
     np.testing.assert_allclose(s["tracks"][vis], tracks[vis], atol=1e-3)
     np.testing.assert_allclose(s["track_depth"], z, rtol=1e-5)
+
+
+def test_paper_bench_runs_and_counts_the_per_layer_memory(tmp_path):
+    """bench_paper on a toy spec (the paper rows' code path, both --grad-ckpt settings, and the second build
+    with two more layers): every judged ratio is there, and the heads' gradient megabytes are their count."""
+    import torch
+    src, _ = scenes.depths_scene(tmp_path / "scene", n=6, size=(112, 112))
+    spec = dict(kind="qwen2_5_vl", model=dict(layers=2, hidden=64, heads=4, kv_heads=2), lora=4, depth=6, frames=4,
+                size=112, r=16, device="cpu", dtype=torch.bfloat16, grad_ckpt=(False, True))
+    res = bench.bench_paper("toy", spec, str(src), repeats=1)
+    assert set(res) == {"toy", "toy+ckpt"}
+    for row in res.values():
+        for key in ("step_time_ratio", "peak_memory_ratio", "full_depth_memory_ratio", "step_flop_ratio"):
+            assert np.isfinite(row[key]) and row[key] > 0, key
+        assert np.isfinite(row["sft_mb_per_layer"]) and np.isfinite(row["gasp_mb_per_layer"])
+        # w1 (2r, 64) + b1 (2r) + w2 (r, 2r) + b2 (r), float32, per layer
+        assert row["head_grad_mb_per_layer"] * 2**20 == pytest.approx(4 * (32 * 64 + 32 + 16 * 32 + 16))
+        assert row["layers"] == 2 and row["full_depth"] == 6

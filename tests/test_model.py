@@ -448,3 +448,28 @@ def test_native_loss_reads_what_the_attention_receives(tiny, kind):
     got.sum().backward()
     attn = M.llm_layers(vlm)[2].self_attn
     assert attn.q_proj.weight.grad.abs().sum() > 0 and attn.k_proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_answer_logits_only_gives_the_full_loss_and_gradients(tiny, kind):
+    """L_LM from the answer's logits alone (train.py's LM items) equals the stock loss over the whole sequence, with
+    the same gradients; the kept window starts one position before the first supervised token."""
+    torch.manual_seed(0)
+    vlm, proc = _load(tiny, kind)
+    _, inp, _ = _inputs(proc, F=2, answer="B C")
+    short = M.answer_logits_only(inp)
+    first = int((inp["labels"][0] != -100).nonzero()[0])
+    assert short["logits_to_keep"] == inp["labels"].shape[1] - first + 1 == short["labels"].shape[1]
+    assert short["labels"][0, 0] == -100 and (short["labels"][0, 1:] == inp["labels"][0, first:]).all()
+    losses, grads = [], []
+    for x in (inp, short):
+        vlm.zero_grad(set_to_none=True)
+        out = vlm(**x, use_cache=False)
+        out.loss.backward()
+        losses.append(out.loss.detach())
+        grads.append(M.llm_layers(vlm)[0].self_attn.q_proj.weight.grad.clone())
+    assert out.logits.shape[1] == short["logits_to_keep"]
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="no label is supervised"):
+        M.answer_logits_only({**inp, "labels": torch.full_like(inp["labels"], -100)})
