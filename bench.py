@@ -82,6 +82,7 @@ References: GASP arXiv 2605.30231; torch.profiler memory events (pytorch.org/doc
 
 import argparse
 import copy
+import gc
 import json
 import statistics
 import tempfile
@@ -187,11 +188,15 @@ def median_ms(fns: dict, repeats: int, device: str, warmup: int = 2) -> dict:
     return {name: statistics.median(ts) for name, ts in times_ms(fns, repeats, device, warmup).items()}
 
 
-def peak_mb(fn, device: str, repeats: int = 3) -> float:
-    """Peak MB of tensors allocated while fn() runs, above the bytes allocated when it began. On CPU the median
-    of `repeats` runs: there the same step's peak moves by up to ~40 MB of ~1 GB from one run to the next."""
+def peak_mb(fn, device: str, before=None, repeats: int = 3) -> float:
+    """Peak MB of tensors allocated while fn() runs, above the bytes allocated when it began, with before()
+    (e.g. dropping the gradients) run first. On CPU the median of `repeats` runs: there the same step's peak
+    moves by up to ~40 MB of ~1 GB from one run to the next."""
     if device == "cpu" and repeats > 1:
-        return statistics.median(peak_mb(fn, device, 1) for _ in range(repeats))
+        return statistics.median(peak_mb(fn, device, before, 1) for _ in range(repeats))
+    if before is not None:
+        before()
+    gc.collect()  # no garbage of an earlier step freed inside this one
     if device == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats()
@@ -331,8 +336,7 @@ def step_measures(sft_step, gasp_step, models, repeats: int, device: str, warmup
     t = {name: statistics.median(v) for name, v in ts.items()}
     res = {}
     for tag, fn in (("sft", sft_step), ("gasp", gasp_step)):
-        clear()
-        res[f"{tag}_peak_mb"] = peak_mb(fn, device)
+        res[f"{tag}_peak_mb"] = peak_mb(fn, device, clear)
         with FlopCounterMode(display=False) as flops:
             fn()
         res[f"{tag}_gflop"] = flops.get_total_flops() / 1e9
@@ -620,8 +624,8 @@ def bench_paper(name: str, spec: dict, scene_dir: str, repeats: int) -> dict:
             res = results[name + ("+ckpt" if ckpt else "")]
             for tag, step in zip(("sft", "gasp"), deeper):
                 step()  # warm-up
-                gasp.zero_grad(set_to_none=True)
-                res[f"{tag}_mb_per_layer"] = (peak_mb(step, device) - res[f"{tag}_peak_mb"]) / 2
+                res[f"{tag}_mb_per_layer"] = (peak_mb(step, device, partial(gasp.zero_grad, set_to_none=True))
+                                              - res[f"{tag}_peak_mb"]) / 2
             gasp.zero_grad(set_to_none=True)
             full = {tag: res[f"{tag}_peak_mb"] + (depth - L) * res[f"{tag}_mb_per_layer"] for tag in ("sft", "gasp")}
             res["full_depth_memory_ratio"] = full["gasp"] / full["sft"]
