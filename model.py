@@ -223,6 +223,7 @@ def answer_logits_only(inputs: dict) -> dict:
     keep = labels.shape[1] - int(supervised[0]) + 1
     return {**inputs, "labels": labels[:, -keep:], "logits_to_keep": keep}
 
+
 def _folder(source: str | None) -> str | None:
     """The local folder of a checkpoint given as a folder or a cached hub id (None: no source)."""
     if source is None or os.path.isdir(source):
