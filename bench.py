@@ -191,8 +191,8 @@ def median_ms(fns: dict, repeats: int, device: str, warmup: int = 2) -> dict:
 def peak_mb(fn, device: str, before=None) -> float:
     """Peak MB of tensors allocated while fn() runs, above the bytes allocated when it began, with before()
     (e.g. dropping the gradients) run first. On CPU the same step's peak has moved by up to 4 % between runs
-    (the SFT step at the Vicuna-7B shapes with --grad-ckpt: 954-992 MB), and repeats within one process by more:
-    compare ratios across runs with that in mind."""
+    (the SFT step at the Vicuna-7B shapes with --grad-ckpt: 954-992 MB): compare ratios across runs with that in
+    mind."""
     if before is not None:
         before()
     gc.collect()  # no garbage of an earlier step freed inside this one
