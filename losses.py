@@ -47,11 +47,16 @@ def grid_coords(uv: torch.Tensor, h: int, w: int, token_px: float) -> torch.Tens
     return torch.stack([2 * x / max(w - 1, 1) - 1, 2 * y / max(h - 1, 1) - 1], dim=-1)
 
 
+def token_units(xy: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """grid_coords inverted: grid coordinates (..., 2) -> x (...), y (...) in token units, token j's centre at j."""
+    return (xy[..., 0].float() + 1) / 2 * (w - 1), (xy[..., 1].float() + 1) / 2 * (h - 1)
+
+
 def corner_weights(xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Bilinear weights of points xy (B, N, 2) (grid coordinates) over the h x w tokens -> (B, N, T) float32,
     4 non-zero weights a row summing to 1. Points beyond the edge token centres take the edge tokens."""
-    x = ((xy[..., 0].float() + 1) / 2 * (w - 1)).clamp(0, w - 1)  # (B, N) in token units, border
-    y = ((xy[..., 1].float() + 1) / 2 * (h - 1)).clamp(0, h - 1)
+    x, y = token_units(xy, h, w)
+    x, y = x.clamp(0, w - 1), y.clamp(0, h - 1)  # (B, N), border
     x0, y0 = x.floor(), y.floor()
     x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)  # on the last centre x1 = x0, weight x - x0 = 0
     weights = torch.zeros(*x.shape, h * w, device=x.device)  # (B, N, T)
@@ -256,7 +261,7 @@ def native_loss(q: torch.Tensor, k: torch.Tensor, targets: dict, grid: tuple[int
     with torch.autocast(q.device.type, enabled=False):
         S = (qa.float() @ k.view(H, -1, T, d)[:, b].float().mT) * (scale or d ** -0.5)  # (H, P, N, T)
         logp = S.log_softmax(-1).logsumexp(0) - math.log(H)  # (P, N, T): log of the heads' mean softmax
-    x, y = ((targets["xy_b"].float() + 1) / 2 * torch.tensor([w - 1, h - 1], device=q.device)).unbind(-1)  # (P, N)
+    x, y = token_units(targets["xy_b"], h, w)  # (P, N)
     j = (y + 0.5).floor().clamp(0, h - 1) * w + (x + 0.5).floor().clamp(0, w - 1)  # (P, N) token holding the track
     nll = -logp.gather(-1, j.long()[..., None])[..., 0]  # (P, N)
     return masked_mean(nll[None], targets["valid"])

@@ -3,6 +3,7 @@
 pinhole cameras), at the depth scene's size and stretched to another aspect."""
 import numpy as np
 import pytest
+import torch
 
 import bench
 import data
@@ -35,7 +36,6 @@ def test_sparse_scene_tracks_follow_the_geometry(tmp_path, size):
 def test_paper_bench_runs_and_counts_the_per_layer_memory(tmp_path):
     """bench_paper on a toy spec (the paper rows' code path, both --grad-ckpt settings, and the second build
     with two more layers): every judged ratio is there, and the heads' gradient megabytes are their count."""
-    import torch
     src, _ = scenes.depths_scene(tmp_path / "scene", n=6, size=(112, 112))
     spec = dict(kind="qwen2_5_vl", model=dict(layers=2, hidden=64, heads=4, kv_heads=2), lora=4, depth=6, frames=4,
                 size=112, r=16, device="cpu", dtype=torch.bfloat16, grad_ckpt=(False, True))
