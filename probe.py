@@ -92,14 +92,19 @@ def temporal(hit: np.ndarray, gap: np.ndarray) -> dict:
     return {g: (v / base if base > 0 else 0.0) for g, v in pck.items()}
 
 
-def summarize(records: list[dict]) -> dict:
-    """Per-layer PCK@1, PCK@2, ρ and Y(Δt) from the per-layer records pooled over samples."""
-    res = {"pck1": [], "pck2": [], "rho": [], "temporal": [], "n": []}
-    for rec in records:
+def summarize(records: list[list[dict]]) -> dict:
+    """Per-layer PCK@1, PCK@2, ρ and Y(Δt) from records[layer] = one `match` dict per sample, pooled over samples;
+    also ρ per sample (sequence) as its mean and std over samples, the paper's shaded bands."""
+    res = {"pck1": [], "pck2": [], "rho": [], "rho_seq_mean": [], "rho_seq_std": [], "temporal": [], "n": []}
+    for per_sample in records:
+        rec = {key: np.concatenate([r[key] for r in per_sample]) for key in per_sample[0]}
         hit2 = rec["hit2"].astype(float)
         res["pck1"].append(float(rec["hit1"].mean()) if len(hit2) else 0.0)
         res["pck2"].append(float(hit2.mean()) if len(hit2) else 0.0)
         res["rho"].append(pearson(rec["conf"], hit2) if len(hit2) > 1 else 0.0)
+        seq = [pearson(r["conf"], r["hit2"]) for r in per_sample if len(r["hit2"]) > 1]
+        res["rho_seq_mean"].append(float(np.mean(seq)) if seq else 0.0)
+        res["rho_seq_std"].append(float(np.std(seq)) if seq else 0.0)
         res["temporal"].append(temporal(hit2, rec["gap"]))
         res["n"].append(int(len(hit2)))
     peak = int(np.argmax(res["pck2"]))
@@ -183,11 +188,10 @@ def run_probe(vlm, proc, samples, gasp=None, tau: float = 0.07, device="cpu", de
                 q = e_q[j].flatten(1, 2)[:, :, None].float()  # (F, T, 1, r): one "head"
                 k = e_k[j].flatten(1, 2)[:, :, None].float()
                 heads[j].append(match(q, k, sample, proc.token_px, proc.grid, 1 / tau))
-    pool = lambda recs: {key: np.concatenate([r[key] for r in recs]) for key in recs[0]}  # noqa: E731
-    out = {"native": summarize([pool(r) for r in native]), "grid": list(proc.grid),
+    out = {"native": summarize(native), "grid": list(proc.grid),
            "chance_pck1": chance_pck(proc.grid, 1), "chance_pck2": chance_pck(proc.grid, 2)}
     if heads is not None:
-        out.update(heads=summarize([pool(r) for r in heads]), head_layers=gasp.layer_ids, tau=tau)
+        out.update(heads=summarize(heads), head_layers=gasp.layer_ids, tau=tau)
     return out
 
 
@@ -270,8 +274,9 @@ def _swatch(d: ImageDraw.ImageDraw, x: int, y: int, color, style: str):
 def chart(series: list[dict], title: str, xlabel: str, ylabel: str, bars: bool = False, ylim=(0.0, 1.0),
           hlines=(), size=(FIG_W, 300)) -> Image.Image:
     """A bar or line chart with its legend outside the plot area (right).
-    series: dicts of label, xs, ys, color, style ('solid' | 'hatched' for bars, 'solid' | 'dashed' for lines);
-    the x values are categories (layers, frame gaps). hlines: (value, label, color) reference lines, dashed.
+    series: dicts of label, xs, ys, color, style ('solid' | 'hatched' for bars, 'solid' | 'dashed' for lines), and
+    optionally band = (lows, highs), shaded under a line; the x values are categories (layers, frame gaps).
+    hlines: (value, label, color) reference lines, dashed.
     Values beyond ylim are drawn at the limit and marked with a triangle and their value."""
     keys = [(s["label"], s["color"], f"{s['style']} bar" if bars else s["style"]) for s in series]
     keys += [(label, color, "dashed") for _, label, color in hlines]
@@ -316,6 +321,11 @@ def chart(series: list[dict], title: str, xlabel: str, ylabel: str, bars: bool =
             d.rectangle((lx - 2, Y(value) - 15, x1 - 2, Y(value) - 3), fill="white")
             d.text((lx, Y(value) - 15), label, fill=GREY, font=SMALL)
 
+    for s in series if not bars else ():  # bands first, under every line
+        if "band" in s:
+            lows, highs = s["band"]
+            d.polygon([(X(x), Y(v)) for x, v in zip(s["xs"], highs)] +
+                      [(X(x), Y(v)) for x, v in reversed(list(zip(s["xs"], lows)))], fill=_tint(s["color"], 0.18))
     if not bars:
         reference_lines()  # under the lines; over the bars
     clipped = []  # (x px, value, colour)
@@ -436,7 +446,11 @@ def figure(results: dict, extra: list[Image.Image]) -> Image.Image:
             label = f"{name}: {'native Q-K' if kind == 'native' else 'GASP head'}"
             layers = list(range(len(r["pck2"]))) if kind == "native" else res["head_layers"]
             a.append(dict(label=label, xs=layers, ys=r["pck2"], color=color, style=style_bar))
-            b.append(dict(label=label, xs=layers, ys=r["rho"], color=color, style=style_line))
+            band = {}
+            if "rho_seq_mean" in r:  # probe.json files written before the per-sequence rho have no band
+                m_, s_ = np.array(r["rho_seq_mean"]), np.array(r["rho_seq_std"])
+                band = dict(band=(list(m_ - s_), list(m_ + s_)))
+            b.append(dict(label=label, xs=layers, ys=r["rho"], color=color, style=style_line, **band))
             t = {int(g): y for g, y in r["temporal"][r["peak_layer"]].items()}  # json turns keys into strings
             c.append(dict(label=f"{label}, layer {layers[r['peak_layer']]}", xs=sorted(t),
                           ys=[t[g] for g in sorted(t)], color=color, style=style_line))
@@ -445,7 +459,8 @@ def figure(results: dict, extra: list[Image.Image]) -> Image.Image:
                GREY) for g, v in grids.items()]
     panels = [chart(a, "(a) PCK@2: share of tracks whose best-attended earlier-frame token is within 2 tokens "
                        "of the truth", "LLM layer", "PCK@2", bars=True, hlines=chance),
-              chart(b, "(b) rho: Pearson correlation of match confidence (max attention) and hit@2",
+              chart(b, "(b) rho: Pearson of match confidence (max attention) and hit@2; line: all tracks, band: "
+                       "per-sample mean +- std",
                     "LLM layer", "rho", ylim=(-1.0, 1.0)),
               chart(c, "(c) temporal robustness Y(dt) = PCK@2(dt) / PCK@2(smallest gap), at each one's peak layer",
                     "frame gap dt (frames of the source video)", "Y(dt)", ylim=(0.0, 1.5),

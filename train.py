@@ -586,7 +586,8 @@ def main(argv=None):
                 peak = r["native"]["peak_layer"]
                 t = r["native"]["temporal"][peak]
                 print(f"{name:>6}: peak native PCK@2 {r['native']['peak_pck2']:.3f} (layer {peak}), rho at peak "
-                      f"{r['native']['rho'][peak]:+.2f}, Y(largest gap) {t[max(t)]:.2f}")
+                      f"{r['native']['rho'][peak]:+.2f} (per sample {r['native']['rho_seq_mean'][peak]:+.2f} +- "
+                      f"{r['native']['rho_seq_std'][peak]:.2f}), Y(largest gap) {t[max(t)]:.2f}")
     if master and cfg.export:
         M.export(raw, proc, os.path.join(cfg.out, "export"))
         print(f"exported a stock checkpoint to {cfg.out}/export")

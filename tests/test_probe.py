@@ -47,13 +47,28 @@ def test_exact_identity_qk_scores_pck_100():
     assert set(np.unique(rec["gap"])) == {2, 4}  # original frame indices
 
 
+def test_rho_per_sequence_is_the_mean_and_std_of_each_samples_rho_beside_the_pooled_one():
+    """Two samples whose confidences live on different scales: each alone is perfectly calibrated (rho 1), pooled
+    they are not; the per-sequence band reports 1 +- 0, the pooled rho is below it."""
+    rec = lambda conf, hit: dict(hit1=np.array(hit, bool), hit2=np.array(hit, bool), conf=np.array(conf),  # noqa: E731
+                                 gap=np.ones(len(hit), int))
+    a, b = rec([0.9, 0.9, 0.1, 0.1], [1, 1, 0, 0]), rec([0.05, 0.05, 0.01, 0.01], [1, 1, 0, 0])
+    res = probe.summarize([[a, b]])
+    assert res["rho_seq_mean"][0] == pytest.approx(1.0) and res["rho_seq_std"][0] == pytest.approx(0.0, abs=1e-12)
+    pooled = probe.pearson(np.r_[a["conf"], b["conf"]], np.r_[a["hit2"], b["hit2"]].astype(float))
+    assert res["rho"][0] == pytest.approx(pooled) and pooled < 0.9
+    c = rec([0.1, 0.1, 0.9, 0.9], [1, 1, 0, 0])  # confidently wrong: rho -1
+    res = probe.summarize([[a, c]])
+    assert res["rho_seq_mean"][0] == pytest.approx(0.0, abs=1e-12) and res["rho_seq_std"][0] == pytest.approx(1.0)
+
+
 def test_confident_correct_and_unsure_wrong_gives_positive_rho():
     sample = _shift_sample()
     q, k = _identity_qk()
     g = torch.Generator().manual_seed(0)
     noisy = torch.arange(H * W) % 2 == 0  # half the tokens: random codes (wrong, low confidence)
     q[:, noisy] = torch.randn(3, int(noisy.sum()), 1, 128, generator=g) * 0.1
-    res = probe.summarize([probe.match(q, k, sample, PX, (H, W), scale=20.0)])
+    res = probe.summarize([[probe.match(q, k, sample, PX, (H, W), scale=20.0)]])
     assert 0.2 < res["pck2"][0] < 0.95
     assert res["rho"][0] > 0.3
 
