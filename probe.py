@@ -94,17 +94,22 @@ def temporal(hit: np.ndarray, gap: np.ndarray) -> dict:
 
 def summarize(records: list[list[dict]]) -> dict:
     """Per-layer PCK@1, PCK@2, ρ and Y(Δt) from records[layer] = one `match` dict per sample, pooled over samples;
-    also ρ per sample (sequence) as its mean and std over samples, the paper's shaded bands."""
-    res = {"pck1": [], "pck2": [], "rho": [], "rho_seq_mean": [], "rho_seq_std": [], "temporal": [], "n": []}
+    also ρ per sample (sequence) as its mean and std over the rho_seq_n samples that have one, the paper's shaded
+    bands."""
+    res = {"pck1": [], "pck2": [], "rho": [], "rho_seq_mean": [], "rho_seq_std": [], "rho_seq_n": [],
+           "temporal": [], "n": []}
     for per_sample in records:
         rec = {key: np.concatenate([r[key] for r in per_sample]) for key in per_sample[0]}
         hit2 = rec["hit2"].astype(float)
         res["pck1"].append(float(rec["hit1"].mean()) if len(hit2) else 0.0)
         res["pck2"].append(float(hit2.mean()) if len(hit2) else 0.0)
         res["rho"].append(pearson(rec["conf"], hit2) if len(hit2) > 1 else 0.0)
-        seq = [pearson(r["conf"], r["hit2"]) for r in per_sample if len(r["hit2"]) > 1]
+        # a sample whose points are all hits (or all misses, or all equally confident) has no ρ: left out
+        seq = [pearson(r["conf"], r["hit2"]) for r in per_sample
+               if len(np.unique(r["hit2"])) > 1 and len(np.unique(r["conf"])) > 1]
         res["rho_seq_mean"].append(float(np.mean(seq)) if seq else 0.0)
         res["rho_seq_std"].append(float(np.std(seq)) if seq else 0.0)
+        res["rho_seq_n"].append(len(seq))
         res["temporal"].append(temporal(hit2, rec["gap"]))
         res["n"].append(int(len(hit2)))
     peak = int(np.argmax(res["pck2"]))

@@ -60,6 +60,9 @@ def test_rho_per_sequence_is_the_mean_and_std_of_each_samples_rho_beside_the_poo
     c = rec([0.1, 0.1, 0.9, 0.9], [1, 1, 0, 0])  # confidently wrong: rho -1
     res = probe.summarize([[a, c]])
     assert res["rho_seq_mean"][0] == pytest.approx(0.0, abs=1e-12) and res["rho_seq_std"][0] == pytest.approx(1.0)
+    every_hit = rec([0.3, 0.2, 0.1, 0.4], [1, 1, 1, 1])  # no rho: left out of the band, not counted as 0
+    res = probe.summarize([[a, every_hit]])
+    assert res["rho_seq_n"][0] == 1 and res["rho_seq_mean"][0] == pytest.approx(1.0)
 
 
 def test_confident_correct_and_unsure_wrong_gives_positive_rho():
