@@ -138,7 +138,9 @@ class Scene:
         if not _scaled_from(self.source_size, d.shape):
             raise GeometryError(f"{self.depth_files[i]}: depth is {d.shape[0]}x{d.shape[1]}, its image "
                                 f"{self.image_files[i]} is {self.source_size[0]}x{self.source_size[1]}: not the "
-                                f"same picture at another scale, so depth cannot be aligned to the image")
+                                f"same picture at another scale (a few px smaller is a crop, e.g. depth of the "
+                                f"undistorted frames), so depth cannot be aligned to the image; write depth maps "
+                                f"of these very frames")
         bad = ~np.isfinite(d) | (d < 0)
         if bad.any():
             self.invalid_depth += int(bad.sum())
@@ -221,9 +223,13 @@ def _check_camera(K, dist, wh, where):
 
 
 def _scaled_from(big, small):
-    """Is `small` (H, W) a downscale of `big` (H, W) by one factor, up to rounding to whole pixels?"""
+    """Is `small` (H, W) a downscale of `big` (H, W) by one factor, up to rounding to whole pixels?
+    Assumption: a size within 5 % of `big` but more than 1 px off in a side is a crop, not a resize (the
+    undistorted frames of MVS or a depth release are a few px smaller than the distorted ones, e.g. 536x954
+    beside 540x960), so it is refused."""
     s = big[1] / small[1]
-    return abs(big[0] / s - small[0]) <= 1
+    crop = abs(s - 1) < 0.05 and max(abs(big[0] - small[0]), abs(big[1] - small[1])) > 1
+    return abs(big[0] / s - small[0]) <= 1 and not crop
 
 
 def _frame_order(names):

@@ -281,6 +281,19 @@ def test_missing_and_wrong_size_depth(tmp_path):
         data.load_scene(root)
 
 
+def test_depth_of_cropped_frames_is_refused(tmp_path):
+    """Depth of the undistorted frames (a crop a few px smaller, nearly the same aspect, as MVS or a depth
+    release writes: 536x954 beside 540x960) is not stretched over the distorted frames; a 1 px rounding
+    difference (another downscale of the same picture) is still a resize."""
+    root = flat_scene(tmp_path, size=(108, 192))
+    np.save(root / "depths" / "frame_00001.npy", np.ones((106, 190), np.float32))  # 1 px cropped off each side
+    with pytest.raises(data.GeometryError, match="frame_00001.npy: depth is 106x190.*a crop"):
+        data.load_scene(root)
+    np.save(root / "depths" / "frame_00001.npy", np.ones((107, 191), np.float32))
+    assert data.load_scene(root).depth(0).shape == (108, 192)
+    assert not data._scaled_from((540, 960), (536, 954)) and data._scaled_from((540, 960), (270, 480))
+
+
 def test_nan_inf_negative_depth_is_zeroed_and_counted(tmp_path):
     root = flat_scene(tmp_path)
     d = np.full((16, 20), 5.0, np.float32)
