@@ -106,6 +106,8 @@ def require(module: str, package: str, why: str):
 
 
 def need(row: dict, fields, where: str):
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: a JSON {type(row).__name__}, not an object with the fields {', '.join(fields)}")
     for f in fields:
         if f not in row:
             raise ValueError(f"{where}: missing field {f!r} (has: {', '.join(map(str, row))})")
@@ -125,7 +127,14 @@ def load_vsibench(root: Path, media: bool = True) -> list[dict]:
     if path.suffix == ".parquet":
         rows = require("pyarrow.parquet", "pyarrow", f"reading {path}").read_table(path).to_pylist()
     else:
-        rows = [json.loads(line) for line in path.open() if line.strip()]
+        rows = []
+        for n, line in enumerate(path.open(encoding="utf-8"), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as e:
+                raise ValueError(f"{path}:{n}: not JSON ({e}); the file holds one JSON object a line") from None
     items = []
     for i, r in enumerate(rows):
         where = f"{path} row {i}"
@@ -134,11 +143,21 @@ def load_vsibench(root: Path, media: bool = True) -> list[dict]:
         if qt not in VSI_MCA + VSI_NA:  # utils.py raises ValueError on any other type
             raise ValueError(f"{where}: unknown question_type {qt!r}; expected one of {', '.join(VSI_MCA + VSI_NA)}")
         # thinking-in-space utils.py: vsibench_doc_to_text (empty pre_prompt -> "These are frames of a video.")
+        gt, options = r["ground_truth"], r.get("options")
         if qt in VSI_NA:
+            target = vsi_to_float(gt)
+            if target is None or not 0 < target < math.inf:  # MRA divides by it: |pred - gt| / gt
+                raise ValueError(f"{where}: {qt} ground_truth {gt!r} is not a positive number")
             prompt = ("These are frames of a video.\n" + r["question"] +
                       "\nPlease answer the question using a single word or phrase.")
-        elif not r.get("options"):
+        elif not options:
             raise ValueError(f"{where}: {qt} question with no options")
+        elif not isinstance(options, (list, tuple)) or not all(isinstance(o, str) and re.match(r"[A-Z]\.", o)
+                                                                for o in options):
+            raise ValueError(f"{where}: options {options!r} are not a list of lettered strings like "
+                             "['A. Back', 'B. Right'] (as released)")
+        elif not isinstance(gt, str) or gt.upper() not in [o[0] for o in options]:
+            raise ValueError(f"{where}: ground_truth {gt!r} is not the letter of one of its options")
         else:
             prompt = "\n".join(["These are frames of a video.", r["question"], "Options:\n" + "\n".join(r["options"]),
                                 "Answer with the option's letter from the given choices directly."])
@@ -152,8 +171,14 @@ def load_allangles(root: Path, media: bool = True) -> list[dict]:
     path = root / "data.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; download ch-chenyu/All-Angles-Bench into {root}")
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path}: not JSON ({e}); download ch-chenyu/All-Angles-Bench again") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: a JSON {type(rows).__name__}, not the released list of questions")
     items = []
-    for i, r in enumerate(json.loads(path.read_text())):
+    for i, r in enumerate(rows):
         where = f"{path} entry {i}"
         need(r, ("index", "category", "question", "answer", "image_path"), where)
         if r["category"] not in dict(COLUMNS["allangles"]):
@@ -163,6 +188,8 @@ def load_allangles(root: Path, media: bool = True) -> list[dict]:
         options = {c: r[c] for c in string.ascii_uppercase if r.get(c) is not None}
         if not options:
             raise ValueError(f"{where}: no option fields A, B, C")
+        if r["answer"] not in options:  # mcq_vanilla_eval: hit iff the extracted letter == answer
+            raise ValueError(f"{where}: answer {r['answer']!r} is not one of its option letters {', '.join(options)}")
         # image_mcq.py ImageMCQDataset.build_prompt (hint lines commented out in the fork)
         prompt = (f"Question: {r['question']}\nOptions:\n" + "".join(f"{k}. {v}\n" for k, v in options.items())
                   + "Please select the correct answer from the options above. \n")
@@ -189,6 +216,12 @@ def load_blink(root: Path, media: bool = True) -> list[dict]:
         images = [c for c in names if re.fullmatch(r"image_\d", c)] if media else []
         for r in pq.read_table(f, columns=[c for c in fields + images if c in names]).to_pylist():
             need(r, fields, f"{f} row {r.get('idx')}")
+            if not isinstance(r["choices"], list) or not r["choices"]:
+                raise ValueError(f"{f} row {r['idx']}: choices {r['choices']!r} are not a list of option texts")
+            letters = ["(A)", "(B)", "(C)", "(D)", "(E)"][:len(r["choices"])]  # analyze_answer's all_choices
+            if r["answer"] not in letters:
+                raise ValueError(f"{f} row {r['idx']}: answer {r['answer']!r} is not one of {', '.join(letters)}; "
+                                 "use the val split as released (BLINK's test answers are hidden)")
             # test_benchmark.py load_prompt: the `prompt` field, with a disclaimer for three subtasks.
             # Deviation: the official GPT-4V query puts the text before the images; model.py puts images first.
             prompt = (BLINK_DISCLAIMER if subtask in BLINK_NEEDS_DISCLAIMER else "") + r["prompt"]
@@ -265,7 +298,7 @@ def vsi_fuzzy_matching(pred: str) -> str:
 def vsi_to_float(s):
     try:  # utils.py: to_float, any failure -> None
         return float(s)
-    except ValueError:
+    except (TypeError, ValueError):
         return None
 
 

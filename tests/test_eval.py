@@ -717,3 +717,82 @@ def test_end_to_end_llava_onevision_vsibench(tmp_path, capsys, tiny):
         "--batch-size", 2)
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["inputs"] for x in lines] == [dict(mode="video", frames=4, grids=[[4, 16, 16]], tokens=4 * 64 + 1)] * 2
+
+
+# ----------------------------------------------------------------------------- malformed inputs are named
+
+def vsi_rows_with(tmp_path, row: int, **change):
+    root = vsi_root(tmp_path, frames=1)
+    rows = [json.loads(line) for line in (root / "test.jsonl").read_text().splitlines()]
+    rows[row].update(change)
+    write_jsonl(root / "test.jsonl", rows)
+    return root
+
+
+@pytest.mark.parametrize("row, change, message", [
+    (0, dict(ground_truth=None), "row 0: object_counting ground_truth None is not a positive number"),
+    (6, dict(ground_truth="0"), "row 6: room_size_estimation ground_truth '0' is not a positive number"),
+    (0, dict(ground_truth="three"), "ground_truth 'three' is not a positive number"),
+    (1, dict(ground_truth=2), "row 1: ground_truth 2 is not the letter of one of its options"),
+    (1, dict(ground_truth="D"), "ground_truth 'D' is not the letter"),
+    (1, dict(options="A. Back, B. Right"), "row 1: options 'A. Back, B. Right' are not a list of lettered strings"),
+    (1, dict(options=["Back", "Right", "Left"]), "options .'Back', 'Right', 'Left'. are not a list of lettered")])
+def test_vsi_bad_rows_are_named(tmp_path, row, change, message):
+    with pytest.raises(ValueError, match=message):
+        E.load_vsibench(vsi_rows_with(tmp_path, row, **change))
+
+
+def test_vsi_numeric_ground_truth_types(tmp_path):
+    items = E.load_vsibench(vsi_rows_with(tmp_path, 0, ground_truth=4))  # 4 as a number: to_float reads it too
+    assert E.score_item("vsibench", items[0], "3")["score"] == 0.6
+    assert E.score_item("vsibench", dict(items[0], answer="4.0"), "3.0")["score"] == 0.6
+    assert E.score_item("vsibench", dict(items[1], answer="b"), "B")["score"] == 1.0  # exact_match lowers both
+    assert E.vsi_to_float(None) is None  # utils.py to_float: any failure -> None
+
+
+def test_data_files_that_are_not_json_are_named(tmp_path):
+    root = vsi_root(tmp_path, frames=1)
+    with (root / "test.jsonl").open("a") as f:
+        f.write("{not json\n")
+    with pytest.raises(ValueError, match=r"test.jsonl:9: not JSON"):
+        E.load_vsibench(root)
+    rows = [json.loads(line) for line in (root / "test.jsonl").read_text().splitlines()[:8]]
+    (root / "test.json").write_text(json.dumps(rows))  # a JSON list, not JSONL
+    with pytest.raises(ValueError, match=r"test.json row 0: a JSON list, not an object with the fields id"):
+        E.load_vsibench(root / "test.json")
+    aa = aa_root(tmp_path)
+    (aa / "data.json").write_text('{"data": []}')
+    with pytest.raises(ValueError, match=r"data.json: a JSON dict, not the released list"):
+        E.load_allangles(aa)
+    (aa / "data.json").write_text('[{"index": 0,')
+    with pytest.raises(ValueError, match=r"data.json: not JSON"):
+        E.load_allangles(aa)
+
+
+def test_allangles_answer_must_be_an_option(tmp_path):
+    root = aa_root(tmp_path)
+    rows = json.loads((root / "data.json").read_text())
+    rows[2]["answer"] = "b"  # mcq_vanilla_eval compares letters case-sensitively: it could never be hit
+    (root / "data.json").write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match="entry 2: answer 'b' is not one of its option letters A, B, C"):
+        E.load_allangles(root)
+
+
+@pytest.mark.parametrize("answer, choices, message", [
+    ("A", ["yes", "no"], "answer 'A' is not one of .A., .B.; use the val split"),
+    ("hidden", ["yes", "no"], "answer 'hidden' is not one of"),
+    ("(C)", ["yes", "no"], "answer '.C.' is not one of"),
+    ("(A)", [], "choices .. are not a list of option texts")])
+def test_blink_bad_answers_are_named(tmp_path, answer, choices, message):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    root = blink_root(tmp_path)
+    f = root / "Spatial_Relation" / "val-00000-of-00001.parquet"
+    table = pq.read_table(f)
+    for name, value in (("answer", pa.array([answer] * 2)),
+                        ("choices", pa.array([choices] * 2, pa.list_(pa.string())))):
+        table = table.set_column(table.schema.get_field_index(name), name, value)
+    pq.write_table(table, f)
+    with pytest.raises(ValueError, match=r"Spatial_Relation/val-00000-of-00001.parquet row val_Spatial_Relation_1: "
+                       + message):
+        E.load_blink(root)
+
