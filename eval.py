@@ -29,7 +29,7 @@ All scores are on the 0-100 scale.
 
 Run (a checkpoint is any folder model.load reads, e.g. train.py's export):
   python eval.py run   --benchmark vsibench  --data VSI-Bench --model runs/gasp/export --out vsi_gasp.jsonl
-  python eval.py run   --benchmark allangles --data All-Angles-Bench --model Qwen/Qwen2.5-VL-7B-Instruct \
+  python eval.py run   --benchmark allangles --data All-Angles-Bench --model Qwen/Qwen2.5-VL-7B-Instruct \\
                        --out aa_base.jsonl --device cuda --dtype bfloat16 --batch-size 1   # reporting settings
   python eval.py run   --benchmark blink --data BLINK --model runs/gasp/export --out blink.jsonl --limit 5
   python eval.py score --benchmark vsibench --data VSI-Bench --predictions vsi_gasp.jsonl   # JSON summary
@@ -416,8 +416,9 @@ def read_predictions(path: Path) -> tuple[dict, dict]:
     """{str(id): prediction} from JSONL lines {"id" (or "index"/"idx"): ..., "prediction": ...}
     (a missing prediction is kept as None, scored 0), and the problems found:
     {"duplicates": {id: [line numbers]}, "bad_lines": [line numbers that are no such object],
-    "torn_last_line": its number if the file ends in half a line (an interrupted write), else None}."""
-    preds, seen, bad, torn = {}, {}, [], None
+    "torn_last_line": its number if the file ends in half a line (an interrupted write), else None,
+    "benchmarks": the `benchmark` fields its lines carry (`run` writes one on each line)}."""
+    preds, seen, bad, torn, benchmarks = {}, {}, [], None, set()
     text = path.read_text()
     lines = text.split("\n")
     for n, line in enumerate(lines, 1):
@@ -434,8 +435,10 @@ def read_predictions(path: Path) -> tuple[dict, dict]:
             continue
         seen.setdefault(str(obj[key]), []).append(n)
         preds[str(obj[key])] = obj.get("prediction")
+        if "benchmark" in obj:
+            benchmarks.add(str(obj["benchmark"]))
     dups = {k: v for k, v in seen.items() if len(v) > 1}
-    return preds, dict(duplicates=dups, bad_lines=bad, torn_last_line=torn)
+    return preds, dict(duplicates=dups, bad_lines=bad, torn_last_line=torn, benchmarks=benchmarks)
 
 
 def coverage(benchmark: str, wanted: list[dict], scored: set) -> dict:
@@ -454,9 +457,14 @@ def score_file(benchmark: str, items: list[dict], path: Path, categories=None, a
     ids (always), and unless allow_partial: lines that are not predictions, a torn last line, or a file that
     lacks items of the chosen categories. With allow_partial these are scored as they are and counted."""
     by_id = {str(it["id"]): it for it in items}
-    wanted = select(benchmark, items, categories)
+    # Rel. Dir. is the mean of easy, medium and hard: a sub-type alone scores part of that column (coverage says so)
+    wanted = select(benchmark, items, categories and ["object_rel_direction" if c in VSI_REL_DIR else c
+                                                      for c in categories])
     wanted_ids = {str(it["id"]) for it in wanted}
     preds, problems = read_predictions(path)
+    if problems["benchmarks"] - {benchmark}:  # ids alone can match another benchmark's (0, 1, 2, ...)
+        raise ValueError(f"{path}: written for {', '.join(sorted(problems['benchmarks']))}, not {benchmark}; "
+                         "pass that --benchmark and its --data")
     if problems["duplicates"]:
         dups = list(problems["duplicates"].items())[:5]
         dup = "; ".join(f"id {k!r} on lines {', '.join(map(str, v))}" for k, v in dups)
@@ -483,6 +491,14 @@ def score_file(benchmark: str, items: list[dict], path: Path, categories=None, a
         if cov["scored"] < cov["total"]:
             short = ", ".join(f"{c} {a}/{b}" for c, (a, b) in cov["categories"].items() if a < b)
             raise ValueError(f"{path}: covers {cov['scored']} of {cov['total']} {benchmark} items ({short}); {fix}")
+        malformed = [str(x["id"]) for x in lines if not isinstance(x["prediction"], str)]
+        if malformed:  # e.g. the answers stored under another key: every item would silently score 0
+            raise ValueError(f"{path}: {len(malformed)} line(s) have no string \"prediction\" (ids "
+                             f"{', '.join(malformed[:5])}); write each answer as a string under \"prediction\", "
+                             "or pass --allow-partial to score them as wrong")
+    if not lines:
+        raise ValueError(f"{path}: no prediction for any of the {len(wanted)} chosen {benchmark} items "
+                         f"(it has {len(preds)}); check --predictions, --data and --categories")
     out = summarize(benchmark, lines)
     out["coverage"] = dict(cov, skipped_lines=len(problems["bad_lines"]) + bool(problems["torn_last_line"]))
     print(f"coverage: {cov['scored']}/{cov['total']} items scored; "
@@ -894,10 +910,15 @@ def main(argv=None):
     t.add_argument("--predictions", required=True, type=Path, nargs="+", help="one JSONL per checkpoint")
     for q in (s, t):
         q.add_argument("--allow-partial", action="store_true", help="score a file that lacks items, has a "
-                       "truncated last line or non-prediction lines (counted in the coverage, not refused)")
+                       "truncated last line, non-prediction lines or non-string predictions (counted in the "
+                       "coverage or scored wrong, not refused)")
     args = p.parse_args(argv)
     try:
         items = LOADERS[args.benchmark](args.data, media=args.cmd == "run")
+        dup = [k for k, n in Counter(str(it["id"]) for it in items).items() if n > 1]
+        if dup:  # predictions are matched to items by id
+            raise ValueError(f"{args.data}: {len(dup)} id(s) used by more than one item ({', '.join(dup[:5])}); "
+                             "use the benchmark files as released")
         select(args.benchmark, items, args.categories)  # fail early on an unknown category
         if args.cmd == "run":
             import model
@@ -930,7 +951,7 @@ def main(argv=None):
             print(markdown_table(args.benchmark, {n: score_file(args.benchmark, items, f, args.categories,
                                                                 args.allow_partial)
                                                   for n, f in zip(names, args.predictions)}))
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, OSError, ImportError) as e:  # OSError: a missing, unreadable or folder path
         sys.exit(f"eval.py {args.cmd}: error: {e}")
 
 

@@ -796,3 +796,56 @@ def test_blink_bad_answers_are_named(tmp_path, answer, choices, message):
                        + message):
         E.load_blink(root)
 
+
+def test_score_refuses_other_benchmarks_and_non_string_predictions(tmp_path, capsys):
+    root = vsi_root(tmp_path, frames=1)
+    score = ("score", "--benchmark", "vsibench", "--data", root, "--predictions")
+    aa = tmp_path / "aa.jsonl"  # written by `run --benchmark allangles`: its ids 0..4 are VSI-Bench ids too
+    write_jsonl(aa, [E.score_item("allangles", it, "A") for it in E.load_allangles(aa_root(tmp_path))])
+    for extra in ((), ("--allow-partial",)):
+        with pytest.raises(SystemExit, match="aa.jsonl: written for allangles, not vsibench"):
+            cli(capsys, *score, aa, *extra)
+    other_key = write_jsonl(tmp_path / "response.jsonl", [{"id": k, "response": "4"} for k in range(8)])
+    with pytest.raises(SystemExit, match=r'response.jsonl: 8 line\(s\) have no string "prediction" \(ids 0, 1, '
+                       r'2, 3, 4\).*--allow-partial'):
+        cli(capsys, *score, other_key)
+    numbers = write_jsonl(tmp_path / "numbers.jsonl", [{"id": k, "prediction": 4} for k in range(8)])
+    with pytest.raises(SystemExit, match=r"numbers.jsonl: 8 line\(s\) have no string"):
+        cli(capsys, *score, numbers)
+    assert json.loads(cli(capsys, *score, numbers, "--allow-partial").out)["malformed"] == 8
+
+
+def test_score_names_empty_files_and_folders(tmp_path, capsys):
+    root = vsi_root(tmp_path, frames=1)
+    score = ("score", "--benchmark", "vsibench", "--data", root, "--predictions")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(SystemExit, match=r"empty.jsonl: no prediction for any of the 8 chosen vsibench items"):
+        cli(capsys, *score, tmp_path / "empty.jsonl", "--allow-partial")
+    with pytest.raises(SystemExit, match=r"eval.py score: error: .*Is a directory"):
+        cli(capsys, *score, tmp_path)
+
+
+def test_duplicate_data_ids_are_refused(tmp_path, capsys):
+    root = vsi_rows_with(tmp_path, 7, id=6)  # id 6 twice: predictions could not tell the items apart
+    preds = write_preds(tmp_path / "p.jsonl", {k: "A" for k in range(7)})
+    with pytest.raises(SystemExit, match=r"VSI-Bench: 1 id\(s\) used by more than one item \(6\)"):
+        cli(capsys, "score", "--benchmark", "vsibench", "--data", root, "--predictions", preds)
+
+
+def test_rel_direction_subtype_scores_its_whole_column(tmp_path, capsys):
+    """Rel. Dir. = mean of easy, medium and hard: `--categories object_rel_direction_easy` must not fill that
+    column with easy alone; it scores the column, and a file with only easy is partial."""
+    root = vsi_root(tmp_path, frames=1)
+    table = ("table", "--benchmark", "vsibench", "--data", root, "--categories", "object_rel_direction_easy",
+             "--predictions")
+    full = write_preds(tmp_path / "full.jsonl", {k: "B" for k in range(8)})
+    assert cli(capsys, *table, full).out.splitlines()[4] == "| full | 33.3 | 33.3 |"  # easy 1, medium 0, hard 0
+    easy = write_preds(tmp_path / "easy.jsonl", {1: "B"})
+    with pytest.raises(SystemExit, match=r"covers 1 of 4 vsibench items \(object_rel_direction 1/4\)"):
+        cli(capsys, *table, easy)
+    row = cli(capsys, *table, easy, "--allow-partial").out.splitlines()[4]
+    assert row == "| easy (partial: 1/4 items) | 100.0 | 100.0 |"
+
+
+def test_docstring_commands_keep_their_line_breaks():
+    assert "Qwen/Qwen2.5-VL-7B-Instruct \\\n" in E.__doc__  # `--help` shows the command as written
