@@ -90,6 +90,14 @@ def read_depth(path, header_only=False):
 
 # ----------------------------------------------------------------------------- reading a scene
 
+def to_rgb(im):
+    """A PIL image (any mode) -> uint8 (H, W, 3). 16-bit grey (PIL mode I;16, or I from a PNG) is scaled by
+    1/257 first: PIL's convert("RGB") clips it at 255, which gives a white frame."""
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
+        im = Image.fromarray((np.asarray(im, np.float64) / 257).round().astype(np.uint8))
+    return np.asarray(im.convert("RGB"))
+
+
 @dataclass
 class Scene:
     """A video scene: frames sorted by frame index; `image(i)`/`depth(i)` return arrays at `size`.
@@ -122,7 +130,7 @@ class Scene:
             return self.cache["image", i]
         try:
             with Image.open(self.image_files[i]) as im:
-                rgb = np.asarray(im.convert("RGB"))
+                rgb = to_rgb(im)
         except (OSError, SyntaxError, EOFError) as e:  # how PIL reports broken files
             raise ValueError(f"{self.image_files[i]}: cannot decode image ({e}); extract the frame again") from None
         if rgb.shape[:2] != self.source_size:
@@ -772,7 +780,7 @@ def read_clip(path, num_frames):
                        key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
         if not files:
             raise FileNotFoundError(f"{path}: frame folder holds no .jpg/.png images")
-        return [np.asarray(Image.open(files[i]).convert("RGB"))
+        return [to_rgb(Image.open(files[i]))
                 for i in np.linspace(0, len(files) - 1, num_frames, dtype=int)]
     try:
         import av
@@ -830,7 +838,7 @@ class InstructionDataset:
         for p in paths:
             if not p.is_file():
                 raise FileNotFoundError(f"{p}: missing image or video (paths are relative to {self.root})")
-        return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+        return [to_rgb(Image.open(p)) for p in paths]
 
     def __getitem__(self, i):
         it = self.items[i]

@@ -171,6 +171,21 @@ def test_opengl_to_opencv():
     assert z[0] == pytest.approx(2) and uv[0, 1] < 50  # OpenCV: positive depth, above = smaller v
 
 
+def test_frames_of_any_pixel_format_read_as_8_bit_rgb(tmp_path):
+    """16-bit grey PNGs are scaled to 8 bits (PIL alone clips them at 255: white frames); palette, RGBA and
+    grey frames give the same RGB; the same holds for instruction-data frame folders."""
+    root = flat_scene(tmp_path)  # frame k is grey 20 k
+    grey = np.full((16, 20), 40, np.uint8)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(root / "images" / "frame_00003.png")
+    Image.fromarray(np.full((16, 20, 4), 60, np.uint8)).save(root / "images" / "frame_00004.png")  # RGBA
+    Image.fromarray(np.full((16, 20), 20, np.uint8)).convert("P").save(root / "images" / "frame_00002.png")
+    assert Image.open(root / "images" / "frame_00003.png").mode.startswith("I")
+    scene = data.load_scene(root)
+    for k in range(4):
+        np.testing.assert_array_equal(scene.image(k), np.full((16, 20, 3), 20 * k, np.uint8))
+    np.testing.assert_array_equal(data.read_clip(root / "images", 4)[2], np.full((16, 20, 3), 40, np.uint8))
+
+
 def test_load_scene_converts_poses_and_sorts_frames(tmp_path):
     rng = np.random.default_rng(2)
     c2w = [pose(scenes.rotation(rng, 90), rng.normal(size=3)) for _ in range(3)]
