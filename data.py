@@ -85,6 +85,9 @@ def read_depth(path, header_only=False):
         raise ValueError(f"{path}: cannot read depth ({e})") from None
     if d.ndim != 2:
         raise ValueError(f"{path}: depth must be a 2-D (H, W) array, got shape {d.shape}")
+    if d.dtype.kind != "f":  # integer depth (16-bit PNG style) is in millimetres or another unit, not the poses'
+        raise ValueError(f"{path}: depth must be floating-point z-depth in pose units, got dtype {d.dtype}; "
+                         f"convert it (e.g. millimetres / 1000 to metres, times the poses' scale) to float32")
     return d.shape if header_only else d
 
 

@@ -291,6 +291,12 @@ def test_missing_and_wrong_size_depth(tmp_path):
     np.save(root / "depths" / "frame_00001.npy", np.ones((16, 20, 2), np.float32))
     with pytest.raises(ValueError, match="frame_00001.npy: depth must be a 2-D"):
         data.load_scene(root)
+    for wrong in (np.full((16, 20), 5000, np.uint16), np.ones((16, 20), bool), np.full((16, 20), "5")):
+        np.save(root / "depths" / "frame_00001.npy", wrong)  # millimetres, a mask, text: never read as pose units
+        with pytest.raises(ValueError, match=f"frame_00001.npy: depth must be floating-point.*{wrong.dtype}"):
+            data.load_scene(root)
+    np.save(root / "depths" / "frame_00001.npy", np.ones((16, 20), np.float16))
+    assert data.load_scene(root).depth(0).dtype == np.float32
     (root / "depths" / "frame_00002.npy").unlink()
     with pytest.raises(FileNotFoundError, match="frame_00002.npy: missing depth .1 of 4 frames"):
         data.load_scene(root)
