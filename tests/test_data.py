@@ -603,6 +603,7 @@ BAD_SCENES = {
     "file_path_null": (lambda m: m["frames"][1].update(file_path=None), "file_path string"),
     "fl_x_string": (lambda m: m.update(fl_x="20"), "fl_x='20'.*must be numbers"),
     "w_zero": (lambda m: m.update(w=0), "image size must be positive"),
+    "k3": (lambda m: m["frames"][1].update(k3=0.02), "k3=0.02: only OPENCV distortion"),
     "nan_pose": (lambda m: m["frames"][2]["transform_matrix"][0].__setitem__(3, float("nan")), "not a rigid"),
     "pose_string": (lambda m: m["frames"][2].update(transform_matrix="eye"), "not a rigid"),
 }
