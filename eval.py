@@ -111,6 +111,8 @@ def need(row: dict, fields, where: str):
     for f in fields:
         if f not in row:
             raise ValueError(f"{where}: missing field {f!r} (has: {', '.join(map(str, row))})")
+        if row[f] is None:
+            raise ValueError(f"{where}: field {f!r} is null")
 
 
 # ----------------------------------------------------------------------------- readers
@@ -162,7 +164,7 @@ def load_vsibench(root: Path, media: bool = True) -> list[dict]:
             prompt = "\n".join(["These are frames of a video.", r["question"], "Options:\n" + "\n".join(r["options"]),
                                 "Answer with the option's letter from the given choices directly."])
         items.append(dict(id=r["id"], category=qt, prompt=prompt, answer=r["ground_truth"],
-                          video=str(root / r["dataset"] / r["scene_name"])))
+                          video=str(root / str(r["dataset"]) / str(r["scene_name"]))))  # ARKitScenes: digits
     return items
 
 

@@ -730,7 +730,9 @@ def vsi_rows_with(tmp_path, row: int, **change):
 
 
 @pytest.mark.parametrize("row, change, message", [
-    (0, dict(ground_truth=None), "row 0: object_counting ground_truth None is not a positive number"),
+    (0, dict(ground_truth=None), "row 0: field 'ground_truth' is null"),
+    (3, dict(question=None), "row 3: field 'question' is null"),
+    (0, dict(ground_truth=[4]), r"row 0: object_counting ground_truth \[4\] is not a positive number"),
     (6, dict(ground_truth="0"), "row 6: room_size_estimation ground_truth '0' is not a positive number"),
     (0, dict(ground_truth="three"), "ground_truth 'three' is not a positive number"),
     (1, dict(ground_truth=2), "row 1: ground_truth 2 is not the letter of one of its options"),
@@ -740,6 +742,11 @@ def vsi_rows_with(tmp_path, row: int, **change):
 def test_vsi_bad_rows_are_named(tmp_path, row, change, message):
     with pytest.raises(ValueError, match=message):
         E.load_vsibench(vsi_rows_with(tmp_path, row, **change))
+
+
+def test_vsi_scene_name_as_a_number(tmp_path):
+    root = vsi_rows_with(tmp_path, 3, scene_name=41069025)  # an ARKitScenes id a converter wrote as a number
+    assert E.load_vsibench(root)[3]["video"] == str(root / "arkitscenes" / "41069025")
 
 
 def test_vsi_numeric_ground_truth_types(tmp_path):
