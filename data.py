@@ -561,8 +561,8 @@ def choose_frames(frame_index, rng, num_frames, window=48, anchor=None, contiguo
         raise ValueError(f"{name}: has {n} frames, the sample asks for {F}")
     if contiguous:
         a = int(rng.integers(n - F + 1)) if anchor is None else anchor
-        if a + F > n:
-            raise ValueError(f"{name}: {F} consecutive frames from position {a} run past its {n} frames")
+        if a < 0 or a + F > n:  # a negative position would wrap around to the last frames
+            raise ValueError(f"{name}: {F} consecutive frames from position {a} do not fit in its {n} frames")
         return np.arange(a, a + F), 0
     lo = np.searchsorted(frame_index, frame_index - window, "left")  # (n,) window bounds, as positions
     hi = np.searchsorted(frame_index, frame_index + window, "right")
@@ -874,6 +874,9 @@ def show(scene_dir, out, num_frames=4, stride=None, grid=8, size=336, anchor=0):
     scene = load_scene(scene_dir, (size, size))
     stride = stride or max(1, min(12, (len(scene) - 1 - anchor) // max(num_frames - 1, 1)))
     span = 1 + stride * (num_frames - 1)
+    if anchor < 0 or anchor + span > len(scene):
+        raise ValueError(f"{scene_dir}: {num_frames} frames {stride} apart from position {anchor} span {span} frames, "
+                         f"the scene has {len(scene)}; lower --frames, --stride or --anchor")
     s = make_sample(scene, np.random.default_rng(0), span, (size, size), grids=(grid,), anchor=anchor, contiguous=True)
     N = s["tracks"].shape[1]  # grid² for depth sources, at most that for the SfM model
     hue = (np.arange(N) * 0.618034) % 1  # golden-ratio hues: neighbouring points differ
@@ -936,11 +939,17 @@ def main(argv=None):
         for flag in ("frames", "stride", "grid", "size"):
             if getattr(args, flag) is not None and getattr(args, flag) < 1:
                 p.error(f"--{flag} must be positive, got {getattr(args, flag)}")
-        source = scene_source(args.scene) if Path(args.scene).is_dir() else "none"
-        print(f"{args.scene}: track source {source}")
-        print(f"wrote {show(args.scene, args.out, args.frames, args.stride, args.grid, args.size, args.anchor)}")
-        return
-    scenes, broken, missing = scan(args.data, (args.size, args.size))
+        if args.anchor < 0:
+            p.error(f"--anchor must be a frame position >= 0, got {args.anchor}")
+    try:  # a bad scene or root is one line naming the file, not a traceback
+        if args.command == "show":
+            source = scene_source(args.scene) if Path(args.scene).is_dir() else "none"
+            print(f"{args.scene}: track source {source}")
+            print(f"wrote {show(args.scene, args.out, args.frames, args.stride, args.grid, args.size, args.anchor)}")
+            return
+        scenes, broken, missing = scan(args.data, (args.size, args.size))
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
     counts = {s: sum(sc.source == s for sc in scenes) for s in ("depths", "dense", "sparse")}
     print(f"{args.data}: {len(scenes)} usable scenes ({', '.join(f'{n} {s}' for s, n in counts.items())}), "
           f"{len(broken)} broken, {len(missing)} folders without transforms.json")

@@ -487,6 +487,28 @@ def test_command_line(synthetic, tmp_path, capsys):
     assert Image.open(out).size[0] == 3 * 40 + 8
 
 
+def test_command_line_errors_are_one_line(tmp_path, capsys):
+    """show / scan on bad input exit with one line naming the scene and the fix (no traceback); a negative
+    anchor is refused instead of wrapping round to the last frames."""
+    root = flat_scene(tmp_path, n=6)
+    show = ["show", "--scene", str(root), "--out", str(tmp_path / "f.png"), "--size", "16"]
+    for extra, reason in ((["--frames", "8"], "8 frames 1 apart from position 0 span 8 frames, the scene has 6"),
+                          (["--stride", "3"], "span 10 frames, the scene has 6; lower --frames"),
+                          (["--anchor", "4"], "from position 4 span 4 frames")):
+        with pytest.raises(SystemExit, match=f"error: {re.escape(str(root))}: .*{reason}"):
+            data.main(show + extra)
+    with pytest.raises(SystemExit) as e:
+        data.main(show + ["--anchor", "-1"])
+    assert e.value.code == 2 and "--anchor must be a frame position >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="error: .*nothere: no such folder"):
+        data.main(["scan", "--data", str(tmp_path / "nothere")])
+    with pytest.raises(SystemExit, match="error: .*images: no track source"):
+        data.main(["show", "--scene", str(root / "images")])
+    scene = data.load_scene(root)
+    with pytest.raises(ValueError, match="3 consecutive frames from position -1 do not fit in its 6 frames"):
+        data.make_sample(scene, np.random.default_rng(0), 3, anchor=-1, contiguous=True)
+
+
 @pytest.mark.slow
 def test_default_synthetic_scene_renders_and_runs_as_a_script(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "synth.py"), "--out", str(tmp_path), "--scenes", "1",
