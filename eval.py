@@ -169,8 +169,9 @@ def load_vsibench(root: Path, media: bool = True) -> list[dict]:
 
 
 def load_allangles(root: Path, media: bool = True) -> list[dict]:
-    """ROOT/data.json: a list of {index, category, question, A, B, C, answer, image_path, ...}."""
-    path = root / "data.json"
+    """ROOT/data.json (or that file itself): a list of {index, category, question, A, B, C, answer, image_path, ...};
+    image paths are relative to ROOT."""
+    path, root = (root, root.parent) if root.is_file() else (root / "data.json", root)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; download ch-chenyu/All-Angles-Bench into {root}")
     try:

@@ -776,6 +776,11 @@ def test_data_files_that_are_not_json_are_named(tmp_path):
         E.load_allangles(aa)
 
 
+def test_allangles_data_json_as_data(tmp_path):
+    root = aa_root(tmp_path)
+    assert E.load_allangles(root / "data.json") == E.load_allangles(root)  # images still relative to the folder
+
+
 def test_allangles_answer_must_be_an_option(tmp_path):
     root = aa_root(tmp_path)
     rows = json.loads((root / "data.json").read_text())
