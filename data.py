@@ -275,8 +275,11 @@ def scene_source(path):
         return "dense"
     if (path / SPARSE_MODEL / "images.bin").is_file():
         return "sparse"
+    model = path / SPARSE_MODEL
+    text = (f"; {model} holds a text model: convert it with `colmap model_converter --input_path {model} "
+            f"--output_path {model} --output_type BIN`" if (model / "images.txt").is_file() else "")
     raise FileNotFoundError(f"{path}: no track source: needs depths/<stem>.npy, a COLMAP dense/ workspace, "
-                            f"or DL3DV's SfM model {SPARSE_MODEL}/{{cameras,images,points3D}}.bin")
+                            f"or DL3DV's SfM model {SPARSE_MODEL}/{{cameras,images,points3D}}.bin{text}")
 
 
 def load_scene(path, size=None):

@@ -609,6 +609,12 @@ def test_source_order(tmp_path):
     assert data.load_scene(root).source == "depths"
     with pytest.raises(FileNotFoundError, match="no track source"):
         data.scene_source(flat_scene(tmp_path, name="bare").parent / "bare" / "images")
+    text, _ = scenes.sparse_scene(tmp_path / "text")
+    for f in ("cameras", "images", "points3D"):  # COLMAP's text export: named, with the command converting it
+        (text / data.SPARSE_MODEL / f"{f}.bin").rename(text / data.SPARSE_MODEL / f"{f}.txt")
+    with pytest.raises(FileNotFoundError, match="no track source.*holds a text model: convert it with `colmap "
+                                                "model_converter .*--output_type BIN`"):
+        data.scene_source(text)
 
 
 # ----------------------------------------------------------------------------- bad scenes: counted skips
