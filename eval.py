@@ -813,7 +813,9 @@ def run_benchmark(benchmark: str, items: list[dict], out: Path, vlm_loader, batc
         n_frames: int = 32, inputs: str = "official", settings: dict | None = None) -> None:
     """Append one scored line per item not yet in `out`; the model is loaded only if work remains.
     The resolved settings go to `<out stem>.settings.json`; a resume with other settings is refused."""
-    done = set(read_predictions(out)[0]) if out.exists() else set()
+    done, problems = read_predictions(out) if out.exists() else ({}, dict(benchmarks=set()))
+    if problems["benchmarks"] - {benchmark}:  # its ids would mark this benchmark's items as done
+        raise ValueError(f"{out} holds {', '.join(sorted(problems['benchmarks']))} predictions; use another --out")
     todo = [it for it in items if str(it["id"]) not in done]
     settings = dict(settings or {}, benchmark=benchmark, inputs=inputs, frames=n_frames, batch_size=batch_size,
                     max_new_tokens=max_new_tokens or MAX_NEW_TOKENS[benchmark])

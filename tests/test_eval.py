@@ -827,6 +827,14 @@ def test_score_refuses_other_benchmarks_and_non_string_predictions(tmp_path, cap
     assert json.loads(cli(capsys, *score, numbers, "--allow-partial").out)["malformed"] == 8
 
 
+def test_run_refuses_to_resume_another_benchmarks_file(tmp_path):
+    out = tmp_path / "aa.jsonl"  # All-Angles ids 0..4 would count as VSI-Bench items already answered
+    write_jsonl(out, [E.score_item("allangles", it, "A") for it in E.load_allangles(aa_root(tmp_path))])
+    with pytest.raises(ValueError, match="aa.jsonl holds allangles predictions; use another --out"):
+        E.run_benchmark("vsibench", E.load_vsibench(vsi_root(tmp_path, frames=1)), out,
+                        lambda: pytest.fail("the model must not load"))
+
+
 def test_score_names_empty_files_and_folders(tmp_path, capsys):
     root = vsi_root(tmp_path, frames=1)
     score = ("score", "--benchmark", "vsibench", "--data", root, "--predictions")
