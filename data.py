@@ -317,6 +317,7 @@ def _load_depths(path, size):
     if meta.get("camera_model", "OPENCV") not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
         raise ValueError(f"{tf}: camera_model {meta['camera_model']} not supported (OPENCV or PINHOLE)")
     names = [Path(f["file_path"]).name for f in frames]  # DL3DV says images/ even inside images_4/ packages
+    _one_each(names, tf)
     folder, source_size = _image_folder(path, names[0], size)
     H, W = size or source_size
     index, order = _frame_order(names)
@@ -357,6 +358,14 @@ def _load_depths(path, size):
                  np.array(dist), source_size)
 
 
+def _one_each(names, where):
+    """Frames are found by file name alone: two entries with one name would be one image twice (or two poses)."""
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"{where}: file name {twice[0]} is listed more than once ({len(twice)} such names); "
+                         f"frames are found by file name, so list each frame once, under a name of its own")
+
+
 def _must_exist(files, what, fix):
     missing = [f for f in files if not f.is_file()]
     if missing:
@@ -373,6 +382,7 @@ def _colmap_frames(path, model, size, folders, where):
         raise ValueError(f"{model / 'images.bin'}: no registered image")
     ids = list(images)
     names = [Path(images[i]["name"]).name for i in ids]
+    _one_each(names, model / "images.bin")
     index, order = _frame_order(names)
     folder, source_size = _image_folder(path, names[order[0]], size, folders)
     H, W = size or source_size

@@ -592,6 +592,20 @@ def test_sparse_layout_tracks_are_the_models_keypoints(tmp_path, model):
         assert (s["depth"][f][uv[:, 1], uv[:, 0]] > 0).all() and (s["depth"][f] > 0).sum() <= len(uv)
 
 
+def test_two_images_of_one_file_name_are_refused(tmp_path):
+    """A model of two cameras whose frames share file names (cam0/frame_00001.png, cam1/frame_00001.png) would
+    pair one image file with two poses: a named error instead."""
+    root, _ = scenes.sparse_scene(tmp_path / "s")
+    path = root / data.SPARSE_MODEL / "images.bin"
+    images = colmap.read_images_bin(path)
+    first = min(images, key=lambda i: images[i]["name"])
+    colmap.write_images_bin(path, {i: (im["qvec"], im["tvec"], im["camera_id"],
+                                       "cam1/frame_00002.png" if i == first else im["name"],
+                                       im["points2D"]["xy"], im["points2D"]["point3D_id"]) for i, im in images.items()})
+    with pytest.raises(ValueError, match="images.bin: file name frame_00002.png is listed more than once"):
+        data.load_scene(root)
+
+
 def test_source_order(tmp_path):
     """depths/ first, then dense/, then the SfM model; each scene records its source."""
     root, _ = scenes.sparse_scene(tmp_path / "s")
@@ -632,6 +646,7 @@ BAD_SCENES = {
     "fl_x_string": (lambda m: m.update(fl_x="20"), "fl_x='20'.*must be numbers"),
     "w_zero": (lambda m: m.update(w=0), "image size must be positive"),
     "k3": (lambda m: m["frames"][1].update(k3=0.02), "k3=0.02: only OPENCV distortion"),
+    "listed_twice": (lambda m: m["frames"].append(dict(m["frames"][1])), "frame_00002.png is listed more than once"),
     "nan_pose": (lambda m: m["frames"][2]["transform_matrix"][0].__setitem__(3, float("nan")), "not a rigid"),
     "pose_string": (lambda m: m["frames"][2].update(transform_matrix="eye"), "not a rigid"),
 }
