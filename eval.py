@@ -229,8 +229,9 @@ def load_blink(root: Path, media: bool = True) -> list[dict]:
             # Deviation: the official GPT-4V query puts the text before the images; model.py puts images first.
             prompt = (BLINK_DISCLAIMER if subtask in BLINK_NEEDS_DISCLAIMER else "") + r["prompt"]
             item = dict(id=r["idx"], category=subtask, prompt=prompt, answer=r["answer"], choices=r["choices"],
-                        images=[r[c]["bytes"] for c in images if r[c] is not None])
-            if None in item["images"]:
+                        images=[r[c].get("bytes") if isinstance(r[c], dict) else r[c]  # HF Image: {bytes, path}
+                                for c in images if r[c] is not None])
+            if not all(isinstance(x, bytes) for x in item["images"]):
                 raise ValueError(f"{f} row {r['idx']}: an image without embedded bytes; use the HF parquet files")
             items.append(item)
     return items

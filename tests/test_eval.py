@@ -809,6 +809,21 @@ def test_blink_bad_answers_are_named(tmp_path, answer, choices, message):
         E.load_blink(root)
 
 
+def test_blink_image_columns_of_plain_bytes_or_paths(tmp_path):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    root = blink_root(tmp_path)
+    f = root / "Spatial_Relation" / "val-00000-of-00001.parquet"
+    table = pq.read_table(f)
+    for values, kind in (([png(1), png(2)], pa.binary()), (["1.png", "2.png"], pa.string())):
+        pq.write_table(table.set_column(table.schema.get_field_index("image_1"), "image_1", pa.array(values, kind)), f)
+        if kind == pa.binary():  # the image bytes themselves, without the HF struct around them: usable
+            items = {it["id"]: it for it in E.load_blink(root)}
+            assert np.asarray(E.visuals(items["val_Spatial_Relation_2"], 32)[0])[0, 0, 0] == 2
+        else:
+            with pytest.raises(ValueError, match="row val_Spatial_Relation_1: an image without embedded bytes"):
+                E.load_blink(root)
+
+
 def test_score_refuses_other_benchmarks_and_non_string_predictions(tmp_path, capsys):
     root = vsi_root(tmp_path, frames=1)
     score = ("score", "--benchmark", "vsibench", "--data", root, "--predictions")
