@@ -41,6 +41,7 @@ References:
   VGGT track recipe (0.05 depth check, 4 px margin): https://arxiv.org/abs/2503.11651
 """
 import argparse
+import glob
 import json
 import os
 import re
@@ -259,7 +260,9 @@ def _image_folder(path, name, size, folders=IMAGE_DIRS):
             with Image.open(path / d / name) as im:
                 sizes[d] = (im.height, im.width)
     if not sizes:
-        raise FileNotFoundError(f"{path / folders[0] / name}: missing image (looked in {', '.join(folders)})")
+        like = sorted(f"{d}/{f.name}" for d in folders for f in (path / d).glob(f"{glob.escape(Path(name).stem)}.*"))
+        hint = f"; found {like[0]}: give each frame's file name with its extension as on disk" if like else ""
+        raise FileNotFoundError(f"{path / folders[0] / name}: missing image (looked in {', '.join(folders)}){hint}")
     big = [d for d in sizes if size is not None and sizes[d][0] >= size[0] and sizes[d][1] >= size[1]]
     folder = min(big, key=lambda d: sizes[d][0]) if big else max(sizes, key=lambda d: sizes[d][0])
     return folder, sizes[folder]

@@ -646,6 +646,8 @@ BAD_SCENES = {
     "fl_x_string": (lambda m: m.update(fl_x="20"), "fl_x='20'.*must be numbers"),
     "w_zero": (lambda m: m.update(w=0), "image size must be positive"),
     "k3": (lambda m: m["frames"][1].update(k3=0.02), "k3=0.02: only OPENCV distortion"),
+    "no_extension": (lambda m: [f.update(file_path=f["file_path"][:-4]) for f in m["frames"]],
+                     "frame_00001: missing image .*found images/frame_00001.png: give each frame's file name with"),
     "listed_twice": (lambda m: m["frames"].append(dict(m["frames"][1])), "frame_00002.png is listed more than once"),
     "nan_pose": (lambda m: m["frames"][2]["transform_matrix"][0].__setitem__(3, float("nan")), "not a rigid"),
     "pose_string": (lambda m: m["frames"][2].update(transform_matrix="eye"), "not a rigid"),
