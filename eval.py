@@ -423,7 +423,7 @@ def read_predictions(path: Path) -> tuple[dict, dict]:
     "torn_last_line": its number if the file ends in half a line (an interrupted write), else None,
     "benchmarks": the `benchmark` fields its lines carry (`run` writes one on each line)}."""
     preds, seen, bad, torn, benchmarks = {}, {}, [], None, set()
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")  # JSON is UTF-8, whatever the locale
     lines = text.split("\n")
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -855,7 +855,7 @@ def run_benchmark(benchmark: str, items: list[dict], out: Path, vlm_loader, batc
         with out.open("r+b") as f:
             f.truncate(keep)
     over = 0
-    with out.open("a") as f, tqdm(total=len(todo), desc=f"{benchmark} -> {out.name}") as bar:
+    with out.open("a", encoding="utf-8") as f, tqdm(total=len(todo), desc=f"{benchmark} -> {out.name}") as bar:
         for item, text, record in generate(vlm, processor.tokenizer, build, todo, batch_size,
                                            settings["max_new_tokens"], n_frames, context):
             # Assumption: the decoded text is stripped, as lmms-eval's model wrappers do

@@ -850,6 +850,19 @@ def test_run_refuses_to_resume_another_benchmarks_file(tmp_path):
                         lambda: pytest.fail("the model must not load"))
 
 
+def test_predictions_are_read_as_utf8_in_any_locale(tmp_path):
+    import os
+    import subprocess
+    import sys
+    preds = tmp_path / "p.jsonl"
+    preds.write_text('{"id": 0, "prediction": "3 chaises, \u00e9t\u00e9 \u4e09"}\n', encoding="utf-8")
+    env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")  # locale encoding: ASCII
+    code = f"import eval; from pathlib import Path; print(ascii(eval.read_predictions(Path({str(preds)!r}))[0]))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(E.__file__))
+    assert out.stdout.strip() == ascii({"0": "3 chaises, \u00e9t\u00e9 \u4e09"}), out.stderr[-300:]
+
+
 def test_score_names_empty_files_and_folders(tmp_path, capsys):
     root = vsi_root(tmp_path, frames=1)
     score = ("score", "--benchmark", "vsibench", "--data", root, "--predictions")
