@@ -318,7 +318,8 @@ def _load_depths(path, size):
         raise ValueError(f"{tf}: needs a non-empty 'frames' list whose entries have a file_path string and "
                          f"a transform_matrix")
     if meta.get("camera_model", "OPENCV") not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
-        raise ValueError(f"{tf}: camera_model {meta['camera_model']} not supported (OPENCV or PINHOLE)")
+        raise ValueError(f"{tf}: camera_model {meta['camera_model']} not supported (OPENCV, PINHOLE, SIMPLE_PINHOLE); "
+                         f"undistort the frames and depth maps to a pinhole camera (e.g. a COLMAP dense/ workspace)")
     names = [Path(f["file_path"]).name for f in frames]  # DL3DV says images/ even inside images_4/ packages
     _one_each(names, tf)
     folder, source_size = _image_folder(path, names[0], size)

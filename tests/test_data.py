@@ -648,6 +648,7 @@ BAD_SCENES = {
     "k3": (lambda m: m["frames"][1].update(k3=0.02), "k3=0.02: only OPENCV distortion"),
     "no_extension": (lambda m: [f.update(file_path=f["file_path"][:-4]) for f in m["frames"]],
                      "frame_00001: missing image .*found images/frame_00001.png: give each frame's file name with"),
+    "fisheye": (lambda m: m.update(camera_model="OPENCV_FISHEYE"), "OPENCV_FISHEYE not supported.*undistort the"),
     "listed_twice": (lambda m: m["frames"].append(dict(m["frames"][1])), "frame_00002.png is listed more than once"),
     "nan_pose": (lambda m: m["frames"][2]["transform_matrix"][0].__setitem__(3, float("nan")), "not a rigid"),
     "pose_string": (lambda m: m["frames"][2].update(transform_matrix="eye"), "not a rigid"),
