@@ -138,8 +138,9 @@ class Scene:
         except (OSError, SyntaxError, EOFError) as e:  # how PIL reports broken files
             raise ValueError(f"{self.image_files[i]}: cannot decode image ({e}); extract the frame again") from None
         if rgb.shape[:2] != self.source_size:
-            raise ValueError(f"{self.image_files[i]}: image is {rgb.shape[0]}x{rgb.shape[1]}, the scene's "
-                             f"first frame is {self.source_size[0]}x{self.source_size[1]}")
+            raise ValueError(f"{self.image_files[i]}: image is {rgb.shape[0]}x{rgb.shape[1]}, the scene's frames "
+                             f"are {self.source_size[0]}x{self.source_size[1]} (as its first listed frame); all frames "
+                             f"of a scene must have one size: extract this one again")
         return resize_image(rgb, self.size)
 
     def depth(self, i):

@@ -171,6 +171,15 @@ def test_opengl_to_opencv():
     assert z[0] == pytest.approx(2) and uv[0, 1] < 50  # OpenCV: positive depth, above = smaller v
 
 
+def test_a_frame_of_another_size_is_named_with_the_fix(tmp_path):
+    root = flat_scene(tmp_path)
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(root / "images" / "frame_00003.png")  # half size
+    scene = data.load_scene(root)
+    with pytest.raises(ValueError, match=r"frame_00003.png: image is 8x10, the scene's frames are 16x20 .as its first "
+                                         r"listed frame.; all frames of a scene must have one size: extract this one"):
+        scene.image(2)
+
+
 def test_frames_of_any_pixel_format_read_as_8_bit_rgb(tmp_path):
     """16-bit grey PNGs are scaled to 8 bits (PIL alone clips them at 255: white frames); palette, RGBA and
     grey frames give the same RGB; the same holds for instruction-data frame folders."""
