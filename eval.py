@@ -187,8 +187,8 @@ def load_allangles(root: Path, media: bool = True) -> list[dict]:
         if r["category"] not in dict(COLUMNS["allangles"]):
             raise ValueError(f"{where}: unknown category {r['category']!r}; expected one of "
                              f"{', '.join(dict(COLUMNS['allangles']))}")
-        # VLMEvalKit build_choices: every column A..Z that is present and not NaN
-        options = {c: r[c] for c in string.ascii_uppercase if r.get(c) is not None}
+        # VLMEvalKit build_choices: every column A..Z that is present and not NaN (its TSV reads "" as NaN)
+        options = {c: r[c] for c in string.ascii_uppercase if r.get(c) is not None and r[c] == r[c] and r[c] != ""}
         if not options:
             raise ValueError(f"{where}: no option fields A, B, C")
         if r["answer"] not in options:  # mcq_vanilla_eval: hit iff the extracted letter == answer

@@ -781,6 +781,17 @@ def test_allangles_data_json_as_data(tmp_path):
     assert E.load_allangles(root / "data.json") == E.load_allangles(root)  # images still relative to the folder
 
 
+def test_allangles_empty_options_are_no_options(tmp_path):
+    root = aa_root(tmp_path)
+    rows = json.loads((root / "data.json").read_text())
+    rows[2]["C"], rows[4]["C"] = "", float("nan")  # json writes NaN; VLMEvalKit's pd.isna drops both
+    (root / "data.json").write_text(json.dumps(rows))
+    items = E.load_allangles(root)
+    assert items[2]["options"] == {"A": "2", "B": "3"} and "C." not in items[2]["prompt"]
+    assert items[4]["options"] == {"A": "up", "B": "down"}
+    assert E.score_item("allangles", items[2], "3")["extracted"] == "B"  # "" would match every answer's text
+
+
 def test_allangles_answer_must_be_an_option(tmp_path):
     root = aa_root(tmp_path)
     rows = json.loads((root / "data.json").read_text())
