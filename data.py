@@ -341,8 +341,7 @@ def _load_depths(path, size):
                 if fr.get(key, meta.get(key))]
         if more:  # nerfstudio writes them for COLMAP's FULL_OPENCV camera; dropping them would misplace tracks
             raise ValueError(f"{where}: {', '.join(more)}: only OPENCV distortion (k1, k2, p1, p2) is supported; "
-                             f"undistort the frames and depth maps to a pinhole camera, or remove depths/ to use "
-                             f"the SfM model")
+                             f"undistort the frames and depth maps to a pinhole camera (e.g. a COLMAP dense/ workspace)")
         Kf, distf = np.array([[cam["fl_x"], 0, cam["cx"]], [0, cam["fl_y"], cam["cy"]], [0, 0, 1.0]]), \
             np.array([cam[key] or 0.0 for key in DIST_KEYS], np.float64)
         _check_camera(Kf, distf, (cam["w"], cam["h"]), where)
@@ -367,7 +366,7 @@ def _one_each(names, where):
     """Frames are found by file name alone: two entries with one name would be one image twice (or two poses)."""
     if len(set(names)) < len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"{where}: file name {twice[0]} is listed more than once ({len(twice)} such names); "
+        raise ValueError(f"{where}: file name {twice[0]} is listed more than once ({len(twice)} names are); "
                          f"frames are found by file name, so list each frame once, under a name of its own")
 
 
