@@ -341,7 +341,8 @@ def _load_depths(path, size):
                 if fr.get(key, meta.get(key))]
         if more:  # nerfstudio writes them for COLMAP's FULL_OPENCV camera; dropping them would misplace tracks
             raise ValueError(f"{where}: {', '.join(more)}: only OPENCV distortion (k1, k2, p1, p2) is supported; "
-                             f"undistort the frames and depth maps to a pinhole camera (e.g. a COLMAP dense/ workspace)")
+                             f"undistort the frames and depth maps to a pinhole camera (e.g. a COLMAP dense/ "
+                             f"workspace)")
         Kf, distf = np.array([[cam["fl_x"], 0, cam["cx"]], [0, cam["fl_y"], cam["cy"]], [0, 0, 1.0]]), \
             np.array([cam[key] or 0.0 for key in DIST_KEYS], np.float64)
         _check_camera(Kf, distf, (cam["w"], cam["h"]), where)
