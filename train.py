@@ -580,7 +580,7 @@ def main(argv=None):
         with open(os.path.join(cfg.out, "probe.json"), "w") as f:
             json.dump(results, f, indent=1)
         for p, res in results.items():
-            print(f"\nPCK@2 per layer on held-out scenes {p} (native = the layer's own Q-K attention, head = GASP head)")
+            print(f"\nheld-out scenes {p}")
             print(probe.table(res))
             for name, r in res.items():
                 peak = r["native"]["peak_layer"]
