@@ -22,6 +22,7 @@ Run:
     python probe.py --model runs/tiny-qwen2_5_vl --model runs/vqa/checkpoint.pt --model runs/gasp \\
         --model runs/gasp/export --out runs/compare               # side by side: stock, baseline, GASP, export
     python probe.py --model runs/gasp --no-rotary --out runs/prerope   # diagnostic: q/k before M-RoPE
+    python probe.py --model runs/gasp --sharpen 16 --out runs/sharp    # diagnostic: the same q/k, logits x16
 Outputs probe.json (every number, settings, model and data), probe.png (panels a-d) and a printed table.
 References: GASP arXiv 2605.30231; DiffTrack (arXiv 2506.17220) for Q-K matching and confidence.
 """
@@ -171,10 +172,11 @@ def default_names(paths: list[str]) -> list[str]:
 
 @torch.no_grad()
 def run_probe(vlm, proc, samples, gasp=None, tau: float = 0.07, device="cpu", desc="probe",
-              rotary: bool = True) -> dict:
+              rotary: bool = True, sharpen: float = 1.0) -> dict:
     """Native Q-K metrics for every layer (and head metrics with temperature tau when gasp is given), pooled
-    over samples, plus the grid and the chance PCK. rotary=False reads q and k before the rotary embedding
-    (diagnostic, not G8). q/k and embeddings are compared in float32 whatever the model's dtype."""
+    over samples, plus the grid and the chance PCK. Diagnostics, not G8: rotary=False reads q and k before the
+    rotary embedding; sharpen multiplies the attention's logits (a sharper softmax, the same q and k).
+    q/k and embeddings are compared in float32 whatever the model's dtype."""
     n_layers = len(M.llm_layers(vlm))
     native = [[] for _ in range(n_layers)]
     heads = [[] for _ in range(len(gasp.layer_ids))] if gasp is not None else None
@@ -183,7 +185,7 @@ def run_probe(vlm, proc, samples, gasp=None, tau: float = 0.07, device="cpu", de
         tmap = proc.token_map(inputs["input_ids"][0], len(sample["frames"]))
 
         def on_layer(l, q, k):  # q, k (F, T, H, d) float32
-            native[l].append(match(q, k, sample, proc.token_px, proc.grid, q.shape[-1] ** -0.5))
+            native[l].append(match(q, k, sample, proc.token_px, proc.grid, sharpen * q.shape[-1] ** -0.5))
 
         forward = (lambda: gasp.embed(inputs, tmap)) if gasp is not None else None  # heads read in the same pass
         out = M.native_qk(vlm, inputs, tmap, on_layer, forward=forward, rotary=rotary)
@@ -545,6 +547,8 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out sample draw (default: %(default)s)")
     p.add_argument("--no-rotary", action="store_true", help="diagnostic: native q/k before the rotary embedding "
                    "(what M-RoPE costs the cross-frame match; G8 itself applies it)")
+    p.add_argument("--sharpen", type=float, default=1.0, help="diagnostic: multiply the native attention's logits "
+                   "q.k/sqrt(d) by this (> 1: a sharper softmax of the same q and k, as a confidence check; G8 is 1)")
     args = p.parse_args()
     if args.name and not args.model:
         p.error(f"--name given {len(args.name)} time(s) without --model: give one --model per --name")
@@ -552,6 +556,8 @@ def main():
         p.error(f"{len(args.model)} --model but {len(args.name)} --name: give one --name per --model, or none")
     if args.name and len(set(args.name)) < len(args.name):
         p.error(f"--name {args.name}: names must differ (results are stored by name)")
+    if args.sharpen <= 0:
+        p.error(f"--sharpen {args.sharpen}: must be > 0")
     if args.frames < 2 or args.limit < 1:
         p.error(f"--frames {args.frames} --limit {args.limit}: need at least 2 frames and 1 sample")
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -571,9 +577,10 @@ def main():
             samples = probe_samples(args.scenes, proc.size, args.frames, args.limit, args.seed)
         except (OSError, ValueError) as e:
             p.error(f"--scenes {args.scenes}: {e}")
-        results[name] = run_probe(vlm, proc, samples, gasp, tau, args.device, f"probe {name}", not args.no_rotary)
+        results[name] = run_probe(vlm, proc, samples, gasp, tau, args.device, f"probe {name}", not args.no_rotary,
+                                  args.sharpen)
         results[name].update(model=path, config=cfg, scenes=args.scenes, frames=args.frames, samples=len(samples),
-                             rotary=not args.no_rotary, dtype=dtype,
+                             rotary=not args.no_rotary, sharpen=args.sharpen, dtype=dtype,
                              attn_implementation=args.attn_implementation)
         extra.append(correspondence_figure(vlm, proc, samples[0], results[name]["native"]["peak_layer"], args.device,
                                            name, model_color(m)))

@@ -124,6 +124,7 @@ def test_default_names_are_unique():
     (["--model", "a", "--model", "b", "--name", "x", "--name", "x"], "names must differ"),
     (["--frames", "1"], "at least 2 frames"),
     (["--dtype", "int8"], "invalid choice"),
+    (["--sharpen", "0"], "must be > 0"),
     (["--model", "nowhere/checkpoint.pt"], "--model nowhere/checkpoint.pt: nowhere/checkpoint.pt: no training"),
 ])
 def test_cli_misuse_is_a_usage_error(monkeypatch, capsys, tmp_path, argv, message):
@@ -186,6 +187,26 @@ def tiny_probe(tmp_path_factory):
     vlm, proc = M.load(M.build_tiny(str(tmp / "tiny"), layers=2, hidden=64), size=(112, 112))
     samples = probe.probe_samples(str(tmp / "scenes"), proc.size, 3, 1)
     return vlm, proc, samples, probe.run_probe(vlm, proc, samples)
+
+
+def test_sharpen_scales_the_logits_of_the_same_q_and_k(tiny_probe):
+    """--sharpen c: the probe's softmax of c·q·k/√d, i.e. exactly the default probe of layer l in a model whose
+    layer-l queries are c times larger (a copy with that layer's q_proj scaled; the layers below it are
+    unchanged, so its q and k are too); c = 1 is G8 itself."""
+    import copy
+    vlm, proc, samples, base = tiny_probe
+    assert probe.run_probe(vlm, proc, samples, sharpen=1.0)["native"] == base["native"]
+    sharp = probe.run_probe(vlm, proc, samples, sharpen=4.0)["native"]
+    for l in range(len(M.llm_layers(vlm))):
+        scaled = copy.deepcopy(vlm)
+        attn = M.llm_layers(scaled)[l].self_attn
+        attn.q_proj.weight.data *= 4.0
+        attn.q_proj.bias.data *= 4.0
+        ref = probe.run_probe(scaled, proc, samples)["native"]
+        assert sharp["n"][l] == ref["n"][l]
+        assert sharp["pck2"][l] == pytest.approx(ref["pck2"][l], abs=1e-6)
+        assert sharp["rho"][l] == pytest.approx(ref["rho"][l], abs=1e-5)
+    assert not np.allclose(sharp["rho"], base["native"]["rho"])
 
 
 @pytest.mark.slow
