@@ -478,6 +478,11 @@ def figure(results: dict, extra: list[Image.Image]) -> Image.Image:
              "native Q-K: the layer's own attention, softmax(q.k / sqrt(d)) averaged over heads, rotary applied. "
              "GASP head: softmax(e_q.e_k / tau) of",
              "the trained head's embeddings (hatched bars, dashed lines). One colour per model in every panel."]
+    diagnostic = [text for key, off, text in (("rotary", True, "q and k read BEFORE the rotary embedding"),
+                                              ("sharpen", 1.0, f"logits multiplied by {first.get('sharpen')}"))
+                  if first.get(key, off) != off]
+    if diagnostic:  # not G8: say so on the figure itself
+        notes.append("DIAGNOSTIC, not the paper's probe: native Q-K " + "; ".join(diagnostic) + ".")
     if "samples" in first:
         notes.append(f"Data: {first['samples']} samples of {first['frames']} consecutive frames from "
                      f"{first['scenes']}; every later frame queries every earlier one.")
@@ -556,8 +561,8 @@ def main():
         p.error(f"{len(args.model)} --model but {len(args.name)} --name: give one --name per --model, or none")
     if args.name and len(set(args.name)) < len(args.name):
         p.error(f"--name {args.name}: names must differ (results are stored by name)")
-    if args.sharpen <= 0:
-        p.error(f"--sharpen {args.sharpen}: must be > 0")
+    if not 0 < args.sharpen < math.inf:
+        p.error(f"--sharpen {args.sharpen}: must be a finite number > 0")
     if args.frames < 2 or args.limit < 1:
         p.error(f"--frames {args.frames} --limit {args.limit}: need at least 2 frames and 1 sample")
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")

@@ -124,7 +124,8 @@ def test_default_names_are_unique():
     (["--model", "a", "--model", "b", "--name", "x", "--name", "x"], "names must differ"),
     (["--frames", "1"], "at least 2 frames"),
     (["--dtype", "int8"], "invalid choice"),
-    (["--sharpen", "0"], "must be > 0"),
+    (["--sharpen", "0"], "must be a finite number > 0"),
+    (["--sharpen", "nan"], "must be a finite number > 0"),
     (["--model", "nowhere/checkpoint.pt"], "--model nowhere/checkpoint.pt: nowhere/checkpoint.pt: no training"),
 ])
 def test_cli_misuse_is_a_usage_error(monkeypatch, capsys, tmp_path, argv, message):
