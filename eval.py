@@ -161,9 +161,9 @@ def load_vsibench(root: Path, media: bool = True) -> list[dict]:
         elif not isinstance(gt, str) or gt.upper() not in [o[0] for o in options]:
             raise ValueError(f"{where}: ground_truth {gt!r} is not the letter of one of its options")
         else:
-            prompt = "\n".join(["These are frames of a video.", r["question"], "Options:\n" + "\n".join(r["options"]),
+            prompt = "\n".join(["These are frames of a video.", r["question"], "Options:\n" + "\n".join(options),
                                 "Answer with the option's letter from the given choices directly."])
-        items.append(dict(id=r["id"], category=qt, prompt=prompt, answer=r["ground_truth"],
+        items.append(dict(id=r["id"], category=qt, prompt=prompt, answer=gt,
                           video=str(root / str(r["dataset"]) / str(r["scene_name"]))))  # ARKitScenes: digits
     return items
 
@@ -445,13 +445,17 @@ def read_predictions(path: Path) -> tuple[dict, dict]:
     return preds, dict(duplicates=dups, bad_lines=bad, torn_last_line=torn, benchmarks=benchmarks)
 
 
-def coverage(benchmark: str, wanted: list[dict], scored: set) -> dict:
+def column(category: str) -> str:
+    """The score column of a category: VSI-Bench's three Rel. Dir. sub-types share `object_rel_direction`."""
+    return "object_rel_direction" if category in VSI_REL_DIR else category
+
+
+def coverage(wanted: list[dict], scored: set) -> dict:
     """Items scored / items in the benchmark (of the chosen categories), overall and per category
     (VSI-Bench's three rel_direction sub-types pooled, as in the summary)."""
-    name = (lambda c: "object_rel_direction" if c in VSI_REL_DIR else c) if benchmark == "vsibench" else (lambda c: c)
-    total, have = Counter(name(it["category"]) for it in wanted), Counter()
+    total, have = Counter(column(it["category"]) for it in wanted), Counter()
     for it in wanted:
-        have[name(it["category"])] += str(it["id"]) in scored
+        have[column(it["category"])] += str(it["id"]) in scored
     return dict(scored=sum(have.values()), total=len(wanted),
                 categories={c: [have[c], total[c]] for c in sorted(total)})
 
@@ -462,8 +466,7 @@ def score_file(benchmark: str, items: list[dict], path: Path, categories=None, a
     lacks items of the chosen categories. With allow_partial these are scored as they are and counted."""
     by_id = {str(it["id"]): it for it in items}
     # Rel. Dir. is the mean of easy, medium and hard: a sub-type alone scores part of that column (coverage says so)
-    wanted = select(benchmark, items, categories and ["object_rel_direction" if c in VSI_REL_DIR else c
-                                                      for c in categories])
+    wanted = select(benchmark, items, categories and [column(c) for c in categories])
     wanted_ids = {str(it["id"]) for it in wanted}
     preds, problems = read_predictions(path)
     if problems["benchmarks"] - {benchmark}:  # ids alone can match another benchmark's (0, 1, 2, ...)
@@ -479,7 +482,7 @@ def score_file(benchmark: str, items: list[dict], path: Path, categories=None, a
             raise ValueError(f"{path}: id {key!r} is not in the {benchmark} data; wrong --data or --benchmark?")
         if key in wanted_ids:
             lines.append(score_item(benchmark, by_id[key], pred))
-    cov = coverage(benchmark, wanted, {str(x["id"]) for x in lines})
+    cov = coverage(wanted, {str(x["id"]) for x in lines})
     fix = "finish it with eval.py run --out (it resumes), or pass --allow-partial to score it as it is"
     for n in problems["bad_lines"]:
         print(f"warning: {path}:{n}: not a JSON object with an id; skipped", file=sys.stderr)
