@@ -455,8 +455,8 @@ def figure(results: dict, extra: list[Image.Image]) -> Image.Image:
             a.append(dict(label=label, xs=layers, ys=r["pck2"], color=color, style=style_bar))
             band = {}
             if "rho_seq_mean" in r:  # probe.json files written before the per-sequence rho have no band
-                m_, s_ = np.array(r["rho_seq_mean"]), np.array(r["rho_seq_std"])
-                band = dict(band=(list(m_ - s_), list(m_ + s_)))
+                mean, std = np.array(r["rho_seq_mean"]), np.array(r["rho_seq_std"])
+                band = dict(band=(list(mean - std), list(mean + std)))
             b.append(dict(label=label, xs=layers, ys=r["rho"], color=color, style=style_line, **band))
             t = {int(g): y for g, y in r["temporal"][r["peak_layer"]].items()}  # json turns keys into strings
             c.append(dict(label=f"{label}, layer {layers[r['peak_layer']]}", xs=sorted(t),

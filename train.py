@@ -583,11 +583,12 @@ def main(argv=None):
             print(f"\nheld-out scenes {p}")
             print(probe.table(res))
             for name, r in res.items():
-                peak = r["native"]["peak_layer"]
-                t = r["native"]["temporal"][peak]
-                print(f"{name:>6}: peak native PCK@2 {r['native']['peak_pck2']:.3f} (layer {peak}), rho at peak "
-                      f"{r['native']['rho'][peak]:+.2f} (per sample {r['native']['rho_seq_mean'][peak]:+.2f} +- "
-                      f"{r['native']['rho_seq_std'][peak]:.2f}), Y(largest gap) {t[max(t)]:.2f}")
+                n = r["native"]
+                peak, t = n["peak_layer"], n["temporal"][n["peak_layer"]]
+                seq = (f" (per sample {n['rho_seq_mean'][peak]:+.2f} +- {n['rho_seq_std'][peak]:.2f})"
+                       if "rho_seq_mean" in n else "")  # a "before" probe resumed from an older checkpoint has none
+                print(f"{name:>6}: peak native PCK@2 {n['peak_pck2']:.3f} (layer {peak}), rho at peak "
+                      f"{n['rho'][peak]:+.2f}{seq}, Y(largest gap) {t[max(t)]:.2f}")
     if master and cfg.export:
         M.export(raw, proc, os.path.join(cfg.out, "export"))
         print(f"exported a stock checkpoint to {cfg.out}/export")
