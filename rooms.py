@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from data import gl_to_cv
+from synth import render_scenes  # a process pool only: no scene code is shared
 
 ROOMS_VERSION = 1  # bump when the renderer changes, so stale scenes are re-rendered
 TPM = 64.0  # texels per metre of every texture
@@ -565,8 +566,8 @@ def rooms_scene(out_dir, seed, num_frames=48, size=448):
 def make_rooms(root, n_scenes, seed=20000, num_frames=48, size=448):
     """Write scenes root/scene_0000 ... with seeds seed, seed + 1, ...; complete scenes rendered by this
     version with the same seed, size and frame count are kept, others (re)rendered."""
-    root = Path(root)
-    for k in tqdm(range(n_scenes), desc=f"validation rooms in {root}"):
+    root, jobs = Path(root), []
+    for k in range(n_scenes):
         out, tf = root / f"scene_{k:04d}", root / f"scene_{k:04d}" / "transforms.json"
         if tf.is_file():
             meta = json.loads(tf.read_text())
@@ -574,7 +575,8 @@ def make_rooms(root, n_scenes, seed=20000, num_frames=48, size=448):
             if (meta.get("w"), len(meta.get("frames", [])), info.get("seed"), info.get("version")) == \
                     (size, num_frames, seed + k, ROOMS_VERSION):
                 continue
-        rooms_scene(out, seed + k, num_frames, size)
+        jobs.append((out, seed + k, num_frames, size))
+    render_scenes(rooms_scene, jobs, f"validation rooms in {root}")
     return root
 
 

@@ -20,6 +20,9 @@ References:
 """
 import argparse
 import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -395,17 +398,33 @@ def synth_scene(out_dir, seed, num_frames=64, size=448):
     return out
 
 
+def render_scenes(render, jobs: list[tuple], desc: str):
+    """Call render(*job) for every job, one process per CPU core: scenes are independent and each is
+    deterministic in its seed, so the files do not depend on how the jobs are spread (the demo's 24 + 4 + 2
+    scenes render in about half the time on 2 cores). A failure in any scene is raised here."""
+    workers = min(len(jobs), os.cpu_count() or 1)
+    if workers <= 1:
+        for job in tqdm(jobs, desc=desc):
+            render(*job)
+        return
+    # spawn, not fork: the caller (train.py) has torch loaded, whose thread pools do not survive a fork
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for done in tqdm(as_completed([pool.submit(render, *job) for job in jobs]), total=len(jobs), desc=desc):
+            done.result()
+
+
 def make_synthetic(root, n_scenes, seed=0, num_frames=64, size=448):
     """Write scenes root/scene_0000 ... with seeds seed, seed + 1, ...; complete matching scenes are kept."""
-    root = Path(root)
-    for k in tqdm(range(n_scenes), desc=f"synthetic scenes in {root}"):
+    root, jobs = Path(root), []
+    for k in range(n_scenes):
         out, tf = root / f"scene_{k:04d}", root / f"scene_{k:04d}" / "transforms.json"
         if tf.is_file():
             meta = json.loads(tf.read_text())
             if (meta["w"], len(meta["frames"]), meta["synthetic"]["seed"], meta["synthetic"].get("version")) == \
                     (size, num_frames, seed + k, SYNTH_VERSION):
                 continue
-        synth_scene(out, seed + k, num_frames, size)
+        jobs.append((out, seed + k, num_frames, size))
+    render_scenes(synth_scene, jobs, f"synthetic scenes in {root}")
     return root
 
 

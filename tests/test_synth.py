@@ -146,3 +146,18 @@ def test_lighting_changes_but_tracks_keep_their_colour(scenes):
         diffs.append(np.abs(c_f - c_a).mean())
         shuffled.append(np.abs(c_f - np.roll(c_a, 5, 0)).mean())
     assert np.mean(diffs) < 0.35 * np.mean(shuffled)
+
+
+def test_scenes_rendered_in_parallel_match_one_rendered_alone(scenes, tmp_path):
+    """make_synthetic renders scenes in a process pool: scene 1 (seed 2) equals the same seed rendered here,
+    file for file; a worker's error reaches the caller."""
+    alone = synth.synth_scene(tmp_path / "alone", 2, 6, 96)
+    files = sorted(p.relative_to(alone) for p in alone.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(scenes[1]) for p in scenes[1].rglob("*") if p.is_file())
+    for f in files:
+        assert (alone / f).read_bytes() == (scenes[1] / f).read_bytes(), f
+    blocked = [tmp_path / "file_a", tmp_path / "file_b"]
+    for b in blocked:
+        b.write_text("not a folder")
+    with pytest.raises(NotADirectoryError):
+        synth.render_scenes(synth.synth_scene, [(b, k, 2, 32) for k, b in enumerate(blocked)], "blocked")
