@@ -64,7 +64,7 @@ def test_help_shows_what_a_bare_run_uses(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: 2000; 1000 with any other --model)" in text
+    assert "(default: 1800; 1000 with any other --model)" in text
     assert "both ends included" in text
 
 
