@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from data import gl_to_cv
-from synth import render_scenes  # a process pool only: no scene code is shared
+from synth import render_scenes  # a thread pool only: no scene code is shared
 
 ROOMS_VERSION = 1  # bump when the renderer changes, so stale scenes are re-rendered
 TPM = 64.0  # texels per metre of every texture

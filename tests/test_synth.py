@@ -149,7 +149,7 @@ def test_lighting_changes_but_tracks_keep_their_colour(scenes):
 
 
 def test_scenes_rendered_in_parallel_match_one_rendered_alone(scenes, tmp_path):
-    """make_synthetic renders scenes in a process pool: scene 1 (seed 2) equals the same seed rendered here,
+    """make_synthetic renders scenes in a thread pool: scene 1 (seed 2) equals the same seed rendered here,
     file for file; a worker's error reaches the caller."""
     alone = synth.synth_scene(tmp_path / "alone", 2, 6, 96)
     files = sorted(p.relative_to(alone) for p in alone.rglob("*") if p.is_file())
