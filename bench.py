@@ -99,11 +99,11 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-import colmap
+from scenes import colmap
 import data
 import model as M
 import probe
-import synth
+from scenes import synth
 import train
 from losses import gasp_losses, pair_targets, total_loss
 

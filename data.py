@@ -55,10 +55,10 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from colmap import (POINT2D, ColmapError, colmap_c2w, colmap_intrinsics, read_cameras_bin, read_colmap_array,
+from scenes.layout import gl_to_cv
+from scenes.colmap import (POINT2D, ColmapError, colmap_c2w, colmap_intrinsics, read_cameras_bin, read_colmap_array,
                     read_images_bin, read_points3d_bin)
 
-GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])  # c2w_cv = c2w_gl @ GL_TO_CV (flips camera y, z); its own inverse
 IMAGE_DIRS = ("images", "images_2", "images_4", "images_8")
 CAMERA_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 DIST_KEYS = ("k1", "k2", "p1", "p2")
@@ -206,11 +206,6 @@ class Scene:
         return self
 
 
-def gl_to_cv(c2w):
-    """nerfstudio/OpenGL camera (y up, z back) -> OpenCV (y down, z forward): c2w_cv = c2w_gl · diag(1,-1,-1,1).
-    The same product converts back. c2w (..., 4, 4)."""
-    return c2w @ GL_TO_CV
-
 
 def _check_pose(m, where):
     """m: a rigid 4 x 4 camera-to-world pose (finite, orthonormal rotation, det +1, last row 0 0 0 1)."""
@@ -295,7 +290,7 @@ def load_scene(path, size=None):
     path = Path(path)
     if not (path / "transforms.json").is_file():
         raise FileNotFoundError(f"{path / 'transforms.json'}: missing; a scene folder holds a nerfstudio "
-                                f"transforms.json next to images*/ (write synthetic scenes with `python synth.py`)")
+                                f"transforms.json next to images*/ (write synthetic scenes with `python -m scenes.synth`)")
     source = scene_source(path)
     scene = {"depths": _load_depths, "dense": _load_dense, "sparse": _load_sparse}[source](path, size)
     if source != "sparse":  # Assumption: one depth map per scene is read here (scans stay cheap); the
@@ -761,7 +756,7 @@ class SceneDataset(torch.utils.data.Dataset):
                   f"{len(self.missing)} folders without transforms.json under {root}", file=sys.stderr)
         if not self.scenes:
             raise FileNotFoundError(f"{root}: no usable scene (a folder with transforms.json, images*/ and depth "
-                                    f"or a COLMAP model); write synthetic ones with `python synth.py --out {root}`")
+                                    f"or a COLMAP model); write synthetic ones with `python -m scenes.synth --out {root}`")
         self.length = length or 100 * len(self.scenes)
         self.warned = set()
 
@@ -935,7 +930,7 @@ def show(scene_dir, out, num_frames=4, stride=None, grid=8, size=336, anchor=0):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="DL3DV-format scenes for GASP: the tracks figure and a scan of a data root. "
-                                            "(Synthetic scenes: python synth.py --help.)")
+                                            "(Synthetic scenes: python -m scenes.synth --help.)")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("show", help="draw frames with tracks (top) and depth (bottom) for one scene",
                        description="Draw the paper's training-data figure for one scene folder; prints its track source.")

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 import data
 import model as M
-import synth
+from scenes import synth
 import train
 
 # Notation: F frames, T = h*w tokens per frame, H heads, d head size, N tracks, L layers, r embedding size.

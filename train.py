@@ -42,8 +42,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import data
 import model as M
-import rooms
-import synth
+from scenes import rooms, synth
 from losses import gasp_losses, native_loss, pair_targets, total_loss
 
 TINY = "runs/tiny-qwen2_5_vl"

@@ -1,5 +1,5 @@
 """bench.py's own scene builder: the sparse-only scene it writes from a depth scene must load as data.py's
-"sparse" source and give the tracks the plane homography gives (tests/scenes.depths_scene: planes seen by
+"sparse" source and give the tracks the plane homography gives (tests/analytic.depths_scene: planes seen by
 pinhole cameras), at the depth scene's size and stretched to another aspect."""
 import numpy as np
 import pytest
@@ -7,12 +7,12 @@ import torch
 
 import bench
 import data
-import scenes
+import analytic
 
 
 @pytest.mark.parametrize("size", [None, (45, 120)])
 def test_sparse_scene_tracks_follow_the_geometry(tmp_path, size):
-    src, _ = scenes.depths_scene(tmp_path / "depths", n=6, size=(60, 80))
+    src, _ = analytic.depths_scene(tmp_path / "depths", n=6, size=(60, 80))
     out = bench.sparse_scene(str(src), str(tmp_path / "sparse"), size, points_per_frame=400)
     sparse, dense = data.load_scene(out, (48, 64)), data.load_scene(src, (48, 64))
     assert sparse.source == "sparse" and len(sparse) == 6
@@ -26,8 +26,8 @@ def test_sparse_scene_tracks_follow_the_geometry(tmp_path, size):
     assert (s["frame_index"] == e["frame_index"]).all() and a == e["anchor"]
     assert s["tracks"].shape[1] > 40
     K, c2w, vis = s["K"].astype(float), s["c2w"].astype(float), s["visible"]
-    z_a = scenes.ray_hits(K[a], c2w[a], s["tracks"][a])[0]  # (N,) exact: the anchor ray meets a plane
-    tracks, z = scenes.plane_tracks(s["tracks"][a], a, K, c2w, z_a)  # the plane homography
+    z_a = analytic.ray_hits(K[a], c2w[a], s["tracks"][a])[0]  # (N,) exact: the anchor ray meets a plane
+    tracks, z = analytic.plane_tracks(s["tracks"][a], a, K, c2w, z_a)  # the plane homography
     assert (vis.sum(0) >= 2).all() and vis.mean() > 0.5
     np.testing.assert_allclose(s["tracks"][vis], tracks[vis], atol=1e-3)
     np.testing.assert_allclose(s["track_depth"], z, rtol=1e-5)
@@ -36,7 +36,7 @@ def test_sparse_scene_tracks_follow_the_geometry(tmp_path, size):
 def test_paper_bench_runs_and_counts_the_per_layer_memory(tmp_path):
     """bench_paper on a toy spec (the paper rows' code path, both --grad-ckpt settings, and the second build
     with two more layers): every judged ratio is there, and the heads' gradient megabytes are their count."""
-    src, _ = scenes.depths_scene(tmp_path / "scene", n=6, size=(112, 112))
+    src, _ = analytic.depths_scene(tmp_path / "scene", n=6, size=(112, 112))
     spec = dict(kind="qwen2_5_vl", model=dict(layers=2, hidden=64, heads=4, kv_heads=2), lora=4, depth=6, frames=4,
                 size=112, r=16, device="cpu", dtype=torch.bfloat16, grad_ckpt=(False, True))
     res = bench.bench_paper("toy", spec, str(src), repeats=1)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import colmap
+from scenes import colmap
 import data
-import synth
+from scenes import synth
 
 pycolmap = pytest.importorskip("pycolmap")
 

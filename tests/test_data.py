@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-import colmap
+from scenes import colmap
 import data
-import scenes
-import synth
+import analytic
+from scenes import synth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_plane_tracks_match_homographies():
     size = (60, 80)  # H != W, fx != fy, off-centre principal point: transpositions and mixed axes fail
     K = np.array([[70.0, 0, 43.0], [0, 64.0, 27.5], [0, 0, 1]])
     planes = [(np.array([0.0, 0, 1]), 8.0), (np.array([0.0, 1, 0]), 1.5)]  # wall z = 8, floor y = 1.5 (y down)
-    c2w = np.stack([pose(scenes.rotation(rng, 8), rng.uniform(-0.4, 0.4, 3)) for _ in range(5)])
+    c2w = np.stack([pose(analytic.rotation(rng, 8), rng.uniform(-0.4, 0.4, 3)) for _ in range(5)])
     depth = np.stack([ray_depth(K, m, size, planes)[0] for m in c2w])
     hit = ray_depth(K, c2w[2], size, planes)[1]
     j, i = np.mgrid[1:60:3, 2:80:3].reshape(2, -1)
@@ -131,7 +131,7 @@ def test_point_behind_an_object_is_invisible():
 def test_unproject_project_round_trip(dist):
     rng = np.random.default_rng(1)
     K = np.array([[310.0, 0, 150.3], [0, 290.0, 121.7], [0, 0, 1]])
-    c2w = pose(scenes.rotation(rng, 180), rng.normal(size=3))
+    c2w = pose(analytic.rotation(rng, 180), rng.normal(size=3))
     uv, z = rng.uniform(0, 300, (50, 2)), rng.uniform(0.5, 20, 50)
     X_w = data.cam_to_world(data.unproject(uv, z, K, dist), c2w)
     uv2, z2 = data.project(data.world_to_cam(X_w, c2w), K, dist)
@@ -197,7 +197,7 @@ def test_frames_of_any_pixel_format_read_as_8_bit_rgb(tmp_path):
 
 def test_load_scene_converts_poses_and_sorts_frames(tmp_path):
     rng = np.random.default_rng(2)
-    c2w = [pose(scenes.rotation(rng, 90), rng.normal(size=3)) for _ in range(3)]
+    c2w = [pose(analytic.rotation(rng, 90), rng.normal(size=3)) for _ in range(3)]
     root = write_scene(tmp_path / "s", c2w, np.array([[20.0, 0, 10], [0, 22.0, 8], [0, 0, 1]]), (16, 20),
                        [np.ones((16, 20))] * 3)
     meta = json.loads((root / "transforms.json").read_text())
@@ -212,7 +212,7 @@ def test_load_scene_converts_poses_and_sorts_frames(tmp_path):
 
 # ----------------------------------------------------------------------------- COLMAP depth
 
-write_colmap_array = scenes.write_colmap_array
+write_colmap_array = analytic.write_colmap_array
 
 
 def test_colmap_depth_reader(tmp_path):
@@ -249,7 +249,7 @@ def test_mvs_depth_is_never_paired_with_the_original_frames(tmp_path):
 
 
 def test_dense_depth_is_nearest_resized(tmp_path):
-    root, g = scenes.dense_scene(tmp_path / "d", n=3, size=(20, 26), crop=1)  # workspace images 18 x 24
+    root, g = analytic.dense_scene(tmp_path / "d", n=3, size=(20, 26), crop=1)  # workspace images 18 x 24
     half = np.arange(108, dtype=np.float32).reshape(9, 12) + 1  # depth at half the workspace resolution
     write_colmap_array(root / "dense" / "stereo" / "depth_maps" / "frame_00002.png.geometric.bin", half)
     scene = data.load_scene(root)
@@ -369,7 +369,7 @@ def test_dataset_skips_broken_scenes(tmp_path, capsys):
     assert len(ds.scenes) == 1 and ds.scenes[0].path.endswith("good")
     assert len(err) == 3 and "noimage" in err[0] and "short" in err[1] and "skipped 2 of 3" in err[2]
     assert ds[5]["frames"].shape == (3, 16, 20, 3)
-    with pytest.raises(FileNotFoundError, match="python synth.py"):
+    with pytest.raises(FileNotFoundError, match="python -m scenes.synth"):
         data.SceneDataset(tmp_path / "short")
 
 
@@ -520,8 +520,8 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_default_synthetic_scene_renders_and_runs_as_a_script(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "synth.py"), "--out", str(tmp_path), "--scenes", "1",
-                    "--frames", "24"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "scenes.synth", "--out", str(tmp_path), "--scenes", "1",
+                    "--frames", "24"], check=True, capture_output=True, cwd=ROOT)
     scene = data.load_scene(tmp_path / "scene_0000", (336, 336))
     s = data.make_sample(scene, np.random.default_rng(0), 16)
     assert s["tracks"].shape == (16, 640, 2) and s["visible"].mean() > 0.5
@@ -530,7 +530,7 @@ def test_default_synthetic_scene_renders_and_runs_as_a_script(tmp_path):
 # ----------------------------------------------------------------------------- one contract, three sources
 
 def layout_checks(s, g, grids):
-    """Tracks of a depth-source sample against the plane homographies of tests/scenes.py."""
+    """Tracks of a depth-source sample against the plane homographies of tests/analytic.py."""
     a = s["anchor"]
     assert s["tracks"].shape[1] == sum(k * k for k in grids)
     idx = [int(np.flatnonzero(np.arange(len(g["c2w"])) + 1 == fi)[0]) for fi in s["frame_index"]]
@@ -538,7 +538,7 @@ def layout_checks(s, g, grids):
     np.testing.assert_allclose(s["K"], K, rtol=1e-6)
     np.testing.assert_allclose(s["c2w"], c2w, atol=1e-6)
     query = s["tracks"][a].astype(np.float64)
-    expect, z = scenes.plane_tracks(query, a, K, c2w, s["track_depth"][a])
+    expect, z = analytic.plane_tracks(query, a, K, c2w, s["track_depth"][a])
     H, W = g["size"]
     for f in range(len(idx)):
         inside = (expect[f] >= 4).all(1) & (expect[f, :, 0] <= W - 4) & (expect[f, :, 1] <= H - 4)
@@ -549,7 +549,7 @@ def layout_checks(s, g, grids):
 
 
 def test_depths_layout_tracks_are_exact(tmp_path):
-    root, g = scenes.depths_scene(tmp_path / "s", size=(60, 84))
+    root, g = analytic.depths_scene(tmp_path / "s", size=(60, 84))
     scene = data.load_scene(root)
     assert scene.source == "depths" and scene.size == (60, 84)
     s = data.make_sample(scene, np.random.default_rng(0), 4, grids=(12,))  # cell centres = pixel centres
@@ -559,7 +559,7 @@ def test_depths_layout_tracks_are_exact(tmp_path):
 def test_dense_layout_takes_frames_K_and_poses_from_the_workspace(tmp_path):
     """A workspace cropped by 3 px beside distorted images_4/ + transforms.json (another K, k1 = -0.06):
     frames, K, poses and depth all come from dense/, and the tracks are exact in that geometry."""
-    root, g = scenes.dense_scene(tmp_path / "s", size=(66, 90), crop=3)
+    root, g = analytic.dense_scene(tmp_path / "s", size=(66, 90), crop=3)
     scene = data.load_scene(root)
     assert scene.source == "dense" and scene.size == (60, 84) and not scene.dist.any()
     assert all(f.parent == root / "dense" / "images" for f in scene.image_files)
@@ -568,12 +568,12 @@ def test_dense_layout_takes_frames_K_and_poses_from_the_workspace(tmp_path):
     layout_checks(s, g, (12,))
 
 
-@pytest.mark.parametrize("model", list(scenes.CAMERAS))
+@pytest.mark.parametrize("model", list(analytic.CAMERAS))
 def test_sparse_layout_tracks_are_the_models_keypoints(tmp_path, model):
     """DL3DV as downloaded (no depth): the poses are COLMAP's (never transforms.json's, which lives in another
     world frame); tracks = keypoints scaled from 320 x 240 to 80 x 60, visible = observed, track_depth = z;
     query points one per cell of the 8x8 grid first; depth = observed points' z at their pixels."""
-    root, g = scenes.sparse_scene(tmp_path / "s", model=model)
+    root, g = analytic.sparse_scene(tmp_path / "s", model=model)
     scene = data.load_scene(root)
     assert scene.source == "sparse" and scene.size == (60, 80) and scene.depth_files == []
     np.testing.assert_allclose(scene.c2w, g["c2w"], atol=1e-12)
@@ -604,7 +604,7 @@ def test_sparse_layout_tracks_are_the_models_keypoints(tmp_path, model):
 def test_two_images_of_one_file_name_are_refused(tmp_path):
     """A model of two cameras whose frames share file names (cam0/frame_00001.png, cam1/frame_00001.png) would
     pair one image file with two poses: a named error instead."""
-    root, _ = scenes.sparse_scene(tmp_path / "s")
+    root, _ = analytic.sparse_scene(tmp_path / "s")
     path = root / data.SPARSE_MODEL / "images.bin"
     images = colmap.read_images_bin(path)
     first = min(images, key=lambda i: images[i]["name"])
@@ -617,9 +617,9 @@ def test_two_images_of_one_file_name_are_refused(tmp_path):
 
 def test_source_order(tmp_path):
     """depths/ first, then dense/, then the SfM model; each scene records its source."""
-    root, _ = scenes.sparse_scene(tmp_path / "s")
+    root, _ = analytic.sparse_scene(tmp_path / "s")
     assert data.scene_source(root) == "sparse"
-    dense, _ = scenes.dense_scene(tmp_path / "d")
+    dense, _ = analytic.dense_scene(tmp_path / "d")
     shutil.copytree(dense / "dense", root / "dense")
     assert data.load_scene(root).source == "dense"
     (root / "depths").mkdir()
@@ -632,7 +632,7 @@ def test_source_order(tmp_path):
     assert data.load_scene(root).source == "depths"
     with pytest.raises(FileNotFoundError, match="no track source"):
         data.scene_source(flat_scene(tmp_path, name="bare").parent / "bare" / "images")
-    text, _ = scenes.sparse_scene(tmp_path / "text")
+    text, _ = analytic.sparse_scene(tmp_path / "text")
     for f in ("cameras", "images", "points3D"):  # COLMAP's text export: named, with the command converting it
         (text / data.SPARSE_MODEL / f"{f}.bin").rename(text / data.SPARSE_MODEL / f"{f}.txt")
     with pytest.raises(FileNotFoundError, match="no track source.*holds a text model: convert it with `colmap "
@@ -739,10 +739,10 @@ def test_unusable_samples_are_replaced_deterministically(tmp_path, capsys):
 
 
 def test_scan_counts_sources_and_lists_broken_scenes(tmp_path, capsys):
-    scenes.depths_scene(tmp_path / "d1")
-    scenes.dense_scene(tmp_path / "d2")
-    scenes.sparse_scene(tmp_path / "d3")
-    scenes.sparse_scene(tmp_path / "d4")
+    analytic.depths_scene(tmp_path / "d1")
+    analytic.dense_scene(tmp_path / "d2")
+    analytic.sparse_scene(tmp_path / "d3")
+    analytic.sparse_scene(tmp_path / "d4")
     (tmp_path / "d4" / "colmap" / "sparse" / "0" / "cameras.bin").write_bytes(b"\1\0")
     (tmp_path / "d5").mkdir()
     data.main(["scan", "--data", str(tmp_path), "--size", "32"])
@@ -753,8 +753,8 @@ def test_scan_counts_sources_and_lists_broken_scenes(tmp_path, capsys):
 
 def test_sparse_and_dense_datasets_in_loader_workers(tmp_path):
     """Picklable scenes of every source: two workers give exactly what the main process gives."""
-    scenes.dense_scene(tmp_path / "a")
-    scenes.sparse_scene(tmp_path / "b")
+    analytic.dense_scene(tmp_path / "a")
+    analytic.sparse_scene(tmp_path / "b")
     ds = data.SceneDataset(tmp_path, size=(32, 40), num_frames=(3, 4), grids=(4, 8), window=10, seed=1, length=4)
     assert ds.sources == {"depths": 0, "dense": 1, "sparse": 1}
     clone = pickle.loads(pickle.dumps(ds))
@@ -766,7 +766,7 @@ def test_sparse_and_dense_datasets_in_loader_workers(tmp_path):
 
 
 def test_keep_tracks_visible_longest(tmp_path):
-    root = scenes.depths_scene(tmp_path / "s", n=6)[0]
+    root = analytic.depths_scene(tmp_path / "s", n=6)[0]
     scene = data.load_scene(root)
     full = data.make_sample(scene, np.random.default_rng(0), 4, grids=(8,), window=5)
     half = data.make_sample(scene, np.random.default_rng(0), 4, grids=(8,), window=5, keep=0.5)

@@ -13,7 +13,7 @@ from PIL import Image
 
 import model as M
 import probe
-import synth
+from scenes import synth
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

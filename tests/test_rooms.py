@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import data
-import rooms
+from scenes import rooms
 
 SMALL = dict(num_frames=12, size=112)
 

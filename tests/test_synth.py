@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import data
-import synth
+from scenes import synth
 
 DEFAULT_SEEDS = list(range(24)) + [10_000 + k for k in range(4)]  # ensure_synthetic's train and val scenes
 

@@ -17,7 +17,7 @@ import transformers
 from PIL import Image
 
 import model as M
-import synth
+from scenes import synth
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -210,7 +210,7 @@ def test_sigkill_then_resume_gives_the_same_weights_and_log(env):
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["depths", "dense", "sparse"])
 def test_two_steps_on_each_real_data_layout(env, layout, tmp_path):
-    import scenes  # tests/scenes.py: one planar scene per DL3DV layout
+    import analytic  # tests/analytic.py: one planar scene per DL3DV layout
     for s in range(2):
         getattr(scenes, f"{layout}_scene")(tmp_path / "data" / f"scene_{s}", seed=s)
     out = train_run(env, tmp_path / "run", "--steps", "2", "--data", str(tmp_path / "data"))

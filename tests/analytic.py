@@ -8,7 +8,7 @@ homography). Each builder returns the folder and the exact geometry it used:
                 beside a distorted images_4/ + transforms.json the loader must NOT pair its depth with
   sparse_scene  DL3DV's SfM model colmap/sparse/0/*.bin at 4x the images_4/ size (any COLMAP camera
                 model) + images_4/ + transforms.json in another world frame (nerfstudio's), no depth
-The sparse model's files are written by colmap.py's writers (write_cameras_bin, write_images_bin,
+The sparse model's files are written by scenes/colmap.py's writers (write_cameras_bin, write_images_bin,
 write_points3d_bin; tests/test_colmap.py checks them against pycolmap and the readers); the MVS array
 writer transcribes COLMAP's read_write_dense.py (write_array).
 Used by tests/test_data.py, tests/test_colmap.py and (for two training steps per layout) tests/test_train.py.
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from colmap import rotation_to_qvec, write_cameras_bin, write_images_bin, write_points3d_bin  # noqa: F401
+from scenes.colmap import rotation_to_qvec, write_cameras_bin, write_images_bin, write_points3d_bin  # noqa: F401
 
 PLANES = [(np.array([0.0, 0, 1]), 8.0), (np.array([0.0, 1, 0]), 1.5)]  # n·X = c: back wall, floor
 

@@ -12,7 +12,7 @@ and exposure, tone curve, colour cast and light direction drift between frames. 
 same seed -> same bytes.
 
 Run (CPU only):
-  python synth.py --out data/synthetic/train --scenes 8      # ~10 s per 64-frame 448 px scene
+  python -m scenes.synth --out data/synthetic/train --scenes 8      # ~10 s per 64-frame 448 px scene
 
 References:
   DL3DV-10K layout: https://github.com/DL3DV-10K/Dataset
@@ -28,7 +28,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data import EPS, gl_to_cv
+from scenes.layout import gl_to_cv
+
+EPS = 1e-6  # m; smallest accepted ray parameter and depth
 
 TEXELS_PER_M = 64.0
 SYNTH_VERSION = 3  # bump when the renderer changes, so stale scenes are re-rendered

@@ -2,7 +2,7 @@
 
 The demo trains and tunes on synth.py's scenes (boxes in a box, noise textures, orbits). To report how
 what it learned generalises, this file renders scenes that differ in everything that could be
-over-fitted, with its own code (it shares only `data.gl_to_cv`, the file format's convention):
+over-fitted, with its own code (it shares only `scenes.layout.gl_to_cv`, the file format's convention):
   geometry   rectangular or L-shaped rooms, spheres, pillars and drums (capped cylinders), ramps
              (wedges with a slanted top), panels leaning against a wall;
   textures   five procedural families (mosaic checkers, wavy stripes, brick/tile, blotchy photo-like
@@ -16,7 +16,7 @@ A scene is written as synth.py writes its own (`images/`, `images_2/`, `depths/<
 `transforms.json` written last) and is read back by `data.load_scene`. Deterministic in the seed.
 
 Run (CPU only; nothing here uses a GPU):
-  python rooms.py --out data/rooms --scenes 2            # ~11 CPU-s per 48-frame 448 px scene
+  python -m scenes.rooms --out data/rooms --scenes 2            # ~11 CPU-s per 48-frame 448 px scene
   python data.py show --scene data/rooms/scene_0000 --out rooms.png
 
 References:
@@ -33,8 +33,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from data import gl_to_cv
-from synth import render_scenes  # a thread pool only: no scene code is shared
+from scenes.layout import gl_to_cv
+from scenes.synth import render_scenes  # a thread pool only: no scene code is shared
 
 ROOMS_VERSION = 1  # bump when the renderer changes, so stale scenes are re-rendered
 TPM = 64.0  # texels per metre of every texture
