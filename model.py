@@ -42,6 +42,7 @@ from torch.utils.checkpoint import checkpoint
 
 from families import SUPPORTED, build_tiny, build_tokenizer, family, tiny_config  # noqa: F401 (this module's API)
 from heads import CorrespondenceHeads
+import runtime.checkpoint
 
 # Notation: F frames, (h, w) token grid per frame, T = F*h*w visual tokens, L supervised layers,
 # H query heads, d_h head size, S sequence length, B batch.
@@ -241,18 +242,64 @@ def _read(source: str | None, name: str) -> str | None:
         return f.read()
 
 
-def load(path: str, device="cpu", dtype=None, size=None, attn_implementation: str | None = None):
-    """A stock checkpoint (HF id or folder, read offline if cached) -> (model in eval mode, Processor).
-    dtype: the weights' dtype (None = float32); attn_implementation: sdpa | eager | flash_attention_2
-    (None = transformers' default), passed to from_pretrained."""
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+
+
+def _stock(path: str, device, dtype, size, attn_implementation):
+    """A stock checkpoint (HF id or folder, read offline if cached) -> (model in eval mode, Processor)."""
     config = transformers.AutoConfig.from_pretrained(path)
     check_supported(config)
-    if attn_implementation not in (None, "sdpa", "eager", "flash_attention_2"):
-        raise ValueError(f"attn_implementation {attn_implementation!r}: use sdpa, eager or flash_attention_2")
-    model = transformers.AutoModelForImageTextToText.from_pretrained(
-        path, dtype=dtype or torch.float32, attn_implementation=attn_implementation)
+    if attn_implementation not in (None, *ATTENTION):
+        raise ValueError(f"attn_implementation {attn_implementation!r}: use {', '.join(ATTENTION)}")
+    vlm = transformers.AutoModelForImageTextToText.from_pretrained(
+        path, dtype=dtype, attn_implementation=attn_implementation)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    return model.to(device).eval(), Processor(model.config, tokenizer, size, source=path)
+    return vlm.to(device).eval(), Processor(vlm.config, tokenizer, size, source=path)
+
+
+def build(model: str, device="cpu", dtype: str = "float32", attn_implementation: str | None = None, size: int = 448,
+          layers: str = "all", lora_rank: int = 0, train_vision: bool = False, heads: bool = True,
+          head_input: str = "qk", embed_dim: int = 256, grad_ckpt: bool = False):
+    """The model as training builds it -> (vlm, processor, net). vlm: the stock model (LoRA injected in place);
+    net: what the optimizer trains: GASP (the heads on `layers`) when `heads`, else the (peft) VLM.
+    Frozen weights in `dtype`; trained parameters in float32 (mixed precision: autocast in the loop).
+    size: the frame side wanted, rounded to whole tokens (frame_size)."""
+    config = transformers.AutoConfig.from_pretrained(model)
+    vlm, proc = _stock(model, "cpu", getattr(torch, dtype), frame_size(config, size), attn_implementation)
+    layer_ids = parse_layers(layers, len(llm_layers(vlm)))
+    if grad_ckpt:
+        vlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    net = freeze_and_lora(vlm, lora_rank, train_vision)
+    if heads:
+        net = GASP(net, layer_ids, head_input, embed_dim)
+    for p in net.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return vlm, proc, net.to(device)
+
+
+def load(path: str, device="cpu", dtype: str | None = None, attn_implementation: str | None = None, size=None):
+    """The one loader of models: a stock model (HF id or folder; train.py's export/ is one) or a training checkpoint
+    (checkpoint.pt, or the run folder holding it, any objective, LoRA or not) -> (vlm, processor, gasp, config).
+    A checkpoint is rebuilt exactly as training built it (build, with the run's saved settings) with its trained
+    weights restored: vlm has its LoRA active, gasp is the GASP module when the run trained heads (else None),
+    config the run's settings. A stock model gives gasp None and config {"model": path}.
+    dtype: 'bfloat16' | 'float16' | 'float32' (None: float32 for a stock model, the run's own for a checkpoint);
+    attn_implementation: sdpa | eager | flash_attention_2 (None: transformers' default, or the run's own);
+    size: (H, W) of the frames (None: the family's default, or the run's training size). Eval mode."""
+    file = runtime.checkpoint.find(path)
+    if file is None:
+        vlm, proc = _stock(path, device, getattr(torch, dtype or "float32"), size, attn_implementation)
+        return vlm, proc, None, {"model": path}
+    ckpt = runtime.checkpoint.read(file)
+    saved = dict(ckpt["config"], dtype=dtype or ckpt["config"]["dtype"],
+                 attn_implementation=attn_implementation or ckpt["config"].get("attn_implementation"))
+    has_heads = any(n.startswith("heads.") for n in ckpt["weights"])
+    vlm, proc, net = build(saved["model"], device, saved["dtype"], saved["attn_implementation"], saved["size"],
+                           saved["layers"], saved["lora_rank"], saved["train_vision"], has_heads,
+                           saved["head_input"], saved["embed_dim"])
+    runtime.checkpoint.restore_weights(net, ckpt["weights"], file)
+    return vlm.eval(), proc, net.eval() if has_heads else None, saved
 
 
 # ----------------------------------------------------------------------------- layers, hooks, heads
@@ -327,9 +374,9 @@ class GASP(nn.Module):
         self.vlm, self.head_input, self.r = vlm, head_input, r
         blocks, tc = llm_layers(vlm), text_config(vlm)
         self.layer_ids = list(range(len(blocks))) if layers is None else list(layers)
-        self.d_head = head_size(tc)  # attention head size: folds W1 onto GQA keys
+        self.attn_dim = head_size(tc)  # attention head size: folds W1 onto GQA keys
         attn = [blocks[i].self_attn for i in self.layer_ids]
-        d_in = tc.num_attention_heads * self.d_head if head_input == "qk" else tc.hidden_size
+        d_in = tc.num_attention_heads * self.attn_dim if head_input == "qk" else tc.hidden_size
         self.heads = CorrespondenceHeads(len(self.layer_ids), d_in, r)
         q_weights = [getattr(a.q_proj, "base_layer", a.q_proj).weight for a in attn]  # base weight under LoRA
         self.heads.init_from_query_projections(q_weights, head_input)
@@ -337,7 +384,7 @@ class GASP(nn.Module):
         self._on_layer = None  # (j, q, k, live) -> layer j's embeddings or losses: set during a GASP forward, kept for replay
         self._live = False  # True while a GASP forward runs; False in a checkpoint recomputation (replay)
         self._cap = {}  # the q capture of the layer running now, until its k arrives
-        self._on_native = None  # (j, q, k, live) -> layer j's native loss (the --lambda-n extension), during a forward
+        self._on_attention = None  # (j, q, k, live) -> layer j's attention loss (the --lambda-attn extension), during a forward
         self._attn_layer = {id(a): j for j, a in enumerate(attn)}  # attention module -> supervised layer j
         # A forward that does not come through GASP clears _pos, so the hooks stay idle.
         find_module(vlm, "language_model").register_forward_pre_hook(self._clear_stale)
@@ -366,14 +413,14 @@ class GASP(nn.Module):
                 self._on_layer(j, self._cap.pop("q"), self._cap.pop("k", None), self._live)
         return hook
 
-    def _read_native(self, module, query, key):  # attention_reader callback: (B, H, S, d_h), (B, H_kv, S, d_h)
+    def _read_attention(self, module, query, key):  # attention_reader callback: (B, H, S, d_h), (B, H_kv, S, d_h)
         j = self._attn_layer.get(id(module))
-        if j is not None and self._pos is not None and self._on_native is not None:
-            self._on_native(j, query[0, :, self._pos["q"]], key[0, :, self._pos["k"]], self._live)
+        if j is not None and self._pos is not None and self._on_attention is not None:
+            self._on_attention(j, query[0, :, self._pos["q"]], key[0, :, self._pos["k"]], self._live)
 
-    def _forward(self, inputs: dict, token_map: torch.Tensor, anchor: int | None, loss, native=None):
+    def _forward(self, inputs: dict, token_map: torch.Tensor, anchor: int | None, loss, attention=None):
         """One stock forward with layer j's head (and loss) run inside layer j. Returns (out, [result_j]),
-        and [native_j] with a native loss."""
+        and [attn_j] with an attention loss (the extension)."""
         L, (Fr, h, w) = len(self.layer_ids), token_map.shape
         q_map, k_map = (token_map, token_map) if anchor is None else (token_map[anchor:], token_map[: anchor + 1])
         if self.head_input == "hidden":  # one capture of x_l serves both sides
@@ -384,7 +431,7 @@ class GASP(nn.Module):
             if k is None:  # hidden input: the same embedding, split into the two sides' frames
                 e = e_q.view(1, Fr, h, w, -1)
                 return (e, e) if anchor is None else (e[:, anchor:], e[:, : anchor + 1])
-            e_k = self.heads(k[None], slice(j, j + 1), self.d_head)  # GQA keys as they come
+            e_k = self.heads(k[None], slice(j, j + 1), self.attn_dim)  # GQA keys as they come
             return e_q.view(1, len(q_map), h, w, -1), e_k.view(1, len(k_map), h, w, -1)
 
         def layer(j: int, q: torch.Tensor, k: torch.Tensor | None):  # embeddings, or (L_corr, L_depth) with a loss
@@ -397,7 +444,7 @@ class GASP(nn.Module):
         # runs (SFT's peak); the inner one rebuilds them only when the loss's backward comes.
         llm_ckpt = getattr(self.vlm, "is_activation_checkpointing", False) and self.vlm.training
         ckpt = loss is not None and torch.is_grad_enabled()
-        outs, nats = [None] * L, [None] * L
+        outs, attns = [None] * L, [None] * L
 
         def runner(fn, store: list):  # (j, q, k, live) -> fn(j, q, k), kept in store[j] unless a replay
             def run(j: int, q: torch.Tensor, k: torch.Tensor | None, live: bool):
@@ -407,39 +454,39 @@ class GASP(nn.Module):
             return run
 
         on_layer = runner(layer, outs)
-        on_native = runner(lambda j, q, k: native(q, k), nats)  # post-rotary q, k of layer j
+        on_attention = runner(lambda j, q, k: attention(q, k), attns)  # post-rotary q, k of layer j
 
         # Each layer's head (and loss) runs inside the forward, as soon as that layer's q and k exist: its
         # backward then comes when the LLM's backward reaches the layer, after the layers above have freed
         # their activations.
         self._pos, self._on_layer, self._live = {"q": q_map.flatten(), "k": k_map.flatten()}, on_layer, True
-        self._on_native = on_native if native is not None else None
+        self._on_attention = on_attention if attention is not None else None
         try:
-            with attention_reader(self.vlm, self._read_native) if native is not None else nullcontext():
+            with attention_reader(self.vlm, self._read_attention) if attention is not None else nullcontext():
                 out = self.vlm(**inputs, use_cache=False)
         finally:
             self._live, self._cap = False, {}
         if not llm_ckpt:
-            self._on_layer = self._on_native = None  # nothing will replay
-        return (out, outs) if native is None else (out, outs, nats)
+            self._on_layer = self._on_attention = None  # nothing will replay
+        return (out, outs) if attention is None else (out, outs, attns)
 
     def forward(self, inputs: dict, token_map: torch.Tensor | None = None, anchor: int | None = None, loss=None,
-                native=None):
+                attention=None):
         """inputs: one sample (batch 1) from Processor; token_map (F, h, w) its visual-token positions.
         loss: (e_q (1, F - anchor, h, w, r), e_k (1, anchor + 1, h, w, r)) of one layer -> (L_corr (1,), L_depth (1,)),
         e.g. partial(gasp_losses, targets=pair_targets(sample, ...), tau=..., q_offset=anchor). Only what the pairs
         (anchor, f) read is embedded: the q side of frames anchor..F-1, the k side of frames 0..anchor.
         Returns (stock output, L_corr (L,), L_depth (L,)); without token_map the stock forward alone
         (instruction items) and (stock output, None, None). Embeddings for the probe: embed().
-        native: (q (H, T_q, d_h), k (H_kv, T_k, d_h)) of one layer, as its attention receives them (rotary
-        applied) -> (1,), e.g. partial(losses.native_loss, ...) (the --lambda-n extension); then L_native (L,)
+        attention: (q (H, T_q, d_h), k (H_kv, T_k, d_h)) of one layer, as its attention receives them (rotary
+        applied) -> (1,), e.g. partial(losses.attention_loss, ...) (the --lambda-attn extension); then L_attn (L,)
         is returned fourth."""
         if token_map is None:
             return self.vlm(**inputs, use_cache=False), None, None
         if loss is None or anchor is None:
             raise ValueError("GASP.forward with a token_map needs anchor and loss (train); use GASP.embed for embeddings")
-        out, outs, *nats = self._forward(inputs, token_map, anchor, loss, native)
-        return out, *(torch.cat(t) for t in zip(*outs)), *(torch.cat(n) for n in nats)
+        out, outs, *attns = self._forward(inputs, token_map, anchor, loss, attention)
+        return out, *(torch.cat(t) for t in zip(*outs)), *(torch.cat(n) for n in attns)
 
     def embed(self, inputs: dict, token_map: torch.Tensor):
         """The heads' embeddings of every frame on both sides (the probe): (stock output, e_q (L, F, h, w, r),

@@ -13,7 +13,7 @@ With a training checkpoint of a GASP objective (corr, full) the same metrics als
 embeddings: P = softmax_j(e_q,i · e_k,j / τ) with the run's own τ.
 
 --model takes a stock model (HF id or folder; train.py's export/ is one) or a training checkpoint
-(checkpoint.pt, or the run folder holding it) of any objective, LoRA or not: train.load_checkpoint rebuilds
+(checkpoint.pt, or the run folder holding it) of any objective, LoRA or not: model.load rebuilds
 it with the run's own settings (base model, layers, r, τ, LoRA rank, frame size).
 
 Run:
@@ -40,7 +40,6 @@ from tqdm import tqdm
 import data
 import model as M
 from scenes import synth
-import train
 
 # Notation: F frames, T = h*w tokens per frame, H heads, d head size, N tracks, L layers, r embedding size.
 
@@ -128,22 +127,6 @@ def chance_pck(grid, delta: float = 2.0) -> float:
     # tokens within δ of (y, x) = disc entries whose offset lands on the grid; summed over all (y, x) at once:
     # each offset (oy, ox) lands (h - |oy|) * (w - |ox|) times.
     return float((disc * (h - abs(oy)) * (w - abs(ox))).sum() / (h * w) ** 2)
-
-
-def load_for_probe(path: str, device: str = "cpu", dtype: str | None = None, attn_implementation: str | None = None):
-    """A stock model (HF id or folder, an export too) -> (vlm, processor, None, {"model": path});
-    a training checkpoint (checkpoint.pt, or a run folder holding one) -> train.load_checkpoint's
-    (vlm with LoRA active, processor at the training frame size, GASP or None, the run's resolved config).
-    dtype: 'bfloat16' | 'float16' | 'float32' (None: float32 for a stock model, the run's own for a checkpoint)."""
-    in_dir = os.path.join(path, "checkpoint.pt")
-    ckpt_file = in_dir if os.path.isfile(in_dir) else path
-    if not ckpt_file.endswith(".pt"):
-        vlm, proc = M.load(path, device, getattr(torch, dtype or "float32"), attn_implementation=attn_implementation)
-        return vlm, proc, None, {"model": path}
-    if not os.path.isfile(ckpt_file):
-        raise FileNotFoundError(f"{ckpt_file}: no training checkpoint here; pass a stock model folder or HF id, "
-                                "or a run folder holding checkpoint.pt")
-    return train.load_checkpoint(ckpt_file, device, dtype, attn_implementation)
 
 
 def default_names(paths: list[str]) -> list[str]:
@@ -574,7 +557,7 @@ def main():
     results, extra = {}, []
     for m, (name, path) in enumerate(zip(names, models)):
         try:
-            vlm, proc, gasp, cfg = load_for_probe(path, args.device, dtype, args.attn_implementation)
+            vlm, proc, gasp, cfg = M.load(path, args.device, dtype, args.attn_implementation)
         except (OSError, ValueError) as e:  # missing or broken files, an unknown id, misfitting weights
             p.error(f"--model {path}: {e}")
         tau = cfg.get("tau") if gasp is not None else None  # the run's own τ: the heads were trained with it

@@ -27,7 +27,7 @@ import dataclasses
 import json
 import math
 import os
-import pickle
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -43,7 +43,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import data
 import model as M
 from scenes import rooms, synth
-from losses import gasp_losses, native_loss, pair_targets, total_loss
+import probe
+from losses import attention_loss, gasp_losses, pair_targets, total_loss
+from runtime import checkpoint
 
 TINY = "runs/tiny-qwen2_5_vl"
 DEMO_DATA = "data/synthetic"
@@ -76,7 +78,7 @@ class Config:
                             "our reading; the paper gives no mix", check=FRACTION)
     frames: str = flag("8-24", "frames per sample: N, or A-B drawn uniformly (both ends included)")
     size: int = flag(336, "frame side in px (rounded to whole tokens; LLaVA-NeXT-Video: its CLIP size)", check=POSITIVE)
-    grids: str = flag("8,24", "query-point grids on the anchor frame, comma-separated")
+    lattices: str = flag("8,24", "query points on N x N lattices of the anchor frame, comma-separated N")
     window: int = flag(48, "the other frames are drawn from anchor ± window (original frame numbers)", check=POSITIVE)
     keep_tracks: float = flag(1.0, "fraction of the tracks kept, those visible in the most frames (the VGGT recipe's "
                               "last step keeps 0.5). Assumption: 1, every track", check=(lambda v: 0 < v <= 1, "must lie in (0, 1]"))
@@ -92,9 +94,9 @@ class Config:
     embed_dim: int = flag(256, "r, the heads' embedding size. Assumption: the paper does not give it", check=POSITIVE)
     lambda_c: float = flag(0.3, "λ_c, weight of L_corr", check=NON_NEGATIVE)
     lambda_d: float = flag(1.0, "λ_d, weight of L_depth (objective full)", check=NON_NEGATIVE)
-    lambda_n: float = flag(0.0, "λ_n, weight of L_native: each supervised layer's own attention (post-rotary q/k, "
-                           "the probe's distribution) trained on the same tracks. An extension, not in the paper "
-                           "(0 = off, the paper's objective); corr / full only", check=NON_NEGATIVE)
+    lambda_attn: float = flag(0.0, "λ_attn, weight of L_attn: each supervised layer's own attention (post-rotary "
+                              "q/k, the distribution the probe reads) trained on the same tracks. An extension, not in "
+                              "the paper (0 = off, the paper's objective); corr / full only", check=NON_NEGATIVE)
     tau: float = flag(0.07, "τ of InfoNCE and the depth soft-argmax. Assumption: the paper does not give it",
                       check=POSITIVE)
     # optimisation
@@ -125,19 +127,15 @@ class Config:
     export: bool = flag(True, "save the bare VLM to --out/export at the end")
 
 
-# The embedded default (a bare `python train.py`, or --model tiny): settings under which a 2-core CPU shows
-# the effect in ~12 minutes. Assumption: these are demo choices, not the paper's. The window (±8 frames, not
-# ±48) keeps training pairs near the probe's gaps of 1-7 frames (measured: native PCK@2 0.67 vs 0.62 at 1500 steps).
-# The probe reads two held-out sets: synth.py's generator with other seeds (val), and rooms.py, an independent
-# generator (other geometry, textures, lighting, translating cameras) never used for a tuning choice.
-# The tiny model's vision tower is random: the demo trains it (a pretrained tower's features already survive a
-# change of view; a random one's do not: native PCK@2 0.80 -> 0.93 on val, Y(7) 0.75 -> 0.88, measured).
-# 1800 steps, not 2000, keep the run inside 15 minutes on a slow day (0.32-0.44 s a step seen on the same CPU);
-# val measured 0.927 / rho +0.28 / Y 0.88 at 1800 against 0.924 / +0.26 / 0.88 at 2000.
-DEMO = dict(steps=1800, lr=1e-3, frames="4", size=448, grids="24", window=8, embed_dim=64, train_vision=True,
+# The embedded default (a bare `python train.py`, or --model tiny): settings under which a 2-core CPU shows the
+# effect within 15 minutes. Assumption: each is a demo choice, not the paper's (docs/demo.md gives the measurements):
+# a +-8-frame window (the paper's +-48 would draw pairs far beyond the probe's gaps), a tiny model with 2 attention
+# heads of 64, r 64, lr 1e-3, 4 frames at 448 px, and the tiny model's random vision tower trained (a pretrained
+# tower's features survive a change of view; a random one's must learn to). The probe reads two held-out sets:
+# synth.py's generator with other seeds (val), and rooms.py, an independent generator never used for a choice.
+DEMO = dict(steps=1800, lr=1e-3, frames="4", size=448, lattices="24", window=8, embed_dim=64, train_vision=True,
             log_every=25, save_every=200, preload=True, probe_scenes=f"{DEMO_DATA}/val,{DEMO_DATA}/rooms")
 RESUME_KEYS = ("model", "objective", "layers", "head_input", "embed_dim", "lora_rank", "train_vision", "size", "seed")
-CKPT_FORMAT = 1
 
 
 def parse_range(spec: str) -> tuple[int, int]:
@@ -171,23 +169,24 @@ def parse_args(argv=None) -> Config:
     try:
         if parse_range(cfg.frames)[0] < 2:
             raise ValueError("a sample needs at least 2 frames")
-        if not cfg.grids or any(int(g) <= 0 for g in cfg.grids.split(",")):
-            p.error(f"--grids {cfg.grids!r}: comma-separated positive integers, e.g. 8,24")
+        if not cfg.lattices or any(int(g) <= 0 for g in cfg.lattices.split(",")):
+            p.error(f"--lattices {cfg.lattices!r}: comma-separated positive integers, e.g. 8,24")
     except ValueError as e:
-        p.error(f"--frames {cfg.frames!r} / --grids {cfg.grids!r}: {e}")
+        p.error(f"--frames {cfg.frames!r} / --lattices {cfg.lattices!r}: {e}")
     if os.path.isfile(cfg.out):
         p.error(f"--out {cfg.out}: is a file; give a folder")
     if cfg.resume and cfg.overwrite:
         p.error("--resume and --overwrite exclude each other")
     if cfg.objective == "sft" and not cfg.sft_data:
         p.error("--objective sft trains on instruction data only: give --sft-data FILE.json")
-    if cfg.lambda_n and cfg.objective not in GEOMETRY:
-        p.error(f"--lambda-n supervises attention with the tracks: it needs --objective corr or full, not {cfg.objective}")
+    if cfg.lambda_attn and cfg.objective not in GEOMETRY:
+        p.error(f"--lambda-attn supervises attention with the tracks: it needs --objective corr or full, not "
+                f"{cfg.objective}")
     if cfg.train_vision and cfg.lora_rank:
         p.error("--train-vision trains the whole vision tower: use it with full fine-tuning (--lora-rank 0)")
-    if cfg.lambda_n and cfg.grad_ckpt:
-        p.error("--lambda-n reads q and k inside the attention function, which the LLM's activation checkpointing "
-                "recomputes without the reader: drop --grad-ckpt (or --lambda-n)")
+    if cfg.lambda_attn and cfg.grad_ckpt:
+        p.error("--lambda-attn reads q and k inside the attention function, which the LLM's activation checkpointing "
+                "recomputes without the reader: drop --grad-ckpt (or --lambda-attn)")
     return cfg
 
 
@@ -198,88 +197,32 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-# ----------------------------------------------------------------------------- model and checkpoints
+# ----------------------------------------------------------------------------- the loss of one micro-step (G7)
 
-def build_model(cfg: Config, device: str):
-    """The model as training builds it -> (vlm, processor, net). vlm: the stock model (LoRA injected in place);
-    net: what the optimiser trains, the GASP wrapper for the geometry objectives, else the (peft) VLM.
-    Frozen weights in cfg.dtype; trained parameters in float32 (mixed precision, autocast in the loop)."""
-    dtype = getattr(torch, cfg.dtype)
-    vlm, proc = M.load(cfg.model, dtype=dtype, attn_implementation=cfg.attn_implementation,
-                       size=M.frame_size(transformers.AutoConfig.from_pretrained(cfg.model), cfg.size))
-    layers = M.parse_layers(cfg.layers, len(M.llm_layers(vlm)))
-    if cfg.grad_ckpt:
-        vlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    net = M.freeze_and_lora(vlm, cfg.lora_rank, cfg.train_vision)
-    if cfg.objective in GEOMETRY:
-        net = M.GASP(net, layers, cfg.head_input, cfg.embed_dim)
-    for p in net.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
-    return vlm, proc, net.to(device)
-
-
-def atomic_save(obj, path: str):
-    """torch.save to a temporary file, then rename: a kill mid-save leaves the previous file intact."""
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def step_loss(net, item: dict, cfg: Config, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """G7 for one item: L = L_LM + λ_c L̄_corr + λ_d L̄_depth (+ λ_attn L̄_attn, the extension, 0 by default).
+    A geometry item runs every supervised layer's head and G3-G5 inside the one forward (model.GASP); an instruction
+    item is the stock forward with L_LM. Returns the loss and its terms (loss, lm, corr, depth, attn), detached."""
+    geometry = cfg.objective in GEOMETRY
+    zero = torch.zeros(1, device=item["inputs"]["input_ids"].device)
+    corr = depth = attn = zero
+    if "targets" in item:  # G3-G5 per layer (G6: their mean, below), inside the forward
+        corr_depth = partial(gasp_losses, targets=item["targets"], tau=cfg.tau, q_offset=item["anchor"])
+        attention = partial(attention_loss, targets=item["targets"], grid=grid,
+                            q_offset=item["anchor"]) if cfg.lambda_attn else None
+        out, corr, depth, *attn = net(item["inputs"], item["token_map"], item["anchor"], loss=corr_depth,
+                                      attention=attention)
+        attn = attn[0] if attn else zero
+    else:
+        out = net(item["inputs"])[0] if geometry else net(**item["inputs"], use_cache=False)
+    lm = out.loss if item["lm"] else zero[0]
+    del out  # its logits and vision features are not needed in backward
+    loss = total_loss(lm, corr, depth, cfg.lambda_c, cfg.lambda_d if cfg.objective == "full" else 0.0)
+    loss = loss + cfg.lambda_attn * attn.mean()
+    return loss, torch.stack([loss, lm, corr.mean(), depth.mean(), attn.mean()]).detach().float()
 
 
-def save_checkpoint(path: str, net, opt, sched, step: int, cfg: Config, probe_before):
-    """checkpoint.pt, the one format train.py writes and load_checkpoint reads:
-    format (int), config (the resolved Config as a dict: model path, objective, layers, head_input, embed_dim = r,
-    lora_rank, tau, size, dtype, ...), step (optimizer steps done), model (the trained parameters of `net`, by
-    their names in build_model's net), optimizer, scheduler, rng (torch CPU RNG state), probe_before (probe
-    results of the untrained model, or None)."""
-    trained = {n for n, p in net.named_parameters() if p.requires_grad}
-    atomic_save({"format": CKPT_FORMAT, "config": dataclasses.asdict(cfg), "step": step,
-                 "model": {n: t for n, t in net.state_dict().items() if n in trained},
-                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
-                 "probe_before": probe_before}, path)
-
-
-def read_checkpoint(path: str) -> dict:
-    """A checkpoint.pt (or a run folder holding one) -> its dict, with named errors for missing or broken files."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "checkpoint.pt")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no training checkpoint here (train.py writes --out/checkpoint.pt)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable checkpoint, perhaps truncated ({e}); train.py writes it "
-                         f"atomically, so rerun or restore the file") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT or not {"config", "model", "step"} <= ckpt.keys():
-        raise ValueError(f"{path}: not a train.py checkpoint of format {CKPT_FORMAT}")
-    return ckpt
-
-
-def load_trained(net, state: dict, where: str):
-    """Copy the saved trained parameters into net, refusing any that do not fit it."""
-    own = dict(net.named_parameters())
-    unknown = [n for n in state if n not in own or own[n].shape != state[n].shape]
-    missing = [n for n, p in own.items() if p.requires_grad and n not in state]
-    if unknown or missing:
-        raise ValueError(f"{where}: the saved weights do not fit the model rebuilt from its config "
-                         f"({len(unknown)} unknown or reshaped, e.g. {unknown[:2]}; {len(missing)} missing, "
-                         f"e.g. {missing[:2]})")
-    net.load_state_dict(state, strict=False)
-
-
-def load_checkpoint(path: str, device: str = "cpu", dtype: str | None = None, attn_implementation: str | None = None):
-    """A train.py checkpoint (any objective, LoRA or not) -> (vlm, processor, GASP module or None, config dict),
-    rebuilt exactly as training built it (build_model) with the trained weights loaded, in eval mode;
-    dtype / attn_implementation, when given, replace the saved ones."""
-    ckpt = read_checkpoint(path)
-    saved = ckpt["config"]
-    cfg = Config(**{f.name: saved[f.name] for f in dataclasses.fields(Config) if f.name in saved})
-    cfg.grad_ckpt, cfg.dtype = False, dtype or cfg.dtype
-    cfg.attn_implementation = attn_implementation or cfg.attn_implementation
-    vlm, proc, net = build_model(cfg, device)
-    load_trained(net, ckpt["model"], path)
-    return (vlm.eval(), proc, net.eval() if isinstance(net, M.GASP) else None,
-            {**saved, "dtype": cfg.dtype, "attn_implementation": cfg.attn_implementation})
+TERMS = ("loss", "lm", "corr", "depth", "attn")
 
 
 # ----------------------------------------------------------------------------- data
@@ -343,6 +286,25 @@ class Items(torch.utils.data.Dataset):
         return item
 
 
+def data_stream(cfg: Config, proc) -> Items:
+    """The run's item stream: DL3DV-layout scenes (data.SceneDataset) and the instruction stream for L_LM."""
+    try:
+        geo = data.SceneDataset(cfg.data, size=proc.size, num_frames=parse_range(cfg.frames),
+                                lattices=tuple(int(g) for g in cfg.lattices.split(",")), window=cfg.window,
+                                seed=cfg.seed, preload=cfg.preload, keep=cfg.keep_tracks)
+        sft = data.InstructionDataset(cfg.sft_data, cfg.sft_root or None, parse_range(cfg.frames)) if cfg.sft_data \
+            else None
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"--data / --sft-data: {e}")
+    return Items(cfg, proc, geo, sft)
+
+
+def report_data(env, geo, replaced: int):
+    if env.master and (replaced or geo.skipped["scenes"] or geo.skipped["folders"]):
+        print(f"data: {geo.skipped['scenes']} broken scenes and {geo.skipped['folders']} folders without "
+              f"transforms.json skipped; {replaced} samples of this process replaced by the next candidate")
+
+
 def item_indices(start: int, steps: int, accum: int, world: int, rank: int) -> list[int]:
     """The items this process reads, in order: step s, micro-step m -> item (s·accum + m)·world + rank."""
     return [(s * accum + m) * world + rank for s in range(start, steps) for m in range(accum)]
@@ -358,39 +320,136 @@ def to_device(x, device: str):
     return x.to(device, non_blocking=True) if torch.is_tensor(x) else x
 
 
-# ----------------------------------------------------------------------------- setup
+# ----------------------------------------------------------------------------- processes, the run folder, resume
 
-def setup(cfg: Config):
+@dataclass
+class Env:
+    ddp: bool
+    rank: int
+    world: int
+    device: str
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.ddp:
+            dist.barrier()
+
+
+def setup(cfg: Config) -> Env:
+    """torchrun's processes (RANK set: DDP over NCCL on GPUs, gloo on CPUs) or one process; dtype and workers
+    resolved for the device."""
     ddp = int(os.environ.get("RANK", -1)) != -1
     if ddp:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
-        rank, world = dist.get_rank(), dist.get_world_size()
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if backend == "nccl" else "cpu"
         if backend == "nccl":
             torch.cuda.set_device(device)
+        env = Env(True, dist.get_rank(), dist.get_world_size(), device)
     else:
-        rank, world = 0, 1
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        env = Env(False, 0, 1, "cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)  # the same init on every rank; data differs by rank through the item index
-    return ddp, rank, world, device
+    if cfg.dtype == "auto":
+        cfg.dtype = "bfloat16" if "cuda" in env.device else "float32"
+    if cfg.workers < 0:
+        cfg.workers = 4 if "cuda" in env.device else 0
+    if env.device == "cpu":  # subnormal floats (the far tails of a sharp softmax) cost x86 CPUs many cycles each;
+        torch.set_flush_denormal(True)  # values below 1e-38 then read as 0
+    return env
 
 
-def prepare_out(cfg: Config, master: bool) -> dict | None:
+def demo_setup(cfg: Config, env: Env) -> list[str]:
+    """The embedded default's tiny model and scenes, made once if absent; returns the held-out scene folders."""
+    if cfg.model == "tiny":
+        if env.master:
+            M.build_tiny(TINY)
+        cfg.model = TINY
+    if os.path.isdir(cfg.model):
+        cfg.model = os.path.abspath(cfg.model)
+    held_out = [p for p in cfg.probe_scenes.split(",") if p] if cfg.probe else []
+    if env.master and DEMO_DATA in [os.path.dirname(p) for p in [cfg.data, *held_out]]:
+        synth.ensure_synthetic(DEMO_DATA)
+    if env.master and f"{DEMO_DATA}/rooms" in held_out:
+        rooms.ensure_rooms(f"{DEMO_DATA}/rooms")
+    os.makedirs(cfg.out, exist_ok=True)
+    env.barrier()
+    return held_out
+
+
+def prepare_out(cfg: Config, env: Env) -> dict | None:
     """Decide what --out holds: the checkpoint to resume from, or None for a fresh run (old records removed)."""
-    files = [os.path.join(cfg.out, f) for f in ("checkpoint.pt", "log.jsonl", "probe.json")]
+    files = [os.path.join(cfg.out, f) for f in (checkpoint.NAME, "log.jsonl", "probe.json")]
+    ckpt = None
     if cfg.resume and os.path.exists(files[0]):
-        return read_checkpoint(files[0])
-    if cfg.resume and master:
+        try:
+            ckpt = checkpoint.read(files[0])
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"--resume: {e}")
+        check_resume(cfg, ckpt)
+    elif cfg.resume and env.master:
         print(f"--resume: no checkpoint at {files[0]}; starting fresh")
     elif any(os.path.exists(f) for f in files[:2]) and not cfg.overwrite:
         raise SystemExit(f"{cfg.out} holds a run (checkpoint.pt / log.jsonl): pass --resume to continue it, "
                          f"--overwrite to start over, or another --out")
-    if master:
+    if env.master and ckpt is None:
         for f in files:
             if os.path.exists(f):
                 os.remove(f)
-    return None
+    env.barrier()
+    return ckpt
+
+
+def check_resume(cfg: Config, ckpt: dict):
+    """--resume continues a run only with the settings that shape its weights and data."""
+    saved = ckpt["config"]
+    differ = [f"{k}: saved {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in RESUME_KEYS
+              if saved.get(k) != getattr(cfg, k)]
+    if differ:
+        raise SystemExit(f"--resume: {cfg.out}/checkpoint.pt was trained with other settings: " + "; ".join(differ)
+                         + ". Resume with the saved settings (see config.json) or use another --out")
+
+
+def build(cfg: Config, env: Env):
+    """The stock model, vision tower and projector frozen (unless --train-vision), LoRA on the LLM if asked, the
+    heads unless the objective is L_LM only (model.build). Records the frame side actually fed."""
+    try:
+        vlm, proc, net = M.build(cfg.model, env.device, cfg.dtype, cfg.attn_implementation, cfg.size, cfg.layers,
+                                 cfg.lora_rank, cfg.train_vision, cfg.objective in GEOMETRY, cfg.head_input,
+                                 cfg.embed_dim, cfg.grad_ckpt)
+    except ValueError as e:
+        raise SystemExit(f"--model {cfg.model} / --layers {cfg.layers}: {e}")
+    cfg.size = proc.size[0]
+    return vlm, proc, net
+
+
+def optimizer(cfg: Config, net) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with two groups: the heads at lr x head_lr_mult (the paper: 4x), everything else trained at lr;
+    linear warm-up, then a cosine to 0."""
+    heads = list(net.heads.parameters()) if isinstance(net, M.GASP) else []
+    ids = {id(p) for p in heads}
+    rest = [p for p in net.parameters() if p.requires_grad and id(p) not in ids]
+    opt = torch.optim.AdamW([{"params": rest, "lr": cfg.lr}, {"params": heads, "lr": cfg.lr * cfg.head_lr_mult}],
+                            weight_decay=cfg.weight_decay)
+    warmup = max(1, int(cfg.warmup * cfg.steps))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, partial(warmup_cosine, warmup=warmup, total=cfg.steps))
+
+
+def restore(cfg: Config, env: Env, ckpt: dict | None, net, opt, sched) -> tuple[int, dict | None]:
+    """Continue from a checkpoint: weights, optimizer, schedule, RNG; the log keeps the steps it covers.
+    Returns (first step, the stored 'before' probe)."""
+    if ckpt is None:
+        return 0, None
+    checkpoint.restore_weights(net, ckpt["weights"], f"{cfg.out}/{checkpoint.NAME}")
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"])
+    if env.master:
+        truncate_log(os.path.join(cfg.out, "log.jsonl"), ckpt["step"])
+        print(f"resumed from {cfg.out}/{checkpoint.NAME} at step {ckpt['step']}")
+    return ckpt["step"], ckpt["probe_before"]
 
 
 def truncate_log(path: str, step: int):
@@ -403,200 +462,178 @@ def truncate_log(path: str, step: int):
         os.replace(path + ".tmp", path)
 
 
+def save(cfg: Config, env: Env, net, opt, sched, step: int, probe_before):
+    if env.master:
+        checkpoint.save(os.path.join(cfg.out, checkpoint.NAME), config=dataclasses.asdict(cfg), step=step,
+                        weights=checkpoint.trained_weights(net), optimizer=opt.state_dict(),
+                        scheduler=sched.state_dict(), rng=torch.get_rng_state(), probe_before=probe_before)
+    env.barrier()
+
+
+class Preemption:
+    """SIGTERM (Slurm, Kubernetes) and SIGINT ask the loop to stop after the optimizer step it is in: the run saves
+    a checkpoint and exits non-zero, and `--resume` continues it exactly. All ranks stop at the same step."""
+
+    def __init__(self):
+        self.signal = 0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame):
+        self.signal = signum
+
+    def requested(self, env: Env) -> int:
+        flag = torch.tensor([self.signal])
+        if env.ddp:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag)
+
+
+def write_config(cfg: Config, env: Env, net, geo):
+    """config.json: every resolved setting, printed too."""
+    if not env.master:
+        return
+    resolved = {**dataclasses.asdict(cfg), "world": env.world, "global_batch": cfg.accum * env.world,
+                "device": env.device}
+    with open(os.path.join(cfg.out, "config.json"), "w") as f:
+        json.dump(resolved, f, indent=1)
+    print("config: " + ", ".join(f"{k}={v}" for k, v in resolved.items()))
+    layers = len(net.layer_ids) if isinstance(net, M.GASP) else 0
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad) / 1e6
+    print(f"model {cfg.model} | objective {cfg.objective} | supervised layers {layers} | trainable {trainable:.2f}M "
+          f"| global batch {cfg.accum * env.world} = {cfg.accum} micro-steps x {env.world} processes x 1 sample | "
+          f"{len(geo.scenes)} scenes")
+
+
+def skip_step(cfg: Config, env, step: int, terms: torch.Tensor, opt, sched, bad: int) -> int:
+    """A non-finite loss: the step's gradients are dropped (the same decision on every rank); too many in a row end
+    the run. Returns the count in a row."""
+    opt.zero_grad(set_to_none=True)
+    sched.step()
+    if env.master:
+        print(f"step {step}: non-finite loss {terms.tolist()}, step skipped ({bad} in a row)")
+    if bad >= cfg.max_bad_steps:
+        raise SystemExit(f"{bad} non-finite losses in a row: lower --lr or check the data (python data.py show)")
+    return bad
+
+
+def log_step(cfg: Config, env: Env, step: int, start: int, terms: torch.Tensor, sched, gnorm, t0: float):
+    """One line per --log-every steps: the loss terms, lr, gradient norm, s/step, samples/s, ETA; also log.jsonl."""
+    if not env.master or ((step + 1) % cfg.log_every and step + 1 != cfg.steps):
+        return
+    dt = (time.time() - t0) / (step + 1 - start)
+    rec = dict(step=step + 1, **{k: v.item() for k, v in zip(TERMS, terms) if k != "attn" or cfg.lambda_attn},
+               lr=sched.get_last_lr()[0], grad_norm=float(gnorm), s_per_step=dt,
+               samples_per_s=cfg.accum * env.world / dt, eta_min=dt * (cfg.steps - step - 1) / 60)
+    print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()), flush=True)
+    with open(os.path.join(cfg.out, "log.jsonl"), "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+# ----------------------------------------------------------------------------- the probe before and after
+
+def probe_sets(cfg: Config, env, proc, held_out: list[str]) -> dict:
+    """{held-out folder: probe samples} on rank 0 (the probe runs there alone); empty without --probe-scenes."""
+    if not (cfg.probe and env.master):
+        return {}
+    if not held_out:
+        print("probe skipped: give --probe-scenes DIR (held-out DL3DV-layout scenes) to measure the layers' own "
+              "Q-K matching before and after training")
+    return {p: probe.probe_samples(p, proc.size, 8, cfg.probe_samples, seed=cfg.seed + 1) for p in held_out}
+
+
+def probe_all(cfg: Config, vlm, proc, gasp, sets: dict, autocast, device: str, when: str) -> dict:
+    """probe.run_probe on every held-out set: {folder: results}."""
+    out = {}
+    for folder, samples in sets.items():
+        with autocast:
+            out[folder] = probe.run_probe(vlm.eval(), proc, samples, gasp, cfg.tau, device, f"probe {when} ({folder})")
+    vlm.train()
+    return out
+
+
+def report(cfg: Config, before: dict | None, after: dict):
+    """probe.json, and the before/after table of each held-out set with its summary lines."""
+    results = {p: ({"before": before[p]} if before and p in before else {}) | {"after": a} for p, a in after.items()}
+    with open(os.path.join(cfg.out, "probe.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    for folder, res in results.items():
+        print(f"\nheld-out scenes {folder}")
+        print(probe.pck_table(res))
+        for name, r in res.items():
+            n = r["native"]
+            peak, t = n["peak_layer"], n["temporal"][n["peak_layer"]]
+            print(f"{name:>6}: peak native PCK@2 {n['peak_pck2']:.3f} (layer {peak}), rho at peak {n['rho'][peak]:+.2f} "
+                  f"(per sample {n['rho_seq_mean'][peak]:+.2f} +- {n['rho_seq_std'][peak]:.2f}), "
+                  f"Y(largest gap) {t[max(t)]:.2f}")
+
+
+# ----------------------------------------------------------------------------- main
+
 def main(argv=None):
     cfg = parse_args(argv)
-    ddp, rank, world, device = setup(cfg)
-    master = rank == 0
-    if cfg.dtype == "auto":
-        cfg.dtype = "bfloat16" if "cuda" in device else "float32"
-    if cfg.workers < 0:
-        cfg.workers = 4 if "cuda" in device else 0
-    if device == "cpu":  # subnormal floats (the far tails of a sharp softmax) cost x86 CPUs many cycles each:
-        torch.set_flush_denormal(True)  # measured 1.9x per step late in a --lambda-n run; values < 1e-38 read as 0
-    if cfg.model == "tiny":
-        if master:
-            M.build_tiny(TINY)
-        cfg.model = TINY
-    if os.path.isdir(cfg.model):
-        cfg.model = os.path.abspath(cfg.model)
-    held_out = [p for p in cfg.probe_scenes.split(",") if p] if cfg.probe else []
-    if master and DEMO_DATA in [os.path.dirname(p) for p in [cfg.data, *held_out]]:
-        synth.ensure_synthetic(DEMO_DATA)  # the embedded default's scenes, rendered once
-    if master and f"{DEMO_DATA}/rooms" in held_out:
-        rooms.ensure_rooms(f"{DEMO_DATA}/rooms")
-    os.makedirs(cfg.out, exist_ok=True)
-    if ddp:
-        dist.barrier()
-    try:
-        ckpt = prepare_out(cfg, master)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"--resume: {e}")
-    if ddp:
-        dist.barrier()
-
-    # Model: stock VLM, vision tower + projector frozen, LoRA on the LLM if asked, heads unless L_LM only.
-    try:
-        vlm, proc, raw = build_model(cfg, device)
-    except ValueError as e:
-        raise SystemExit(f"--model {cfg.model} / --layers {cfg.layers}: {e}")
-    cfg.size = proc.size[0]  # the frame side actually fed (whole tokens)
-    if ckpt is not None:
-        saved = {k: ckpt["config"].get(k, getattr(Config, k)) for k in RESUME_KEYS}  # older runs: the default
-        differ = [f"{k}: saved {saved[k]!r}, now {getattr(cfg, k)!r}" for k in RESUME_KEYS if saved[k] != getattr(cfg, k)]
-        if differ:
-            raise SystemExit(f"--resume: {cfg.out}/checkpoint.pt was trained with other settings: " + "; ".join(differ)
-                             + ". Resume with the saved settings (see config.json) or use another --out")
-    geometry = cfg.objective in GEOMETRY
-    net = DDP(raw, find_unused_parameters=True) if ddp else raw  # geometry-only items leave lm_head without gradient
-    vlm.train()
-    dtype = getattr(torch, cfg.dtype)
-    device_type = device.split(":")[0]
+    env = setup(cfg)
+    held_out = demo_setup(cfg, env)
+    ckpt = prepare_out(cfg, env)
+    vlm, proc, net = build(cfg, env)
+    opt, sched = optimizer(cfg, net)
+    start, probe_before = restore(cfg, env, ckpt, net, opt, sched)
+    items = data_stream(cfg, proc)
+    write_config(cfg, env, net, items.geo)
+    gasp = net if isinstance(net, M.GASP) else None
+    dtype, device_type = getattr(torch, cfg.dtype), env.device.split(":")[0]
     autocast = torch.autocast(device_type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
 
-    head_params = list(raw.heads.parameters()) if geometry else []
-    head_ids = {id(p) for p in head_params}
-    base_params = [p for p in raw.parameters() if p.requires_grad and id(p) not in head_ids]
-    opt = torch.optim.AdamW([{"params": base_params, "lr": cfg.lr},
-                             {"params": head_params, "lr": cfg.lr * cfg.head_lr_mult}], weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(warmup_cosine, warmup=max(1, int(cfg.warmup * cfg.steps)),
-                                                           total=cfg.steps))
-
-    # Data: item k of the whole run is fully determined by (seed, k), so resuming needs only the step.
-    try:
-        geo = data.SceneDataset(cfg.data, size=proc.size, num_frames=parse_range(cfg.frames),
-                                grids=tuple(int(g) for g in cfg.grids.split(",")), window=cfg.window, seed=cfg.seed,
-                                preload=cfg.preload, keep=cfg.keep_tracks)
-        sft = data.InstructionDataset(cfg.sft_data, cfg.sft_root or None, parse_range(cfg.frames)) if cfg.sft_data else None
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"--data / --sft-data: {e}")
-    items = Items(cfg, proc, geo, sft)
-
-    start, probe_before, log = 0, None, os.path.join(cfg.out, "log.jsonl")
-    if ckpt is not None:
-        load_trained(raw, ckpt["model"], f"{cfg.out}/checkpoint.pt")
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng"])
-        start, probe_before = ckpt["step"], ckpt.get("probe_before")
-        if master:
-            truncate_log(log, start)
-            print(f"resumed from {cfg.out}/checkpoint.pt at step {start}")
-
-    if master:
-        resolved = {**dataclasses.asdict(cfg), "world": world, "global_batch": cfg.accum * world, "device": device}
-        with open(os.path.join(cfg.out, "config.json"), "w") as f:
-            json.dump(resolved, f, indent=1)
-        print("config: " + ", ".join(f"{k}={v}" for k, v in resolved.items()))
-        print(f"model {cfg.model} | objective {cfg.objective} | supervised layers {len(raw.layer_ids) if geometry else 0} "
-              f"| trainable {sum(p.numel() for p in raw.parameters() if p.requires_grad) / 1e6:.2f}M | global batch "
-              f"{cfg.accum * world} = {cfg.accum} micro-steps x {world} processes x 1 sample | {len(geo.scenes)} scenes")
-
-    probe_sets = {}  # held-out folder -> probe samples
-    if cfg.probe and master and not held_out:
-        print("probe skipped: give --probe-scenes DIR (held-out DL3DV-layout scenes) to measure the layers' own "
-              "Q-K matching before and after training")
-    elif cfg.probe and master:
-        import probe
-        probe_sets = {p: probe.probe_samples(p, proc.size, 8, cfg.probe_samples, seed=cfg.seed + 1) for p in held_out}
-        if probe_before is None and start == 0:
-            with autocast:
-                probe_before = {p: probe.run_probe(vlm.eval(), proc, s, raw if geometry else None, cfg.tau, device,
-                                                   f"probe before ({p})") for p, s in probe_sets.items()}
-            vlm.train()
-        elif probe_before is None:
-            print("the checkpoint holds no 'before' probe; only the 'after' probe runs")
-
-    loader = torch.utils.data.DataLoader(items, batch_size=None, sampler=item_indices(start, cfg.steps, cfg.accum, world, rank),
-                                         num_workers=cfg.workers, collate_fn=as_is, pin_memory="cuda" in device,
-                                         prefetch_factor=4 if cfg.workers else None)
-    batches = iter(loader)
-    bad, replaced, t0 = 0, 0, time.time()
+    sets = probe_sets(cfg, env, proc, held_out)
+    if sets and probe_before is None and start == 0:
+        probe_before = probe_all(cfg, vlm, proc, gasp, sets, autocast, env.device, "before")
+    ddp = DDP(net, find_unused_parameters=True) if env.ddp else net  # geometry items leave lm_head without gradient
+    vlm.train()
+    loader = torch.utils.data.DataLoader(items, batch_size=None, collate_fn=as_is, num_workers=cfg.workers,
+                                         sampler=item_indices(start, cfg.steps, cfg.accum, env.world, env.rank),
+                                         pin_memory="cuda" in env.device, prefetch_factor=4 if cfg.workers else None)
+    batches, bad, replaced, t0, preemption = iter(loader), 0, 0, time.time(), Preemption()
     for step in range(start, cfg.steps):
-        terms = torch.zeros(5, device=device)  # loss, lm, corr, depth, native (means over micro-steps)
+        terms = torch.zeros(len(TERMS), device=env.device)  # means over the micro-steps
         for micro in range(cfg.accum):
-            item = to_device(next(batches), device)
+            item = to_device(next(batches), env.device)
             replaced += item["replaced"]  # unusable scene samples the dataset replaced by the next candidate
-            inputs = item["inputs"]
-            sync = nullcontext() if (not ddp or micro == cfg.accum - 1) else net.no_sync()
+            sync = ddp.no_sync() if env.ddp and micro < cfg.accum - 1 else nullcontext()
             with sync, autocast:
-                if "targets" in item:  # heads and G3-G5 per layer, inside the forward
-                    loss_fn = partial(gasp_losses, targets=item["targets"], tau=cfg.tau, q_offset=item["anchor"])
-                    native_fn = partial(native_loss, targets=item["targets"], grid=proc.grid,
-                                        q_offset=item["anchor"]) if cfg.lambda_n else None
-                    out, corr, depth, *native = net(inputs, item["token_map"], item["anchor"], loss=loss_fn,
-                                                    native=native_fn)
-                    native = native[0] if native else torch.zeros(1, device=device)
-                else:
-                    out = net(inputs)[0] if geometry else net(**inputs, use_cache=False)
-                    corr = depth = native = torch.zeros(1, device=device)
-                lm = out.loss if item["lm"] else torch.zeros((), device=device)
-                del out  # its logits and vision features are not needed in backward
-                loss = total_loss(lm, corr, depth, cfg.lambda_c, cfg.lambda_d if cfg.objective == "full" else 0.0)
-                loss = loss + cfg.lambda_n * native.mean()  # the extension (0 by default)
+                loss, parts = step_loss(ddp, item, cfg, proc.grid)
             scaler.scale(loss / cfg.accum).backward()
-            terms += torch.stack([loss, lm, corr.mean(), depth.mean(), native.mean()]).detach().float() / cfg.accum
-        if ddp:
+            terms += parts / cfg.accum
+        if env.ddp:
             dist.all_reduce(terms, op=dist.ReduceOp.AVG)
         if not torch.isfinite(terms).all():  # the same decision on every rank
-            opt.zero_grad(set_to_none=True)
-            bad += 1
-            if master:
-                print(f"step {step}: non-finite loss {terms.tolist()}, step skipped ({bad} in a row)")
-            if bad >= cfg.max_bad_steps:
-                raise SystemExit(f"{bad} non-finite losses in a row: lower --lr or check the data (python data.py show)")
-            sched.step()
+            bad = skip_step(cfg, env, step, terms, opt, sched, bad + 1)
             continue
         bad = 0
         scaler.unscale_(opt)
-        gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.clip)
+        gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
         scaler.step(opt)
         scaler.update()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if master and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
-            dt = (time.time() - t0) / (step + 1 - start)
-            rec = dict(step=step + 1, loss=terms[0].item(), lm=terms[1].item(), corr=terms[2].item(),
-                       depth=terms[3].item(), **({"native": terms[4].item()} if cfg.lambda_n else {}),
-                       lr=sched.get_last_lr()[0], grad_norm=float(gnorm), s_per_step=dt,
-                       samples_per_s=cfg.accum * world / dt, eta_min=dt * (cfg.steps - step - 1) / 60)
-            print(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()), flush=True)
-            with open(log, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            if master:
-                save_checkpoint(os.path.join(cfg.out, "checkpoint.pt"), raw, opt, sched, step + 1, cfg, probe_before)
-            if ddp:
-                dist.barrier()
-    if master and (replaced or geo.skipped["scenes"] or geo.skipped["folders"]):
-        print(f"data: {geo.skipped['scenes']} broken scenes and {geo.skipped['folders']} folders without "
-              f"transforms.json skipped; {replaced} samples of this process replaced by the next candidate")
+        log_step(cfg, env, step, start, terms, sched, gnorm, t0)
+        stop = preemption.requested(env)
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stop:
+            save(cfg, env, net, opt, sched, step + 1, probe_before)
+        if stop:
+            if env.master:
+                print(f"stopped by signal {stop} after step {step + 1}; checkpoint saved: rerun the same command "
+                      f"with --resume to continue", flush=True)
+            raise SystemExit(128 + stop)
+    report_data(env, items.geo, replaced)
 
-    if master and probe_sets:
-        results = {}
-        for p, samples in probe_sets.items():
-            with autocast:
-                after = probe.run_probe(vlm.eval(), proc, samples, raw if geometry else None, cfg.tau, device,
-                                        f"probe after ({p})")
-            results[p] = {"before": probe_before[p], "after": after} if probe_before and p in probe_before else \
-                {"after": after}
-        with open(os.path.join(cfg.out, "probe.json"), "w") as f:
-            json.dump(results, f, indent=1)
-        for p, res in results.items():
-            print(f"\nheld-out scenes {p}")
-            print(probe.table(res))
-            for name, r in res.items():
-                n = r["native"]
-                peak, t = n["peak_layer"], n["temporal"][n["peak_layer"]]
-                seq = (f" (per sample {n['rho_seq_mean'][peak]:+.2f} +- {n['rho_seq_std'][peak]:.2f})"
-                       if "rho_seq_mean" in n else "")  # a "before" probe resumed from an older checkpoint has none
-                print(f"{name:>6}: peak native PCK@2 {n['peak_pck2']:.3f} (layer {peak}), rho at peak "
-                      f"{n['rho'][peak]:+.2f}{seq}, Y(largest gap) {t[max(t)]:.2f}")
-    if master and cfg.export:
-        M.export(raw, proc, os.path.join(cfg.out, "export"))
+    if sets:
+        report(cfg, probe_before, probe_all(cfg, vlm, proc, gasp, sets, autocast, env.device, "after"))
+    if env.master and cfg.export:
+        M.export(net, proc, os.path.join(cfg.out, "export"))
         print(f"exported a stock checkpoint to {cfg.out}/export")
-    if ddp:
-        dist.barrier()
+    env.barrier()
+    if env.ddp:
         dist.destroy_process_group()
 
 

@@ -17,8 +17,9 @@ import transformers
 from PIL import Image
 
 import model as M
-from scenes import synth
 import train
+from runtime import checkpoint
+from scenes import synth
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ("s_per_step", "samples_per_s", "eta_min")  # the only log fields allowed to differ between runs
@@ -35,13 +36,13 @@ TIMING = ("s_per_step", "samples_per_s", "eta_min")  # the only log fields allow
     (["--steps", "0"], "--steps 0: must be > 0"),
     (["--accum", "0"], "--accum 0: must be > 0"),
     (["--lora-rank", "-4"], "--lora-rank -4: must be >= 0"),
-    (["--grids", "8,0"], "--grids '8,0'"),
+    (["--lattices", "8,0"], "--lattices '8,0'"),
     (["--dtype", "float8"], "invalid choice: 'float8'"),
     (["--sft-ratio", "1.5"], "must lie in [0, 1]"),
     (["--resume", "--overwrite"], "exclude each other"),
     (["--objective", "sft"], "give --sft-data"),
-    (["--objective", "vqa", "--lambda-n", "0.5"], "needs --objective corr or full"),
-    (["--lambda-n", "0.5", "--grad-ckpt"], "drop --grad-ckpt"),
+    (["--objective", "vqa", "--lambda-attn", "0.5"], "needs --objective corr or full"),
+    (["--lambda-attn", "0.5", "--grad-ckpt"], "drop --grad-ckpt"),
     (["--train-vision", "--lora-rank", "8"], "full fine-tuning (--lora-rank 0)"),
 ])
 def test_flag_misuse_is_a_usage_error(argv, message, capsys):
@@ -115,7 +116,7 @@ def free_port() -> int:
 
 def train_run(env, out, *extra, nproc=1, wait=True, ok=True, model=None):
     args = ["--model", model or env["tiny"], "--data", env["scenes"], "--out", str(out), "--no-probe", "--size", "112",
-            "--frames", "3", "--grids", "8", "--embed-dim", "16", "--window", "4", "--log-every", "1", *extra]
+            "--frames", "3", "--lattices", "8", "--embed-dim", "16", "--window", "4", "--log-every", "1", *extra]
     cmd = [sys.executable, "train.py", *args] if nproc == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
          "train.py", *args]
@@ -131,7 +132,7 @@ def train_run(env, out, *extra, nproc=1, wait=True, ok=True, model=None):
 
 
 def weights(out):
-    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["model"]
+    return checkpoint.read(str(out))["weights"]
 
 
 def log(out, timing=False):
@@ -146,21 +147,21 @@ def assert_same_weights(a, b, **tol):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective, lora, lambda_n", [("sft", 0, 0), ("vqa", 4, 0), ("corr", 0, 0), ("full", 4, 0.5)])
-def test_two_steps_of_each_objective_load_back_and_export_stock(env, objective, lora, lambda_n):
+@pytest.mark.parametrize("objective, lora, lambda_attn", [("sft", 0, 0), ("vqa", 4, 0), ("corr", 0, 0), ("full", 4, 0.5)])
+def test_two_steps_of_each_objective_load_back_and_export_stock(env, objective, lora, lambda_attn):
     out = env["tmp"] / objective
     train_run(env, out, "--objective", objective, "--steps", "2", "--sft-data", env["sft"], "--sft-ratio", "0.5",
-        "--lora-rank", str(lora), "--lambda-n", str(lambda_n))
+        "--lora-rank", str(lora), "--lambda-attn", str(lambda_attn))
     recs = log(out)
     assert [r["step"] for r in recs] == [1, 2] and all(np.isfinite(r["loss"]) for r in recs)
-    assert all((r.get("native", 0) > 0) == (lambda_n > 0) for r in recs)
+    assert all((r.get("attn", 0) > 0) == (lambda_attn > 0) for r in recs)
     if objective in ("corr", "full"):
         assert all(r["corr"] > 0 for r in recs)
     assert (all(r["depth"] > 0 for r in recs) if objective == "full" else all(r["depth"] == 0 for r in recs))
     config = json.load(open(out / "config.json"))
     assert config["objective"] == objective and config["global_batch"] == 1 and config["dtype"] == "float32"
     # the checkpoint reads back into the model training built, whatever the objective
-    vlm, proc, gasp, cfg = train.load_checkpoint(str(out / "checkpoint.pt"))
+    vlm, proc, gasp, cfg = M.load(str(out / "checkpoint.pt"))
     assert (gasp is not None) == (objective in ("corr", "full")) and cfg["lora_rank"] == lora
     if gasp is not None:
         torch.testing.assert_close(gasp.heads.w1.detach(), weights(out)["heads.w1"])
@@ -197,7 +198,7 @@ def test_sigkill_then_resume_gives_the_same_weights_and_log(env):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    step = torch.load(ckpt, weights_only=False)["step"]
+    step = checkpoint.read(str(ckpt))["step"]
     assert step < 6, "the run finished before it could be killed"
     out = train_run(env, cut, *common, "--resume")
     assert f"resumed from {cut}/checkpoint.pt at step {step}" in out
@@ -212,7 +213,7 @@ def test_sigkill_then_resume_gives_the_same_weights_and_log(env):
 def test_two_steps_on_each_real_data_layout(env, layout, tmp_path):
     import analytic  # tests/analytic.py: one planar scene per DL3DV layout
     for s in range(2):
-        getattr(scenes, f"{layout}_scene")(tmp_path / "data" / f"scene_{s}", seed=s)
+        getattr(analytic, f"{layout}_scene")(tmp_path / "data" / f"scene_{s}", seed=s)
     out = train_run(env, tmp_path / "run", "--steps", "2", "--data", str(tmp_path / "data"))
     recs = log(tmp_path / "run")
     assert [r["step"] for r in recs] == [1, 2] and all(np.isfinite(r["loss"]) and r["corr"] > 0 for r in recs)
@@ -249,7 +250,7 @@ def test_before_probe_is_kept_in_the_checkpoint_and_reused(env):
     second = json.load(open(out / "probe.json"))
     scenes = env["scenes"]
     assert second[scenes]["before"] == first[scenes]["before"]
-    kept = torch.load(out / "checkpoint.pt", weights_only=False)["probe_before"][scenes]
+    kept = checkpoint.read(str(out))["probe_before"][scenes]
     assert json.loads(json.dumps(kept)) == first[scenes]["before"]
 
 
@@ -274,7 +275,7 @@ def test_bf16_base_trains_and_exports_bf16_with_its_processor_files(env, tmp_pat
 
 def test_interrupted_save_leaves_last_checkpoint_loadable(tmp_path, monkeypatch):
     path = str(tmp_path / "checkpoint.pt")
-    train.atomic_save({"step": 1, "w": torch.ones(3)}, path)
+    checkpoint.save(path, config={}, step=1, weights={"w": torch.ones(3)})
 
     def dying_save(obj, f):  # writes half a file, then the process is "killed"
         with open(f, "wb") as fh:
@@ -283,7 +284,66 @@ def test_interrupted_save_leaves_last_checkpoint_loadable(tmp_path, monkeypatch)
 
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        train.atomic_save({"step": 2, "w": torch.zeros(3)}, path)
+        checkpoint.save(path, config={}, step=2, weights={"w": torch.zeros(3)})
     monkeypatch.undo()
-    back = torch.load(path, weights_only=False)
-    assert back["step"] == 1 and torch.equal(back["w"], torch.ones(3))
+    back = checkpoint.read(path)
+    assert back["step"] == 1 and torch.equal(back["weights"]["w"], torch.ones(3))
+
+
+class Payload:
+    """An object whose unpickling runs a command: what a hostile checkpoint.pt would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_holding_an_object_is_refused_and_runs_nothing(tmp_path, capsys):
+    """Opening someone else's checkpoint runs none of its code: probe.py, --resume and model.load refuse it by name."""
+    marker = tmp_path / "ran"
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"format": checkpoint.FORMAT, "config": {"model": "x"}, "step": 1, "weights": {},
+                "probe_before": Payload(marker)}, run / "checkpoint.pt")
+    with pytest.raises(ValueError, match="refused: it holds Python objects"):
+        checkpoint.read(str(run))
+    with pytest.raises(ValueError, match="refused"):
+        M.load(str(run / "checkpoint.pt"))
+    with pytest.raises(SystemExit, match="refused"):
+        train.main(["--model", "x", "--data", str(tmp_path), "--out", str(run), "--resume", "--no-probe"])
+    assert not marker.exists()
+
+
+def test_an_old_checkpoint_format_is_a_named_error(tmp_path):
+    torch.save({"format": 1, "config": {}, "step": 1, "weights": {}}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="format 1, this code reads format 2; train again"):
+        checkpoint.read(str(tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_the_step_and_resume_continues_exactly(env, sig):
+    """Preemption: SIGTERM (or SIGINT) mid-run finishes the optimizer step, saves it, exits non-zero with the resume
+    command; --resume then gives the weights and log of an uninterrupted run."""
+    ref, cut = env["tmp"] / f"sig_ref_{sig}", env["tmp"] / f"sig_cut_{sig}"
+    common = ("--steps", "6", "--save-every", "100", "--lora-rank", "4")
+    train_run(env, ref, *common)
+    proc = train_run(env, cut, *common, wait=False)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:  # signal once two steps are logged
+        if (cut / "log.jsonl").exists() and len(open(cut / "log.jsonl").readlines()) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    out = proc.communicate()[0].decode()
+    assert proc.returncode == 128 + sig, out[-2000:]
+    step = checkpoint.read(str(cut))["step"]
+    assert 2 <= step < 6 and f"stopped by signal {int(sig)} after step {step}" in out and "--resume" in out
+    assert [r["step"] for r in log(cut)] == list(range(1, step + 1))  # every finished step saved and logged
+    train_run(env, cut, *common, "--resume")
+    assert_same_weights(weights(ref), weights(cut), atol=1e-6, rtol=1e-5)
+    assert [r["step"] for r in log(cut)] == list(range(1, 7))
+    for a, b in zip(log(ref), log(cut)):
+        assert a == pytest.approx(b, rel=1e-5)
