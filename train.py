@@ -584,7 +584,7 @@ def main(argv=None):
             json.dump(results, f, indent=1)
         for p, res in results.items():
             print(f"\nheld-out scenes {p}")
-            print(probe.table(res))
+            print(probe.pck_table(res))
             for name, r in res.items():
                 n = r["native"]
                 peak, t = n["peak_layer"], n["temporal"][n["peak_layer"]]
