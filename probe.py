@@ -119,8 +119,9 @@ def temporal(hit: np.ndarray, gap: np.ndarray) -> dict:
 def layer_metrics(records: list[list[dict]]) -> dict:
     """Per-layer PCK@1, PCK@2, ρ, AUROC and Y(Δt) from records[layer] = one `match` dict per sample, pooled over
     samples; also ρ and AUROC per sample (sequence) as their mean and std over the samples that have one
-    (rho_seq_n, auroc_seq_n), our reading of the paper's shaded bands. Each value is a list over layers; an
-    undefined AUROC (no hits or no misses; no sample with both) is None."""
+    (rho_seq_n, auroc_seq_n; for ρ, our reading of the paper's shaded bands). Every per-layer value is a list
+    over layers, then peak_layer, peak_pck2, avg_pck2; an undefined AUROC (no hits or no misses; no sample with
+    both) is None."""
     res = {"pck1": [], "pck2": [], "rho": [], "rho_seq_mean": [], "rho_seq_std": [], "rho_seq_n": [],
            "auroc": [], "auroc_seq_mean": [], "auroc_seq_std": [], "auroc_seq_n": [], "temporal": [], "n": []}
     for per_sample in records:
@@ -203,7 +204,7 @@ def default_names(paths: list[str]) -> list[str]:
 @torch.no_grad()
 def run_probe(vlm, proc, samples, gasp=None, tau: float = 0.07, device="cpu", desc="probe",
               rotary: bool = True, sharpen: float = 1.0) -> dict:
-    """Native Q-K metrics for every layer (and head metrics with temperature tau when gasp is given), pooled
+    """Native Q-K metrics for every layer (and GASP head metrics with temperature tau when gasp is given), pooled
     over samples, plus the grid and the chance PCK. Diagnostics, not G8: rotary=False reads q and k before the
     rotary embedding; sharpen multiplies the attention's logits (a sharper softmax, the same q and k).
     q/k and embeddings are compared in float32 whatever the model's dtype."""
