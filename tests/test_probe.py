@@ -1,5 +1,5 @@
-"""probe.py: metrics (G8-G10) on constructed q/k, the chance level, names and flags, the figure, and every
-checkpoint kind train.py writes loaded and probed."""
+"""probe.py: metrics (G8-G10, AUROC) on constructed q/k, the chance level, names and flags, the figure (drawn by
+figures/), and every checkpoint kind train.py writes loaded and probed."""
 
 import json
 import os
@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from figures import charts, correspondence
 import model as M
 import probe
 from scenes import synth
@@ -53,15 +54,15 @@ def test_rho_per_sequence_is_the_mean_and_std_of_each_samples_rho_beside_the_poo
     rec = lambda conf, hit: dict(hit1=np.array(hit, bool), hit2=np.array(hit, bool), conf=np.array(conf),  # noqa: E731
                                  gap=np.ones(len(hit), int))
     a, b = rec([0.9, 0.9, 0.1, 0.1], [1, 1, 0, 0]), rec([0.05, 0.05, 0.01, 0.01], [1, 1, 0, 0])
-    res = probe.summarize([[a, b]])
+    res = probe.layer_metrics([[a, b]])
     assert res["rho_seq_mean"][0] == pytest.approx(1.0) and res["rho_seq_std"][0] == pytest.approx(0.0, abs=1e-12)
     pooled = probe.pearson(np.r_[a["conf"], b["conf"]], np.r_[a["hit2"], b["hit2"]].astype(float))
     assert res["rho"][0] == pytest.approx(pooled) and pooled < 0.9
     c = rec([0.1, 0.1, 0.9, 0.9], [1, 1, 0, 0])  # confidently wrong: rho -1
-    res = probe.summarize([[a, c]])
+    res = probe.layer_metrics([[a, c]])
     assert res["rho_seq_mean"][0] == pytest.approx(0.0, abs=1e-12) and res["rho_seq_std"][0] == pytest.approx(1.0)
     every_hit = rec([0.3, 0.2, 0.1, 0.4], [1, 1, 1, 1])  # no rho: left out of the band, not counted as 0
-    res = probe.summarize([[a, every_hit]])
+    res = probe.layer_metrics([[a, every_hit]])
     assert res["rho_seq_n"][0] == 1 and res["rho_seq_mean"][0] == pytest.approx(1.0)
 
 
@@ -71,7 +72,7 @@ def test_confident_correct_and_unsure_wrong_gives_positive_rho():
     g = torch.Generator().manual_seed(0)
     noisy = torch.arange(H * W) % 2 == 0  # half the tokens: random codes (wrong, low confidence)
     q[:, noisy] = torch.randn(3, int(noisy.sum()), 1, 128, generator=g) * 0.1
-    res = probe.summarize([[probe.match(q, k, sample, PX, (H, W), scale=20.0)]])
+    res = probe.layer_metrics([[probe.match(q, k, sample, PX, (H, W), scale=20.0)]])
     assert 0.2 < res["pck2"][0] < 0.95
     assert res["rho"][0] > 0.3
 
@@ -110,6 +111,67 @@ def test_temporal_robustness_on_constructed_hits():
     assert Y == pytest.approx({1: 1.0, 2: 0.5 / 0.75, 5: 0.5 / 0.75})
 
 
+def _rank_auroc(conf, hit):
+    """AUROC by the rank formula: U = (sum of the hits' average ranks) - n_hit (n_hit + 1) / 2, over n_hit n_miss."""
+    conf, hit = np.asarray(conf, float), np.asarray(hit, bool)
+    values, inv, counts = np.unique(conf, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts + 1  # the 1-based rank of each distinct value's first occurrence
+    ranks = (first + (counts - 1) / 2)[inv]  # tied values share their average rank
+    n_hit, n_miss = hit.sum(), (~hit).sum()
+    return (ranks[hit].sum() - n_hit * (n_hit + 1) / 2) / (n_hit * n_miss)
+
+
+def test_auroc_worked_by_hand():
+    # hits 0.9, 0.6, 0.4; misses 0.4, 0.2: of the 6 (hit, miss) pairs the hit is more confident in 5, tied in 1
+    # (0.4 vs 0.4, counted half) -> 5.5 / 6. Ranks: 0.2 -> 1, 0.4 and 0.4 -> 2.5 each, 0.6 -> 4, 0.9 -> 5; the hits'
+    # sum 11.5, U = 11.5 - 3·4/2 = 5.5.
+    conf, hit = [0.9, 0.4, 0.6, 0.2, 0.4], [1, 0, 1, 0, 1]
+    assert probe.auroc(conf, hit) == pytest.approx(11 / 12)
+    assert _rank_auroc(conf, hit) == pytest.approx(11 / 12)
+    assert probe.auroc([0.1, 0.2, 0.3], [0, 1, 1]) == 1.0 and probe.auroc([0.1, 0.2, 0.3], [1, 0, 0]) == 0.0
+    assert probe.auroc([0.5] * 4, [1, 0, 1, 0]) == 0.5  # all tied: every pair counts half
+    assert probe.auroc([0.1, 0.2], [1, 1]) is None and probe.auroc([0.1, 0.2], [0, 0]) is None  # undefined
+
+
+def test_auroc_is_the_rank_formula_with_ties_and_half_for_independent_confidence():
+    rng = np.random.default_rng(0)
+    conf = rng.integers(0, 20, 3000) / 20  # many ties
+    hit = rng.random(3000) < 0.3 + 0.5 * conf  # informative
+    assert probe.auroc(conf, hit) == pytest.approx(_rank_auroc(conf, hit), abs=1e-12) and probe.auroc(conf, hit) > 0.6
+    independent = rng.random(3000) < 0.7
+    assert probe.auroc(conf, independent) == pytest.approx(_rank_auroc(conf, independent), abs=1e-12)
+    assert abs(probe.auroc(conf, independent) - 0.5) < 0.03
+
+
+def test_auroc_does_not_depend_on_the_hit_rate_where_rho_does():
+    """Hits all more confident than misses: AUROC 1 at 50 % and at 90 % hits; ρ of the 0/1 hit falls with the rate."""
+    rng = np.random.default_rng(0)
+    got = {}
+    for rate in (0.5, 0.9):
+        hit = rng.random(4000) < rate
+        conf = np.where(hit, rng.uniform(0.1, 1.0, 4000), rng.uniform(0.0, 0.1, 4000))
+        got[rate] = probe.auroc(conf, hit), probe.pearson(conf, hit.astype(float))
+    assert got[0.5][0] == got[0.9][0] == 1.0
+    assert got[0.9][1] < got[0.5][1] - 0.1
+
+
+def test_auroc_per_layer_pooled_and_per_sample():
+    rec = lambda conf, hit: dict(hit1=np.array(hit, bool), hit2=np.array(hit, bool), conf=np.array(conf),  # noqa: E731
+                                 gap=np.ones(len(hit), int))
+    a = rec([0.9, 0.4, 0.6, 0.2, 0.4], [1, 0, 1, 0, 1])  # 11/12, worked above
+    b = rec([0.3, 0.3, 0.3, 0.3], [1, 0, 1, 0])  # equal confidences: 0.5, defined and counted
+    every_hit, every_miss = rec([0.3, 0.2], [1, 1]), rec([0.3, 0.2], [0, 0])  # no AUROC: left out
+    res = probe.layer_metrics([[a, b, every_hit, every_miss]])
+    assert res["auroc_seq_n"] == [2]
+    assert res["auroc_seq_mean"][0] == pytest.approx((11 / 12 + 0.5) / 2)
+    assert res["auroc_seq_std"][0] == pytest.approx((11 / 12 - 0.5) / 2)
+    pooled = [np.concatenate([r[key] for r in (a, b, every_hit, every_miss)]) for key in ("conf", "hit2")]
+    assert res["auroc"][0] == pytest.approx(_rank_auroc(*pooled))
+    res = probe.layer_metrics([[every_hit], [a]])  # a layer without misses: None, not a number
+    assert res["auroc"] == [None, pytest.approx(11 / 12)] and res["auroc_seq_n"] == [0, 1]
+    assert res["auroc_seq_mean"][0] is None and res["auroc_seq_std"][0] is None
+
+
 def test_default_names_are_unique():
     paths = ["runs/vqa/checkpoint.pt", "runs/gasp", "runs/gasp/export", "a/run/checkpoint.pt", "b/run/checkpoint.pt",
              "runs/vqa/checkpoint.pt", "Qwen/Qwen2.5-VL-7B-Instruct"]
@@ -143,11 +205,15 @@ def test_load_for_probe_refuses_what_it_cannot_honour(tmp_path):
         probe.load_for_probe(str(tmp_path), attn_implementation="eager")
 
 
-def _results(pck2, rho=0.5, temporal=None, heads=None, grid=(8, 8)):
-    """A probe result as run_probe returns it, from given numbers."""
+def _results(pck2, rho=0.5, temporal=None, heads=None, grid=(8, 8), auroc=None):
+    """A probe result as run_probe returns it, from given numbers (auroc: one per layer, None where undefined)."""
     n = len(pck2)
-    native = dict(pck1=pck2, pck2=pck2, rho=[rho] * n, temporal=[temporal or {1: 1.0, 2: 0.8}] * n, n=[10] * n,
-                  peak_layer=int(np.argmax(pck2)), peak_pck2=max(pck2), avg_pck2=float(np.mean(pck2)))
+    auroc = auroc or [0.75] * n
+    native = dict(pck1=pck2, pck2=pck2, rho=[rho] * n, rho_seq_mean=[rho] * n, rho_seq_std=[0.1] * n,
+                  rho_seq_n=[1] * n, auroc=auroc, auroc_seq_mean=auroc, auroc_seq_std=[None if a is None else 0.1
+                                                                                      for a in auroc],
+                  auroc_seq_n=[int(a is not None) for a in auroc], temporal=[temporal or {1: 1.0, 2: 0.8}] * n,
+                  n=[10] * n, peak_layer=int(np.argmax(pck2)), peak_pck2=max(pck2), avg_pck2=float(np.mean(pck2)))
     out = {"native": native, "grid": list(grid), "chance_pck2": probe.chance_pck(grid, 2)}
     if heads is not None:
         out.update(heads={**native, "pck2": heads, "peak_layer": int(np.argmax(heads)), "peak_pck2": max(heads),
@@ -161,23 +227,60 @@ def _has(img: Image.Image, color, min_px: int = 20) -> bool:
 
 def test_chart_marks_clipped_values_and_keeps_the_legend_outside():
     def draw(v):
-        return probe.chart([dict(label="m", xs=[1, 2], ys=[0.5, v], color=(255, 0, 0), style="solid")],
-                           "t", "x", "y", ylim=(0.0, 1.5))
+        return charts.chart([dict(label="m", xs=[1, 2], ys=[0.5, v], color=(255, 0, 0), style="solid")],
+                            "t", "x", "y", ylim=(0.0, 1.5))
     inside, clipped = np.asarray(draw(1.4)), np.asarray(draw(3.0))
     top = slice(30, 42)  # the band just under the plot's top edge (y0 = 30), where the clip mark sits
     assert (clipped[top] != inside[top]).any(-1).sum() > 30  # triangle and value text
-    legend_x = 1000 - probe.LEGEND_W - 20 + 16
+    legend_x = 1000 - charts.LEGEND_W - 20 + 16
     assert (inside[:, legend_x:legend_x + 22] == (255, 0, 0)).all(-1).sum() > 10  # swatch right of the plot area
 
 
 def test_table_is_aligned_and_names_every_model():
     res = {"stock": _results([0.1, 0.3]), "a rather long run name": _results([0.2, 0.4], heads=[0.5, 0.9])}
-    text = probe.table(res)
+    text = probe.pck_table(res)
     lines = text.splitlines()
     assert "stock" in lines[1] and "a rather long run name" in lines[1]
     widths = {len(line) for line in lines[1:] if line.strip() and not line.startswith("chance")}
     assert len(widths) == 1, text  # every data row as wide as the header
     assert "0.900@1" in text and "0.300@1" in text and f"{probe.chance_pck((8, 8), 2):.3f}" in text
+
+
+def test_table_reports_rho_and_auroc_at_the_peak_layer():
+    res = {"stock": _results([0.1, 0.3], rho=-0.2, auroc=[0.9, 0.45]),
+           "gasp": _results([0.6, 0.4], rho=0.3, auroc=[None, 0.8], heads=[0.5, 0.9])}
+    lines = probe.pck_table(res).splitlines()
+    rho, auroc = next(s for s in lines if s.split()[0] == "rho"), next(s for s in lines if s.split()[0] == "auroc")
+    assert rho.split()[1:] == ["-0.20", "-", "+0.30", "+0.30"]  # stock's peak layer 1, gasp's 0 (its head's 1)
+    assert auroc.split()[1:] == ["0.450", "-", "-", "0.800"]  # gasp's peak layer has no AUROC: '-'
+    assert len(rho) == len(auroc) == len(lines[1])
+
+
+def test_figure_draws_from_results_with_an_undefined_auroc():
+    res = {"stock": _results([0.1, 0.3], auroc=[None, 0.45]), "gasp": _results([0.6, 0.4], heads=[0.5, 0.9])}
+    img = probe.figure(res, [])
+    assert img.width == charts.FIG_W and img.height > 4 * 300  # header and panels (a), (b), (b'), (c)
+    for m in range(2):
+        assert _has(img, charts.model_color(m), 200)
+
+
+def test_correspondence_row_is_drawn_from_arrays():
+    """Panel (d) without a model: the query ringed red on the later frame, the attention in red over the dimmed
+    earlier frame with the truth ringed lime, and zero flow drawn white."""
+    later, earlier = np.full((80, 80, 3), 128, np.uint8), np.full((80, 80, 3), 128, np.uint8)
+    attention = np.zeros((8, 8))
+    attention[2, 5] = 1.0  # the earlier frame's token (x 5, y 2)
+    img = correspondence.row(later, earlier, (30, 40), (55, 25), attention, np.zeros((8, 8, 2)), (7, 0), 3, "m",
+                             (10, 20, 30))
+    px = np.asarray(img)
+    assert img.width == charts.FIG_W and _has(img, (10, 20, 30))  # the model's swatch
+    assert _has(img, (255, 0, 0)) and _has(img, (0, 255, 0)) and _has(img, (255, 40, 0), 100)
+    side = (charts.FIG_W - 170 - 4 * 12) // 3
+    flow = px[44:44 + side, 12 + 2 * (side + 12):12 + 3 * side + 2 * 12]
+    assert (flow == 255).all()  # no motion anywhere: white
+    np.testing.assert_array_equal(correspondence.flow_rgb(np.zeros((1, 3)), np.zeros((1, 3)), 8.0), 255)
+    right, down = correspondence.flow_rgb(np.array([[8.0, 0.0]]), np.array([[0.0, 8.0]]), 8.0)[0]
+    assert not (right == down).all() and right.min() < 128  # full length: saturated, hue by direction
 
 
 @pytest.fixture(scope="module")
@@ -219,16 +322,16 @@ def test_figure_renders_one_colour_per_model(tiny_probe, tmp_path, n_models):
     if n_models == 3:  # a trained model with heads, and one with a value above (c)'s axis
         results["gasp"] = {**res, "heads": res["native"], "head_layers": [0, 1], "tau": 0.07}
         results["vqa"] = _results([0.2, 0.3], temporal={1: 1.0, 2: 2.5}, grid=proc.grid)
-    rows = [probe.correspondence_figure(vlm, proc, samples[0], 1, "cpu", n, probe.model_color(m))
+    rows = [probe.correspondence_figure(vlm, proc, samples[0], 1, "cpu", n, charts.model_color(m))
             for m, n in enumerate(results)]
     img = probe.figure(results, rows)
     img.save(tmp_path / "probe.png")
-    assert img.width == probe.FIG_W and (np.asarray(img.convert("L")) < 128).mean() > 0.01
+    assert img.width == charts.FIG_W and (np.asarray(img.convert("L")) < 128).mean() > 0.01
     bottom = img.height - sum(r.height for r in rows)
     panels, rows_img = img.crop((0, 0, img.width, bottom)), img.crop((0, bottom, img.width, img.height))
     for m in range(n_models):  # each model's colour in the charts and on its row of (d)
-        assert _has(panels, probe.model_color(m), 200) and _has(rows_img, probe.model_color(m))
-    assert _has(panels, probe.GREY)  # the chance line
+        assert _has(panels, charts.model_color(m), 200) and _has(rows_img, charts.model_color(m))
+    assert _has(panels, charts.GREY)  # the chance line
 
 
 # ----------------------------------------------------------------------------- every checkpoint kind (slow)
@@ -316,7 +419,7 @@ def test_probe_cli_compares_every_kind_and_the_export(runs):
     assert list(results) == ["sft", "vqa", "corr", "full", "full/export"]  # default names, unique
     assert [("heads" in r) for r in results.values()] == [False, False, True, True, False]
     assert results["full"]["tau"] == 0.1 and results["full"]["config"]["embed_dim"] == 16
-    assert results["sft"]["dtype"] == "float32" and Image.open(out / "probe.png").width == probe.FIG_W
+    assert results["sft"]["dtype"] == "float32" and Image.open(out / "probe.png").width == charts.FIG_W
     assert all(name in res.stdout for name in results)
 
 
