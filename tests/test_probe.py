@@ -13,6 +13,7 @@ from PIL import Image
 
 from figures import charts, correspondence
 import model as M
+from runtime import checkpoint
 import probe
 from scenes import synth
 
@@ -197,12 +198,12 @@ def test_cli_misuse_is_a_usage_error(monkeypatch, capsys, tmp_path, argv, messag
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_load_for_probe_refuses_what_it_cannot_honour(tmp_path):
+def test_model_load_refuses_what_it_cannot_honour(tmp_path):
     with pytest.raises(FileNotFoundError, match="no training checkpoint"):
-        probe.load_for_probe(str(tmp_path / "missing.pt"))
+        M.load(str(tmp_path / "missing.pt"))
     (tmp_path / "checkpoint.pt").write_bytes(b"")  # a truncated checkpoint: a named error
     with pytest.raises(ValueError, match="not a readable checkpoint"):
-        probe.load_for_probe(str(tmp_path), attn_implementation="eager")
+        M.load(str(tmp_path), attn_implementation="eager")
 
 
 def _results(pck2, rho=0.5, temporal=None, heads=None, grid=(8, 8), auroc=None):
@@ -288,7 +289,7 @@ def tiny_probe(tmp_path_factory):
     """A tiny random model probed on one synthetic scene at 112 px."""
     tmp = tmp_path_factory.mktemp("probe")
     synth.synth_scene(tmp / "scenes" / "s0", seed=0, num_frames=6, size=112)
-    vlm, proc = M.load(M.build_tiny(str(tmp / "tiny"), layers=2, hidden=64), size=(112, 112))
+    vlm, proc, _, _ = M.load(M.build_tiny(str(tmp / "tiny"), layers=2, hidden=64), size=(112, 112))
     samples = probe.probe_samples(str(tmp / "scenes"), proc.size, 3, 1)
     return vlm, proc, samples, probe.run_probe(vlm, proc, samples)
 
@@ -338,7 +339,7 @@ def test_figure_renders_one_colour_per_model(tiny_probe, tmp_path, n_models):
 
 def _train(env, out, *extra):
     cmd = [sys.executable, "train.py", "--model", env["tiny"], "--data", env["scenes"], "--out", str(out),
-           "--steps", "1", "--no-probe", "--size", "112", "--frames", "3", "--grids", "8", "--embed-dim", "16",
+           "--steps", "1", "--no-probe", "--size", "112", "--frames", "3", "--lattices", "8", "--embed-dim", "16",
            "--window", "4", "--sft-data", env["sft"], *extra]
     res = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                          timeout=300)
@@ -378,15 +379,14 @@ def _bare(name: str) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_every_checkpoint_kind_loads_and_probes(runs, kind):
-    import train
-    saved = train.read_checkpoint(runs[kind])
-    vlm, proc, gasp, cfg = probe.load_for_probe(os.path.join(runs[kind], "checkpoint.pt"))
+    saved = checkpoint.read(runs[kind])
+    vlm, proc, gasp, cfg = M.load(os.path.join(runs[kind], "checkpoint.pt"))
     geometry = kind in ("corr", "full")
     assert (gasp is not None) == geometry and cfg["objective"] == kind and proc.size == (112, 112)
     own = {_bare(n): p for n, p in (gasp or vlm).named_parameters()}
-    assert all(torch.equal(own[_bare(n)].float(), t.float()) for n, t in saved["model"].items())  # trained weights in
+    assert all(torch.equal(own[_bare(n)].float(), t.float()) for n, t in saved["weights"].items())  # trained weights in
     if "--lora-rank" in KINDS[kind]:
-        assert any("lora_B" in n and t.abs().sum() > 0 for n, t in saved["model"].items())  # LoRA, trained, active
+        assert any("lora_B" in n and t.abs().sum() > 0 for n, t in saved["weights"].items())  # LoRA, trained, active
     samples = probe.probe_samples(runs["scenes"], proc.size, 3, 1)
     res = probe.run_probe(vlm, proc, samples, gasp, cfg["tau"])
     assert np.isfinite(res["native"]["pck2"]).all() and len(res["native"]["pck2"]) == 2
@@ -399,7 +399,7 @@ def test_every_checkpoint_kind_loads_and_probes(runs, kind):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["corr", "full"])  # full fine-tuning (trained LLM in float32) and LoRA
 def test_bfloat16_checkpoint_probes_in_float32_metrics(runs, kind):
-    vlm, proc, gasp, cfg = probe.load_for_probe(runs[kind], dtype="bfloat16")
+    vlm, proc, gasp, cfg = M.load(runs[kind], dtype="bfloat16")
     assert cfg["dtype"] == "bfloat16" and M.find_module(vlm, "visual").patch_embed.proj.weight.dtype == torch.bfloat16
     res = probe.run_probe(vlm, proc, probe.probe_samples(runs["scenes"], proc.size, 3, 1), gasp, cfg["tau"])
     assert np.isfinite(res["native"]["pck2"]).all() and np.isfinite(res["heads"]["rho"]).all()
@@ -427,15 +427,15 @@ def test_probe_cli_compares_every_kind_and_the_export(runs):
 def test_eager_attention_probes_as_sdpa(runs):
     got = {}
     for attn in ("sdpa", "eager"):
-        vlm, proc, _, _ = probe.load_for_probe(runs["tiny"], attn_implementation=attn)
+        vlm, proc, _, _ = M.load(runs["tiny"], attn_implementation=attn)
         proc = M.Processor(vlm.config, proc.tokenizer, (112, 112))
         got[attn] = probe.run_probe(vlm, proc, probe.probe_samples(runs["scenes"], proc.size, 3, 1))["native"]
     assert got["eager"]["pck2"] == pytest.approx(got["sdpa"]["pck2"], abs=0.02)
 
 
 @pytest.mark.slow
-def test_load_for_probe_reads_a_stock_folder(tmp_path):
+def test_model_load_reads_a_stock_folder(tmp_path):
     path = M.build_tiny(str(tmp_path / "tiny"), layers=2, hidden=64)
-    vlm, proc, gasp, cfg = probe.load_for_probe(path, dtype="bfloat16")
+    vlm, proc, gasp, cfg = M.load(path, dtype="bfloat16")
     assert gasp is None and cfg == {"model": path} and len(M.llm_layers(vlm)) == 2
     assert next(vlm.parameters()).dtype == torch.bfloat16
