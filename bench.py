@@ -99,12 +99,11 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from scenes import colmap
 import data
 import model as M
 import probe
-from scenes import synth
 import train
+from scenes import layout, synth
 from losses import gasp_losses, pair_targets, total_loss
 
 CONFIGS = {
@@ -255,34 +254,23 @@ def sparse_scene(src: str, out: str, size=None, points_per_frame: int = 100, see
     X, uv, seen = X[seen.sum(0) >= 2], uv[:, seen.sum(0) >= 2], seen[:, seen.sum(0) >= 2]
     to_model = np.array([4 * W / w, 4 * H / h])  # source px -> model px (model = 4x images_4/)
     K = np.diag([*to_model, 1.0]) @ scene.K[0]
-    root, model = Path(out), Path(out) / data.SPARSE_MODEL
-    (root / "images_4").mkdir(parents=True)
-    model.mkdir(parents=True)
-    images, point, image, index = {}, [], [], []  # observations: point row, image id, keypoint index
-    names = [Path(f).name for f in scene.image_files]
+    root, names = Path(out), [Path(f).name for f in scene.image_files]
+    keypoints, point_ids = [], []  # per frame: keypoints (n, 2) at the model's size, their point ids (n,)
     for i in tqdm(range(F), desc=f"sparse scene {W}x{H}", leave=False):
         frame = Image.open(scene.image_files[i]).convert("RGB")
-        (frame if (H, W) == (h, w) else frame.resize((W, H), Image.BILINEAR)).save(root / "images_4" / names[i])
+        layout.write_frame(root, names[i], np.asarray(frame if (H, W) == (h, w) else frame.resize((W, H), Image.BILINEAR)),
+                           folder="images_4")
         rows = np.flatnonzero(seen[i])
         xy = np.concatenate([uv[i, rows] * to_model, rng.uniform(0, 1, (len(rows), 2)) * [4 * W, 4 * H]])
         pids = np.concatenate([rows + 1, -np.ones(len(rows), np.int64)])  # point id = row + 1; -1 = none
         perm = rng.permutation(len(xy))  # (n,) keypoint order unrelated to point ids
-        images[i + 1] = (*colmap.colmap_w2c(scene.c2w[i]), 1, names[i], xy[perm], pids[perm])
-        point.append(rows)
-        image.append(np.full(len(rows), i + 1))
-        index.append(np.argsort(perm)[: len(rows)])  # where each observation landed
-    point, image, index = (np.concatenate(a) for a in (point, image, index))
-    order = np.argsort(point, kind="stable")
-    tracks = np.split(np.stack([image, index], -1)[order], np.flatnonzero(np.diff(point[order])) + 1)
-    colmap.write_cameras_bin(model / "cameras.bin", {1: ("PINHOLE", 4 * W, 4 * H, K[[0, 1, 0, 1], [0, 1, 2, 2]])})
-    colmap.write_images_bin(model / "images.bin", images)
-    colmap.write_points3d_bin(model / "points3D.bin", {int(p) + 1: (X[p], (128, 128, 128), 0.5, t)
-                                                       for p, t in zip(np.unique(point), tracks)})
-    frames = [{"file_path": f"images/{n}", "transform_matrix": data.gl_to_cv(m).tolist()}
-              for n, m in zip(names, scene.c2w)]  # the same product converts OpenCV to OpenGL
-    meta = {"camera_model": "PINHOLE", "w": 4 * W, "h": 4 * H, "fl_x": K[0, 0], "fl_y": K[1, 1], "cx": K[0, 2],
-            "cy": K[1, 2], "frames": frames}
-    (root / "transforms.json").write_text(json.dumps(meta))
+        keypoints.append(xy[perm])
+        point_ids.append(pids[perm])
+    layout.write_sparse_model(root / data.SPARSE_MODEL, ("PINHOLE", 4 * W, 4 * H, K[[0, 1, 0, 1], [0, 1, 2, 2]]),
+                              names, scene.c2w, np.arange(1, F + 1), keypoints, point_ids,
+                              {p + 1: x for p, x in enumerate(X)}, (128, 128, 128))
+    layout.write_transforms(root, layout.transforms(K, (4 * H, 4 * W), [f"images/{n}" for n in names],
+                                                    [layout.gl_to_cv(m) for m in scene.c2w]))
     return str(root)
 
 

@@ -212,7 +212,7 @@ def test_load_scene_converts_poses_and_sorts_frames(tmp_path):
 
 # ----------------------------------------------------------------------------- COLMAP depth
 
-write_colmap_array = analytic.write_colmap_array
+write_colmap_array = colmap.write_colmap_array
 
 
 def test_colmap_depth_reader(tmp_path):
