@@ -143,7 +143,7 @@ for spec in PAPER.values():  # 16 frames at 336² (144 tokens each), 640 tracks,
 CONFIGS.update(PAPER)
 TAU, LAMBDA_C, LAMBDA_D = 0.07, 0.3, 1.0  # the paper's τ and λ
 PARTS = ("capture", "heads", "infonce", "depth", "recompute")
-SAMPLE = dict(num_frames=16, size=(336, 336), grids=(8, 24))  # the data-loader target: 640 tracks
+SAMPLE = dict(num_frames=16, size=(336, 336), lattices=(8, 24))  # the data-loader target: 640 tracks
 SIZE_960P = (540, 960)  # DL3DV-960P's images_4/ (H, W); its COLMAP model is at 4x
 # measure, target, check, configs the target applies to (none: reported, not judged)
 TARGETS = [
@@ -280,7 +280,7 @@ def loader_rate(root: str, proc, workers: int, items: int = 24, warmup: int = 4)
     prefetch 4 with workers), with a consumer that takes no time: 16 frames at proc.size, objective full, no
     preload (decode included). Timed over `items` after `warmup` (the workers' start)."""
     cfg = train.Config(frames="16", objective="full")
-    geo = data.SceneDataset(root, size=proc.size, num_frames=16, grids=SAMPLE["grids"], window=cfg.window, seed=0)
+    geo = data.SceneDataset(root, size=proc.size, num_frames=16, lattices=SAMPLE["lattices"], window=cfg.window, seed=0)
     loader = torch.utils.data.DataLoader(train.Items(cfg, proc, geo, None), batch_size=None,
                                          sampler=train.item_indices(0, warmup + items, 1, 1, 0), num_workers=workers,
                                          collate_fn=train.as_is, prefetch_factor=4 if workers else None)
@@ -345,7 +345,7 @@ def bench_config(name: str, spec: dict, scene_dir: str, sample_ms: dict, repeats
     stock = transformers.AutoModelForImageTextToText.from_config(config)
     proc = M.Processor(stock.config, tokenizer, (spec["size"], spec["size"]))
     scene = data.load_scene(scene_dir, proc.size)
-    sample = data.make_sample(scene, np.random.default_rng(0), spec["frames"], proc.size, grids=(8, 24))
+    sample = data.make_sample(scene, np.random.default_rng(0), spec["frames"], proc.size, lattices=(8, 24))
     inputs = {k: v.to(device) for k, v in proc([sample["frames"]], [M.PROMPT], ["yes"]).items()}
     tmap = proc.token_map(inputs["input_ids"][0], spec["frames"])
 
@@ -395,7 +395,7 @@ def bench_config(name: str, spec: dict, scene_dir: str, sample_ms: dict, repeats
     res.update(sample_ms, sample_build_fraction=sample_ms["sample_build_with_decode_ms"] / res["gasp_step_ms"])
 
     # Probe (G8-G10) over 24 consecutive frames vs a no-grad forward; both build their inputs inside.
-    psample = data.make_sample(scene, np.random.default_rng(1), 24, proc.size, grids=(8, 24), contiguous=True)
+    psample = data.make_sample(scene, np.random.default_rng(1), 24, proc.size, lattices=(8, 24), contiguous=True)
 
     def probe_forward():
         with torch.no_grad(), amp:
@@ -523,7 +523,7 @@ def paper_steps(spec: dict, scene_dir: str, layers: int | None = None):
     proc = M.Processor(stock.config, tokenizer, (spec["size"], spec["size"]))
     build_s = time.perf_counter() - t0
     base = data.make_sample(data.load_scene(scene_dir, proc.size), np.random.default_rng(0), spec["frames"],
-                            proc.size, grids=(8, 24))
+                            proc.size, lattices=(8, 24))
     anchor = int(base["anchor"])
 
     def steps(num_frames: int):

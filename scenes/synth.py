@@ -392,8 +392,9 @@ def make_synthetic(root, n_scenes, seed=0, num_frames=64, size=448):
 
 def ensure_synthetic(root="data/synthetic", n_train=24, n_val=4, size=448, frames=24):
     """The project's default data: root/train (seeds 0...) and root/val (seeds 10000...), made if absent.
-    Demo choice: many short scenes rather than a few long ones (6 scenes of 48 frames: the native match
-    peaked mid-training, then fell on both held-out sets as the training loss kept falling)."""
+    Demo choice: many short scenes rather than a few long ones, so that the heads learn geometry that holds
+    across rooms rather than fit a handful of rooms (with a few long scenes, held-out matching falls while the
+    training loss keeps falling)."""
     root = Path(root)
     return (make_synthetic(root / "train", n_train, 0, frames, size),
             make_synthetic(root / "val", n_val, 10_000, frames, size))

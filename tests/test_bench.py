@@ -20,8 +20,8 @@ def test_sparse_scene_tracks_follow_the_geometry(tmp_path, size):
     assert sparse.image(0).shape == (48, 64, 3)
     np.testing.assert_allclose(sparse.K, dense.K, rtol=1e-9)
     np.testing.assert_allclose(sparse.c2w, dense.c2w, atol=1e-9)
-    s = data.make_sample(sparse, np.random.default_rng(0), 4, grids=(4, 8))
-    e = data.make_sample(dense, np.random.default_rng(0), 4, grids=(4, 8))
+    s = data.make_sample(sparse, np.random.default_rng(0), 4, lattices=(4, 8))
+    e = data.make_sample(dense, np.random.default_rng(0), 4, lattices=(4, 8))
     a = s["anchor"]
     assert (s["frame_index"] == e["frame_index"]).all() and a == e["anchor"]
     assert s["tracks"].shape[1] > 40

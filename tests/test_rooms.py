@@ -72,7 +72,7 @@ def test_tracks_land_on_the_same_surface_point(scene_dir):
     scene = data.load_scene(scene_dir)
     prims = json.loads((scene_dir / "transforms.json").read_text())["rooms"]["primitives"]
     # 16 x 16 cells of 7 px: queries at pixel centres, where the anchor's depth map is exact
-    s = data.make_sample(scene, np.random.default_rng(1), 6, grids=(16,), anchor=3)
+    s = data.make_sample(scene, np.random.default_rng(1), 6, lattices=(16,), anchor=3)
     a, K, c2w = s["anchor"], s["K"].astype(np.float64), s["c2w"].astype(np.float64)
     uv_a = s["tracks"][a].astype(np.float64)
     assert np.allclose(uv_a % 1, 0.5)

@@ -139,7 +139,7 @@ def test_lighting_changes_but_tracks_keep_their_colour(scenes):
     assert np.abs(np.diff(gain)).max() < 0.01 and 0.5 <= ambient <= 0.8
     assert meta["synthetic"]["version"] == synth.SYNTH_VERSION
     scene = data.load_scene(scenes[1], (96, 96))
-    s = data.make_sample(scene, np.random.default_rng(1), 6, grids=(24,))
+    s = data.make_sample(scene, np.random.default_rng(1), 6, lattices=(24,))
     a, diffs, shuffled = s["anchor"], [], []
     for f in range(6):
         vis = s["visible"][f] & s["visible"][a]
