@@ -669,7 +669,8 @@ def make_sample(scene, rng, num_frames, size=None, lattices=(8, 24), window=48, 
         depth, tracks, track_depth, visible = sparse_tracks(scene, ids, a, size, lattices, K, c2w, scene.dist[ids])
     else:
         depth = np.stack([resize_nearest(scene.depth(i), size) for i in ids])  # (F, H, W)
-        tracks, track_depth, visible = track(query_lattice(size, lattices), a, depth, K, c2w, margin, dist=scene.dist[ids])
+        tracks, track_depth, visible = track(query_lattice(size, lattices), a, depth, K, c2w, margin,
+                                             dist=scene.dist[ids])
     if keep < 1:
         longest = np.sort(np.argsort(-visible.sum(0), kind="stable")[: max(1, round(keep * visible.shape[1]))])
         tracks, track_depth, visible = tracks[:, longest], track_depth[:, longest], visible[:, longest]

@@ -4,8 +4,9 @@ read_write_dense.py), with a named error (`ColmapError`, naming the file and the
 corrupt files.
 
 The writers (`write_cameras_bin`, `write_images_bin`, `write_points3d_bin`, `write_colmap_array`) are the
-readers' inverse, for the scenes the tests and bench.py build (through scenes/layout.py's `write_sparse_model`). data.py reads DL3DV's SfM model (colmap/sparse/0) and MVS workspaces
-(dense/) through the readers.
+readers' inverse, for the scenes the tests and bench.py build (through scenes/layout.py's
+`write_sparse_model`). data.py reads DL3DV's SfM model (colmap/sparse/0) and MVS workspaces (dense/) through
+the readers.
 Conventions: images.bin stores world-to-camera (R, t) in OpenCV axes, as the rest of the project uses;
 pixel centres sit at +0.5 as in COLMAP.
 

@@ -86,9 +86,9 @@ def write_scene(out, frames, K, c2w_cv, size, extra=None):
     """A rendered scene in DL3DV layout plus exact depth: for each (rgb uint8 (H, W, 3), depth float32 (H, W))
     of the iterable `frames` (consumed one at a time, so a generator keeps one frame in memory), images/ and
     images_2/ (half size) frame_00001.png ... (zlib level 1, the fastest: generators write thousands of frames
-    and the files are temporary data, not archives) and depths/frame_00001.npy ...; then transforms.json: one OPENCV camera K (3, 3) at size (H, W) with zero
-    distortion, poses c2w_cv (F, 4, 4) OpenCV stored as OpenGL, colmap_im_id 1..F, and the generator's own
-    record under extra {key: value}. -> out as a Path."""
+    and the files are temporary data, not archives) and depths/frame_00001.npy ...; then transforms.json:
+    one OPENCV camera K (3, 3) at size (H, W) with zero distortion, poses c2w_cv (F, 4, 4) OpenCV stored as
+    OpenGL, colmap_im_id 1..F, and the generator's own record under extra {key: value}. -> out as a Path."""
     out, files = Path(out), []
     for k, (rgb, depth) in enumerate(frames):
         write_frame(out, frame_name(k), rgb, depth, half_size=True, compress_level=1)

@@ -13,7 +13,8 @@ over-fitted, with its own code (it shares only scenes/layout.py, the file format
 Depth is exact: every pixel's ray is intersected analytically with every primitive, and since the
 ray is R·K⁻¹[u, v, 1]ᵀ (camera z = 1), the hit parameter t is the z-depth.
 A scene is written by `scenes.layout.write_scene`, as synth.py's are (`images/`, `images_2/`,
-`depths/<stem>.npy`, nerfstudio `transforms.json` written last) and is read back by `data.load_scene`. Deterministic in the seed.
+`depths/<stem>.npy`, nerfstudio `transforms.json` written last), and is read back by `data.load_scene`.
+Deterministic in the seed.
 
 Run (CPU only; nothing here uses a GPU):
   python -m scenes.rooms --out data/rooms --scenes 2

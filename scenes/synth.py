@@ -1,15 +1,15 @@
 """Synthetic scenes in DL3DV layout: textured rooms with boxes, cylinders and spheres, varied camera paths,
 changing light and exact depth.
 
-The project's default data (no download): each scene is written as DL3DV ships it plus exact depth
-(`images/`, `images_2/`, `depths/<stem>.npy`, nerfstudio `transforms.json`; scenes/layout.py's writer) and
-is read back through the same `data.load_scene` as real scenes. Rooms hold look-alike boxes at clearly different depths, which is
-what the depth loss (G5) separates. So that what a model learns from them is geometry rather than one kind
-of picture, scenes vary: each surface draws one of four texture families (smooth colour noise, stripes,
+The project's default data (no download): each scene is written as DL3DV ships it plus exact depth (`images/`,
+`images_2/`, `depths/<stem>.npy`, nerfstudio `transforms.json`; scenes/layout.py's writer) and is read back
+through the same `data.load_scene` as real scenes. Rooms hold look-alike boxes at clearly different depths,
+which is what the depth loss (G5) separates. So that what a model learns from them is geometry rather than one
+kind of picture, scenes vary: each surface draws one of four texture families (smooth colour noise, stripes,
 checkers/tiles, photo-like patches), objects are boxes, vertical cylinders and spheres (all ray-cast
-analytically, so depth is exact), the camera orbits, arcs with a changing radius or dollies along a line,
-and exposure, tone curve, colour cast and light direction drift between frames. Deterministic in the seed:
-same seed -> same bytes.
+analytically, so depth is exact), the camera orbits, arcs with a changing radius or dollies along a line, and
+exposure, tone curve, colour cast and light direction drift between frames. Deterministic in the seed: same seed
+-> same bytes.
 
 Run (CPU only):
   python -m scenes.synth --out data/synthetic/train --scenes 8
