@@ -1,82 +1,18 @@
-"""Speed and memory of GASP, as ratios against plain fine-tuning and the stock model (model.py, train.py;
-paper claim: the heads are training-only, so inference costs nothing).
+"""Speed and memory of GASP, as ratios against plain fine-tuning (SFT, L_LM only) and the stock model (paper
+claim: the correspondence heads are training-only, so inference costs nothing, and training little more).
 
-Where GASP is used, the 7B models ("paper", "paper_llava"; --configs paper,paper_llava), it is judged:
-step_time_ratio <= 1.03 and peak_memory_ratio <= 1.03, each without and with activation checkpointing
-("+ckpt" rows, train.py --grad-ckpt). "paper" = 2 LLM layers of Qwen2.5-VL-7B (d 3584, 28 heads, 4 KV
-heads, d_ff 18944, head 128, M-RoPE [16, 24, 24], θ 1e6), LoRA 128; "paper_llava" = 2 layers of Vicuna-7B
-(d 4096, 32 heads, d_ff 11008) in LLaVA-NeXT-Video, 12x12 tokens a frame, LoRA 512. Both: 16 frames at 336²
-(144 tokens each), 640 tracks, r 256, every layer supervised, λ_c 0.3, λ_d 1.0, τ 0.07, bf16 weights with LoRA
-and heads in float32 under bf16 autocast, a small vision tower and a 512-token vocabulary (so the ratios are
-per-layer ratios; the whole model's lm_head and vision tower only add to both steps). One model serves both
-steps (the SFT step calls the LoRA model directly, where GASP's hooks stay idle), and L_LM reads the answer's
-logits alone (model.answer_logits_only, as train.py). Their rows add the parts of what GASP adds, each run alone at
-the step's shapes and given as a fraction of the SFT step's time and FLOPs (overhead_parts):
-  capture    the hooks' gather of the visual q / k and its backward scatter (no FLOPs)
-  heads      G1 forward + backward on both sides
-  infonce    G3 + G4 forward + backward (N x N logits per frame pair, pairs in chunks under 32 MB)
-  depth      G5 forward + backward (an N x T logit matrix per frame pair)
-  recompute  the forward of heads + G3-G5 that backward replays (GASP's checkpoint, or the LLM layer's)
-parts_*_frac sums them; added_*_frac is the measured ratio - 1 (FLOPs: the two agree to the count).
-Peak memory is measured again on the same config with 2 more layers: sft_mb_per_layer / gasp_mb_per_layer is what
-one more layer adds to each step's peak, and full_depth_memory_ratio the ratio those give at the model's own depth
-(28 / 32 layers), also judged <= 1.03. With --grad-ckpt a layer adds little more than its parameters' gradients to
-the peak (the backward ends at layer 0, with every gradient made), so there the heads' own gradients
-(head_grad_mb_per_layer, float32 as LoRA's: lora_grad_mb_per_layer) set GASP's floor, 2r d_q + 2r r per layer.
-"paper_gpu" (CUDA only) is the whole 28-layer Qwen2.5-VL-7B-shaped model (its vocabulary and vision tower),
-random init, bf16, LoRA 128, --grad-ckpt, with the same ratios plus sft_max_frames / gasp_max_frames: the most
-frames (to 8) one sample holds in the GPU's memory for each step.
-"tiny" and "wide" are reported, not judged against these targets: at d 128-512 GASP's fixed per-layer work
-(heads d_q -> 2r -> r, N x N and N x T logits per pair) is not small next to a layer whose cost shrinks as d².
-
-One run measures, per model config, on the same model, batch and device:
-  step_time_ratio       GASP step (forward + G3-G7 losses, all layers + backward) ÷ SFT step (L_LM only)
-  peak_memory_ratio     the same two steps' peak tensor memory (paper rows: also full_depth_memory_ratio, above)
-  step_flop_ratio       the same two steps' FLOPs (torch.utils.flop_counter): no target, immune to CPU noise
-  export_forward_ratio  forward of model.export()'s checkpoint, reloaded with the stock class ÷ stock forward
-  export_param_delta    exported parameter count − stock parameter count
-  sample_build_fraction one 16-frame 336² sample with 640 tracks (load_scene + make_sample, PNG decode
-                        included) ÷ the GASP step time; sample_build_ms is the same with frames pre-decoded
-                        (Scene.preload), target <= 30 ms; sample_build_with_decode_ms with decode (448² PNGs)
-  sparse_sample_build_ms  the same sample from a scene with DL3DV's SfM model alone (colmap/sparse/0, no
-                        depth: data.py's "sparse" source), frames pre-decoded; target <= 30 ms, as the depth
-                        path; sparse_sample_build_with_decode_ms with decode. bench writes that scene from the
-                        depth scene's frames, poses and exact depth (sparse_scene), at the same 448² size.
-  sample_960x540_ms     the same sparse sample from 960x540 PNGs (DL3DV-960P's images_4/), decode included
-  loader_samples_per_s_w0 / _w2  samples/s train.py's input pipeline delivers (train.Items over
-                        data.SceneDataset through its DataLoader, 0 and 2 workers, prefetch 4) from the 960x540
-                        scene: 16 frames at 336², objective full, no preload, 24 items after 4 of warm-up, the
-                        tiny Qwen2.5-VL processor. Compare with 1000 / gasp_step_ms of your GPU to size --workers.
-  probe_memory_ratio    peak memory of probe.run_probe (native Q-K, 24 frames) ÷ a no-grad forward
-Configs (random-init Qwen2.5-VL, model.tiny_config): "tiny" = 4 layers, d 128, 2 heads, 4 frames at 448², r 64
-(train.py's demo); "wide" = 8 layers, d 512, 8 heads, 8 frames at 336², r 256; "gpu" = "wide" on CUDA in
-bf16 autocast, added when a GPU is present; "wide_r64" (on request) = "wide" with r 64. The batch is one
-make_sample() item with 640 tracks (8x8 + 24x24 grids) and a one-word answer, so both steps carry L_LM.
-Method: 2 warm-up iterations (paper rows: 1), then --repeats, SFT and GASP (stock and exported) back to back
-in every repeat, their order reversed every other repeat; threads as torch sets them. step_time_ratio is the
-median of the per-repeat ratios (step_time_ratio_q25 / _q75 their quartiles: the noise band), *_ms medians.
-On this shared 2-core CPU one SFT step's time moves by tens of percent from one repeat to the next (e.g.
-5.7-10.5 s at the Qwen shapes, with ~1 M minor page faults a step as large tensors are mapped afresh):
-read step_time_ratio with its quartiles and next to step_flop_ratio, which is exact.
-Peak memory = the highest total of tensor bytes allocated while the step runs, above what was allocated
-when it began (weights, inputs, heads excluded; gradients, activations, temporaries included): on CUDA
-torch.cuda.max_memory_allocated, on CPU the torch profiler's allocation/free events (profile_memory=True)
-summed in time order. RSS is not used: the allocator caches freed blocks. The profiler warns that a block
-allocated before profiling was freed: Qwen's cached (B, 1) rope_deltas, replaced every forward (bytes).
-The probe's forward baseline builds its inputs inside the measured region, as run_probe does.
-tiny / wide: SFT and GASP run on two copies with equal weights, so GASP's forward hooks never fire in the
-SFT step.
-The sample's decode reads PNGs that the OS has cached after the first repeat (as in a long training run).
-The data measures appear in every row (tiny, wide): they do not depend on the model.
+Per model config, on one model, batch and device: the GASP step's time, peak tensor memory and FLOPs over the
+SFT step's (judged <= 1.03 at the 7B models' layer shapes, with and without activation checkpointing), the
+exported checkpoint's forward and parameter count against the stock model's, the data path's cost (one
+sample from a depth scene and from SfM-only scenes, the DataLoader's rate) and the probe's peak memory.
+What each measure means, the configs and the method: docs/bench.md.
 
 Run:
-    python bench.py                                   # CPU: tiny and wide, ~1 min on an idle 2-core CPU, plus
-                                                      # ~1 min of data measures (at load 2-4); bench.json
-    python bench.py --configs paper,paper_llava       # CPU, 7B layer shapes: 25-40 min on this shared 2-core CPU
+    python bench.py                                   # CPU: the tiny and wide configs and the data measures
+    python bench.py --configs paper,paper_llava       # CPU, 7B layer shapes (judged)
     python bench.py --configs paper_gpu               # one GPU: the whole 7B-shaped model, most frames per sample
-    python bench.py --configs gpu --repeats 20        # one GPU ("gpu" is also added to the default list with CUDA)
     python bench.py --configs wide,wide_r64           # how the overhead scales with the head size r
-No multi-GPU mode: every measure is a ratio on one device.
+Results go to bench.json (--out) and a table of measures x configs with each target (`report_table`).
 References: GASP arXiv 2605.30231; torch.profiler memory events (pytorch.org/docs/stable/profiler.html).
 """
 
@@ -99,12 +35,11 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from scenes import colmap
 import data
 import model as M
 import probe
-from scenes import synth
 import train
+from scenes import layout, synth
 from losses import gasp_losses, pair_targets, total_loss
 
 CONFIGS = {
@@ -144,7 +79,7 @@ for spec in PAPER.values():  # 16 frames at 336² (144 tokens each), 640 tracks,
 CONFIGS.update(PAPER)
 TAU, LAMBDA_C, LAMBDA_D = 0.07, 0.3, 1.0  # the paper's τ and λ
 PARTS = ("capture", "heads", "infonce", "depth", "recompute")
-SAMPLE = dict(num_frames=16, size=(336, 336), grids=(8, 24))  # the data-loader target: 640 tracks
+SAMPLE = dict(num_frames=16, size=(336, 336), lattices=(8, 24))  # the data-loader target: 640 tracks
 SIZE_960P = (540, 960)  # DL3DV-960P's images_4/ (H, W); its COLMAP model is at 4x
 # measure, target, check, configs the target applies to (none: reported, not judged)
 TARGETS = [
@@ -255,34 +190,23 @@ def sparse_scene(src: str, out: str, size=None, points_per_frame: int = 100, see
     X, uv, seen = X[seen.sum(0) >= 2], uv[:, seen.sum(0) >= 2], seen[:, seen.sum(0) >= 2]
     to_model = np.array([4 * W / w, 4 * H / h])  # source px -> model px (model = 4x images_4/)
     K = np.diag([*to_model, 1.0]) @ scene.K[0]
-    root, model = Path(out), Path(out) / data.SPARSE_MODEL
-    (root / "images_4").mkdir(parents=True)
-    model.mkdir(parents=True)
-    images, point, image, index = {}, [], [], []  # observations: point row, image id, keypoint index
-    names = [Path(f).name for f in scene.image_files]
+    root, names = Path(out), [Path(f).name for f in scene.image_files]
+    keypoints, point_ids = [], []  # per frame: keypoints (n, 2) at the model's size, their point ids (n,)
     for i in tqdm(range(F), desc=f"sparse scene {W}x{H}", leave=False):
         frame = Image.open(scene.image_files[i]).convert("RGB")
-        (frame if (H, W) == (h, w) else frame.resize((W, H), Image.BILINEAR)).save(root / "images_4" / names[i])
+        frame = frame if (H, W) == (h, w) else frame.resize((W, H), Image.BILINEAR)
+        layout.write_frame(root, names[i], np.asarray(frame), folder="images_4")
         rows = np.flatnonzero(seen[i])
         xy = np.concatenate([uv[i, rows] * to_model, rng.uniform(0, 1, (len(rows), 2)) * [4 * W, 4 * H]])
         pids = np.concatenate([rows + 1, -np.ones(len(rows), np.int64)])  # point id = row + 1; -1 = none
         perm = rng.permutation(len(xy))  # (n,) keypoint order unrelated to point ids
-        images[i + 1] = (*colmap.colmap_w2c(scene.c2w[i]), 1, names[i], xy[perm], pids[perm])
-        point.append(rows)
-        image.append(np.full(len(rows), i + 1))
-        index.append(np.argsort(perm)[: len(rows)])  # where each observation landed
-    point, image, index = (np.concatenate(a) for a in (point, image, index))
-    order = np.argsort(point, kind="stable")
-    tracks = np.split(np.stack([image, index], -1)[order], np.flatnonzero(np.diff(point[order])) + 1)
-    colmap.write_cameras_bin(model / "cameras.bin", {1: ("PINHOLE", 4 * W, 4 * H, K[[0, 1, 0, 1], [0, 1, 2, 2]])})
-    colmap.write_images_bin(model / "images.bin", images)
-    colmap.write_points3d_bin(model / "points3D.bin", {int(p) + 1: (X[p], (128, 128, 128), 0.5, t)
-                                                       for p, t in zip(np.unique(point), tracks)})
-    frames = [{"file_path": f"images/{n}", "transform_matrix": data.gl_to_cv(m).tolist()}
-              for n, m in zip(names, scene.c2w)]  # the same product converts OpenCV to OpenGL
-    meta = {"camera_model": "PINHOLE", "w": 4 * W, "h": 4 * H, "fl_x": K[0, 0], "fl_y": K[1, 1], "cx": K[0, 2],
-            "cy": K[1, 2], "frames": frames}
-    (root / "transforms.json").write_text(json.dumps(meta))
+        keypoints.append(xy[perm])
+        point_ids.append(pids[perm])
+    layout.write_sparse_model(root / data.SPARSE_MODEL, ("PINHOLE", 4 * W, 4 * H, K[[0, 1, 0, 1], [0, 1, 2, 2]]),
+                              names, scene.c2w, np.arange(1, F + 1), keypoints, point_ids,
+                              {p + 1: x for p, x in enumerate(X)}, (128, 128, 128))
+    layout.write_transforms(root, layout.transforms(K, (4 * H, 4 * W), [f"images/{n}" for n in names],
+                                                    [layout.gl_to_cv(m) for m in scene.c2w]))
     return str(root)
 
 
@@ -292,7 +216,7 @@ def loader_rate(root: str, proc, workers: int, items: int = 24, warmup: int = 4)
     prefetch 4 with workers), with a consumer that takes no time: 16 frames at proc.size, objective full, no
     preload (decode included). Timed over `items` after `warmup` (the workers' start)."""
     cfg = train.Config(frames="16", objective="full")
-    geo = data.SceneDataset(root, size=proc.size, num_frames=16, grids=SAMPLE["grids"], window=cfg.window, seed=0)
+    geo = data.SceneDataset(root, size=proc.size, num_frames=16, lattices=SAMPLE["lattices"], window=cfg.window, seed=0)
     loader = torch.utils.data.DataLoader(train.Items(cfg, proc, geo, None), batch_size=None,
                                          sampler=train.item_indices(0, warmup + items, 1, 1, 0), num_workers=workers,
                                          collate_fn=train.as_is, prefetch_factor=4 if workers else None)
@@ -306,7 +230,7 @@ def loader_rate(root: str, proc, workers: int, items: int = 24, warmup: int = 4)
 
 
 def data_measures(scene_dir: str, repeats: int) -> dict:
-    """The data path's costs (flat keys, see the module docstring), on scene_dir and on two sparse-only
+    """The data path's costs (flat keys, see docs/bench.md), on scene_dir and on two sparse-only
     scenes built from it: one at its own size (the same frames as sample_build_ms) and one at 960x540."""
     res = sample_build(scene_dir, repeats)
     assert res["sample_tracks"] == 640, f"{scene_dir}: the sample has {res['sample_tracks']} tracks, the target " \
@@ -357,7 +281,7 @@ def bench_config(name: str, spec: dict, scene_dir: str, sample_ms: dict, repeats
     stock = transformers.AutoModelForImageTextToText.from_config(config)
     proc = M.Processor(stock.config, tokenizer, (spec["size"], spec["size"]))
     scene = data.load_scene(scene_dir, proc.size)
-    sample = data.make_sample(scene, np.random.default_rng(0), spec["frames"], proc.size, grids=(8, 24))
+    sample = data.make_sample(scene, np.random.default_rng(0), spec["frames"], proc.size, lattices=(8, 24))
     inputs = {k: v.to(device) for k, v in proc([sample["frames"]], [M.PROMPT], ["yes"]).items()}
     tmap = proc.token_map(inputs["input_ids"][0], spec["frames"])
 
@@ -407,7 +331,7 @@ def bench_config(name: str, spec: dict, scene_dir: str, sample_ms: dict, repeats
     res.update(sample_ms, sample_build_fraction=sample_ms["sample_build_with_decode_ms"] / res["gasp_step_ms"])
 
     # Probe (G8-G10) over 24 consecutive frames vs a no-grad forward; both build their inputs inside.
-    psample = data.make_sample(scene, np.random.default_rng(1), 24, proc.size, grids=(8, 24), contiguous=True)
+    psample = data.make_sample(scene, np.random.default_rng(1), 24, proc.size, lattices=(8, 24), contiguous=True)
 
     def probe_forward():
         with torch.no_grad(), amp:
@@ -535,7 +459,7 @@ def paper_steps(spec: dict, scene_dir: str, layers: int | None = None):
     proc = M.Processor(stock.config, tokenizer, (spec["size"], spec["size"]))
     build_s = time.perf_counter() - t0
     base = data.make_sample(data.load_scene(scene_dir, proc.size), np.random.default_rng(0), spec["frames"],
-                            proc.size, grids=(8, 24))
+                            proc.size, lattices=(8, 24))
     anchor = int(base["anchor"])
 
     def steps(num_frames: int):
@@ -680,7 +604,7 @@ PAPER_EXTRA = ("sft_step_ms", "gasp_step_ms", "sft_step_ms_min", "sft_step_ms_ma
                "lora_grad_mb_per_layer", "head_grad_mb_per_layer", "seq_len")
 
 
-def table(results: dict, targets=TARGETS, extra=("sft_step_ms", "gasp_step_ms", "sft_gflop", "gasp_gflop",
+def report_table(results: dict, targets=TARGETS, extra=("sft_step_ms", "gasp_step_ms", "sft_gflop", "gasp_gflop",
           "sft_peak_mb", "gasp_peak_mb", "stock_forward_ms", "sample_build_with_decode_ms",
           "sparse_sample_build_with_decode_ms", "sample_960x540_ms", "loader_samples_per_s_w0",
           "loader_samples_per_s_w2", "probe_forward_peak_mb", "probe_peak_mb")) -> str:
@@ -733,9 +657,9 @@ def main():
     other = {n: r for n, r in results.items() if n not in paper}
     if paper:
         extra = PAPER_EXTRA + (("sft_max_frames", "gasp_max_frames") if "paper_gpu" in names else ())
-        print(table(paper, PAPER_TARGETS, extra))
+        print(report_table(paper, PAPER_TARGETS, extra))
     if other:
-        print(table(other))
+        print(report_table(other))
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
     print(f"wrote {args.out}")

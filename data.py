@@ -3,7 +3,7 @@
 GASP supervises its per-layer correspondence heads with point tracks and depth from DL3DV video
 scenes. This file is that pipeline, top to bottom:
 
-  1. Depth maps (`read_depth`: depths/*.npy, or COLMAP MVS arrays through colmap.py, which also reads the
+  1. Depth maps (`read_depth`: depths/*.npy, or COLMAP MVS arrays through scenes/colmap.py, which also reads the
      SfM model's cameras.bin, images.bin and points3D.bin with named errors for broken files).
   2. `load_scene`: one validated scene folder -> `Scene`, from ONE track source, in this order:
      "depths"  depths/<stem>.npy aligned with images_N/ and transforms.json (poses nerfstudio/OpenGL,
@@ -19,10 +19,11 @@ scenes. This file is that pipeline, top to bottom:
   4. `track` (depth sources) / `sparse_tracks` (SfM source): where the anchor frame's query points land
      in every frame of a sample.
   5. `make_sample` / `SceneDataset`: an anchor frame, F-1 frames from a +-48 frame window, query points
-     on 8x8 and 24x24 grids of the anchor frame (the paper's recipe), as one dict for every source.
+     on 8x8 and 24x24 lattices of the anchor frame (the paper's recipe), as one dict for every source.
      Broken scenes and unusable samples are skipped, named and counted (`scan`, `SceneDataset.skipped`).
-  6. The instruction stream for L_LM (`InstructionDataset`), the tracks figure and the command line.
-Synthetic scenes in this layout (the embedded default's data) are rendered by synth.py.
+  6. The instruction stream for L_LM (`InstructionDataset`), the tracks figure (`show`, drawn by
+     figures/tracks.py) and the command line.
+Synthetic scenes in this layout (the embedded default's data) are rendered by scenes/synth.py.
 
 Run (CPU only; nothing here uses a GPU, and `SceneDataset` is safe in DataLoader workers):
   python data.py show --scene data/synthetic/train/scene_0001 --out assets/tracks.png
@@ -52,9 +53,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
+from figures.tracks import draw_tracks
 from scenes.layout import gl_to_cv
 from scenes.colmap import (POINT2D, ColmapError, colmap_c2w, colmap_intrinsics, read_cameras_bin, read_colmap_array,
                     read_images_bin, read_points3d_bin)
@@ -118,7 +120,7 @@ class Scene:
     depth_files: list  # one per frame ("depths", "dense"); empty for "sparse"
     dist: np.ndarray  # (F, 4) OpenCV k1, k2, p1, p2; zeros for a pinhole camera
     source_size: tuple  # (H, W) of the image files read
-    model: str = ""  # "sparse": the folder holding cameras.bin, images.bin, points3D.bin
+    sfm_dir: str = ""  # "sparse": the folder holding cameras.bin, images.bin, points3D.bin
     image_ids: np.ndarray = None  # "sparse": (F,) COLMAP image id of each frame
     keypoint_at: np.ndarray = None  # "sparse": (F, 2) byte offset and count of its keypoints in images.bin
     keypoint_scale: np.ndarray = None  # "sparse": (F, 2) COLMAP camera pixels -> pixels at `size`
@@ -165,11 +167,11 @@ class Scene:
         point id: a list of (ids (n,) int64, uv (n, 2) float64 px at `size`, X (n, 3) world points).
         Reads only these frames' keypoints from images.bin and the points table from points3D.bin (kept
         in memory only after `preload`, as a large scene's model takes tens of MB)."""
-        points = Path(self.model) / "points3D.bin"
+        points = Path(self.sfm_dir) / "points3D.bin"
         ids, xyz = self.cache["points"] if "points" in self.cache else read_points3d_bin(points)
         order = np.argsort(ids)
         ids, xyz = ids[order], xyz[order]
-        path, out = Path(self.model) / "images.bin", []
+        path, out = Path(self.sfm_dir) / "images.bin", []
         with open(path, "rb") as f:
             for i in frames:
                 if ("observations", i) in self.cache:
@@ -199,7 +201,7 @@ class Scene:
             if self.source != "sparse":
                 self.cache["depth", i] = self.depth(i)
         if self.source == "sparse":
-            self.cache["points"] = read_points3d_bin(Path(self.model) / "points3D.bin")
+            self.cache["points"] = read_points3d_bin(Path(self.sfm_dir) / "points3D.bin")
             frames = range(len(self)) if indices is None else indices
             for i, obs in zip(frames, self.observations(frames)):
                 self.cache["observations", i] = obs
@@ -553,12 +555,12 @@ def resize_nearest(depth, size):
     return depth.take(rows, 0).take(cols, 1)
 
 
-def query_grid(size, grids=(8, 24)):
-    """Cell centres ((c + 0.5)·W/g, (r + 0.5)·H/g) of g x g grids over an H x W image, in order of `grids`,
-    row-major within a grid. -> (N, 2) px, N = Σ g²."""
+def query_lattice(size, lattices=(8, 24)):
+    """Query points: cell centres ((c + 0.5)·W/g, (r + 0.5)·H/g) of g x g lattices over an H x W image, in
+    order of `lattices`, row-major within a lattice. -> (N, 2) px, N = Σ g²."""
     H, W = size
     points = []
-    for g in grids:
+    for g in lattices:
         v, u = np.meshgrid((np.arange(g) + 0.5) * H / g, (np.arange(g) + 0.5) * W / g, indexing="ij")
         points.append(np.stack([u.ravel(), v.ravel()], -1))
     return np.concatenate(points)  # (N, 2)
@@ -596,9 +598,9 @@ def _lookup(sorted_ids, ids):
     return (sorted_ids[at] == ids if len(sorted_ids) else np.zeros(len(ids), bool)), at
 
 
-def sparse_tracks(scene, ids, anchor, size, grids, K, c2w, dist):
+def sparse_tracks(scene, ids, anchor, size, lattices, K, c2w, dist):
     """Tracks from the SfM model alone (no depth map): the anchor frame's keypoints that belong to 3D points,
-    at most one per cell of each g x g grid (the grids' budget, N <= Σ g²); tracks[f] = the same 3D point's
+    at most one per cell of each g x g lattice (the lattices' budget, N <= Σ g²); tracks[f] = the same 3D point's
     keypoint in frame f, visible = COLMAP observed it there; where it was not observed, its projection
     (-1 behind the camera), as `track` gives for hidden points. track_depth = the point's z in each camera.
     depth (F, H, W) = z of every observed point at its pixel (the nearest if several), 0 elsewhere.
@@ -625,10 +627,10 @@ def sparse_tracks(scene, ids, anchor, size, grids, K, c2w, dist):
     for f in range(len(ids)):
         seen += _lookup(obs[f][0], pid)[0] if f != anchor else 0
     # Assumption: in each cell, the keypoint seen in the most other frames of the sample, then the one
-    # nearest the cell centre (the paper's grid queries, moved to where the SfM model has points).
+    # nearest the cell centre (the paper's lattice queries, moved to where the SfM model has points).
     chosen = np.zeros(len(pid), bool)
     query = []
-    for g in grids:
+    for g in lattices:
         cell_uv = np.minimum(np.floor(uv_a / [W / g, H / g]), g - 1)  # (n, 2)
         cell = (cell_uv[:, 1] * g + cell_uv[:, 0]).astype(np.int64)
         off = np.linalg.norm(uv_a - (cell_uv + 0.5) * [W / g, H / g], axis=1)
@@ -647,13 +649,13 @@ def sparse_tracks(scene, ids, anchor, size, grids, K, c2w, dist):
     return depth, tracks.astype(np.float32), np.where(z > EPS, z, 0.0).astype(np.float32), visible
 
 
-def make_sample(scene, rng, num_frames, size=None, grids=(8, 24), window=48, anchor=None,
+def make_sample(scene, rng, num_frames, size=None, lattices=(8, 24), window=48, anchor=None,
                 contiguous=False, margin=MARGIN, keep=1.0):
     """One training sample, the data contract: frames (F, H, W, 3) uint8, depth (F, H, W) float32 (0 =
     invalid), K (F, 3, 3), c2w (F, 4, 4) float32, frame_index (F,) int64, tracks (F, N, 2), track_depth
     (F, N) float32, visible (F, N) bool; plus anchor (position of the anchor frame) and scene (path).
-    Frames in temporal order; size=None keeps scene.size. Query points: the anchor frame's grids (depth
-    sources) or its SfM keypoints spread over the same grids (`sparse_tracks`). Raises ValueError if
+    Frames in temporal order; size=None keeps scene.size. Query points: the anchor frame's lattices
+    (depth sources) or its SfM keypoints spread over the same lattices (`sparse_tracks`). Raises ValueError if
     anything came out non-finite. keep < 1: only that fraction of the tracks, those visible in the most frames
     (the VGGT track recipe's last step keeps the half visible longest).
     Assumption: frames are resized to `size`, not cropped (K scaled per axis), as the paper gives no crop.
@@ -664,10 +666,11 @@ def make_sample(scene, rng, num_frames, size=None, grids=(8, 24), window=48, anc
     K = scene.K[ids] * np.array([[W / scene.size[1]], [H / scene.size[0]], [1.0]])  # diag(sx, sy, 1) · K
     c2w = scene.c2w[ids]
     if scene.source == "sparse":
-        depth, tracks, track_depth, visible = sparse_tracks(scene, ids, a, size, grids, K, c2w, scene.dist[ids])
+        depth, tracks, track_depth, visible = sparse_tracks(scene, ids, a, size, lattices, K, c2w, scene.dist[ids])
     else:
         depth = np.stack([resize_nearest(scene.depth(i), size) for i in ids])  # (F, H, W)
-        tracks, track_depth, visible = track(query_grid(size, grids), a, depth, K, c2w, margin, dist=scene.dist[ids])
+        tracks, track_depth, visible = track(query_lattice(size, lattices), a, depth, K, c2w, margin,
+                                             dist=scene.dist[ids])
     if keep < 1:
         longest = np.sort(np.argsort(-visible.sum(0), kind="stable")[: max(1, round(keep * visible.shape[1]))])
         tracks, track_depth, visible = tracks[:, longest], track_depth[:, longest], visible[:, longest]
@@ -738,9 +741,9 @@ class SceneDataset(torch.utils.data.Dataset):
     Items have different F, so batch them with batch_size=None or a list-returning collate_fn.
     Picklable and cheap in DataLoader workers: the scan happens once, here."""
 
-    def __init__(self, root, size=(336, 336), num_frames=(8, 24), grids=(8, 24), window=48, seed=0,
+    def __init__(self, root, size=(336, 336), num_frames=(8, 24), lattices=(8, 24), window=48, seed=0,
                  length=None, contiguous=False, preload=False, max_tries=8, keep=1.0):
-        self.size, self.grids, self.window, self.seed, self.contiguous = tuple(size), grids, window, seed, contiguous
+        self.size, self.lattices, self.window, self.seed, self.contiguous = tuple(size), lattices, window, seed, contiguous
         self.num_frames = (num_frames, num_frames) if isinstance(num_frames, int) else tuple(num_frames)
         self.max_tries, self.keep = max_tries, keep
         self.scenes, broken, self.missing = scan(root, self.size, self.num_frames[1], window, contiguous, preload)
@@ -769,7 +772,7 @@ class SceneDataset(torch.utils.data.Dataset):
             scene = self.scenes[(k + j) % len(self.scenes)]
             F = int(rng.integers(self.num_frames[0], self.num_frames[1] + 1))
             try:
-                s = make_sample(scene, rng, F, self.size, self.grids, self.window, contiguous=self.contiguous,
+                s = make_sample(scene, rng, F, self.size, self.lattices, self.window, contiguous=self.contiguous,
                                 keep=self.keep)
                 a = s["anchor"]
                 if (s["visible"][a] & np.delete(s["visible"], a, 0).any(0)).any():
@@ -868,64 +871,24 @@ class InstructionDataset:
         return self.frames(it.get("video") or it.get("image")), prompt, it["conversations"][1]["value"]
 
 
-# ----------------------------------------------------------------------------- figure and command line
+# ----------------------------------------------------------------------------- the tracks figure and command line
 
-def _colourise(depth, lo, hi):
-    """Depth (H, W) -> uint8 (H, W, 3): inverse depth mapped from lo..hi (1/far..1/near) to dark..bright; 0 -> black."""
-    valid = depth > 0
-    inv = np.where(valid, 1 / np.where(valid, depth, 1), 0)
-    x = np.clip((inv - lo) / (hi - lo + EPS), 0, 1)
-    stops = np.array([[13, 8, 135], [126, 3, 168], [204, 71, 120], [248, 149, 64], [240, 249, 33]], np.float32)
-    rgb = np.stack([np.interp(x, np.linspace(0, 1, 5), stops[:, c]) for c in range(3)], -1)
-    return np.where(valid[..., None], rgb, 0).astype(np.uint8)
-
-
-def show(scene_dir, out, num_frames=4, stride=None, grid=8, size=336, anchor=0):
-    """The paper's training-data figure: top row frames with the anchor frame's tracks as dots (one colour per
-    query point, drawn where visible), bottom row depth maps. Frames are `stride` apart from the anchor
-    (None: 12, or less where the scene is shorter)."""
+def show(scene_dir, out, num_frames=4, stride=None, lattice=8, size=336, anchor=0):
+    """The paper's training-data figure for one scene (drawn by figures/tracks.py): top row frames with the
+    anchor frame's tracks as dots (one colour per query point of a lattice x lattice lattice, drawn where
+    visible), bottom row depth maps. Frames are `stride` apart from the anchor (None: 12, or less where the
+    scene is shorter). -> out."""
     scene = load_scene(scene_dir, (size, size))
     stride = stride or max(1, min(12, (len(scene) - 1 - anchor) // max(num_frames - 1, 1)))
     span = 1 + stride * (num_frames - 1)
     if anchor < 0 or anchor + span > len(scene):
         raise ValueError(f"{scene_dir}: {num_frames} frames {stride} apart from position {anchor} span {span} frames, "
                          f"the scene has {len(scene)}; lower --frames, --stride or --anchor")
-    s = make_sample(scene, np.random.default_rng(0), span, (size, size), grids=(grid,), anchor=anchor, contiguous=True)
-    N = s["tracks"].shape[1]  # grid² for depth sources, at most that for the SfM model
-    hue = (np.arange(N) * 0.618034) % 1  # golden-ratio hues: neighbouring points differ
-    colours = (255 * np.clip(np.abs(((hue[:, None] * 6 + [0, 4, 2]) % 6) - 3) - 1, 0, 1)).astype(int)  # HSV, S = V = 1
-    pad, top, bar = 8, 22, 44
-    canvas = Image.new("RGB", (num_frames * (size + pad) + pad, 2 * (size + pad) + top + bar), "white")
-    draw = ImageDraw.Draw(canvas)
-    shown = list(range(0, span, stride))
-    depths = [s["depth"][f] for f in shown]
-    if scene.source == "sparse":  # depth at single keypoint pixels: grow each to 3 x 3 for the eye
-        depths = [np.max([np.roll(z, (i, j), (0, 1)) for i in (-1, 0, 1) for j in (-1, 0, 1)], 0) for z in depths]
-    valid = np.concatenate([z[z > 0] for z in depths])
-    lo, hi = np.percentile(1 / valid, [2, 98]) if len(valid) else (0.0, 1.0)  # one colour scale for every panel
-    for col, (f, depth) in enumerate(zip(shown, depths)):
-        x = pad + col * (size + pad)
-        frame = Image.fromarray(s["frames"][f])
-        dots = ImageDraw.Draw(frame)
-        for (u, v), colour in zip(s["tracks"][f][s["visible"][f]], colours[s["visible"][f]]):
-            dots.ellipse([u - 4.5, v - 4.5, u + 4.5, v + 4.5], fill=tuple(colour), outline="black", width=2)
-        canvas.paste(frame, (x, top))
-        canvas.paste(Image.fromarray(_colourise(depth, lo, hi)), (x, top + size + pad))
-        label = f"frame {s['frame_index'][f]}" + (" (anchor)" if f == s["anchor"] else f"  +{f}")
-        draw.text((x, 5), label + f"  {s['visible'][f].sum()}/{N} visible", fill="black")
-    # Depth key under the depth row: the colour ramp from far (left) to near (right), with its values.
-    y0, x0, x1 = top + 2 * (size + pad), pad, canvas.width - pad
-    ramp = np.linspace(lo, hi, x1 - x0)[None].repeat(12, 0)  # inverse depth along x
-    canvas.paste(Image.fromarray(_colourise(1 / ramp, lo, hi)), (x0, y0))
-    for t in np.linspace(0, 1, 5):
-        xt = x0 + t * (x1 - x0 - 1)
-        draw.line((xt, y0 + 12, xt, y0 + 16), fill="black")
-        draw.text((min(xt, x1 - 40), y0 + 17), f"{1 / (lo + t * (hi - lo)):.2f}", fill="black")
-    draw.text((x0 + (x1 - x0) // 2 - 170, y0 + 30), "depth z in pose units (colour = 1/z: far dark, near bright, "
-              "black = no depth)", fill="black")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
-    return out
+    s = make_sample(scene, np.random.default_rng(0), span, (size, size), lattices=(lattice,), anchor=anchor,
+                    contiguous=True)  # N = lattice² tracks for depth sources, at most that for the SfM model
+    shown = np.arange(0, span, stride)  # sample positions drawn; the anchor is position 0
+    return draw_tracks(out, s["frames"][shown], s["depth"][shown], s["tracks"][shown], s["visible"][shown],
+                       s["frame_index"][shown], shown - s["anchor"], sparse_depth=scene.source == "sparse")
 
 
 def main(argv=None):
@@ -939,7 +902,8 @@ def main(argv=None):
     b.add_argument("--frames", type=int, default=4, help="number of frames (columns)")
     b.add_argument("--stride", type=int, default=None, help="frame gap between columns (default: 12, less where "
                                                              "the scene is shorter)")
-    b.add_argument("--grid", type=int, default=8, help="query points on a grid x grid grid of the anchor frame")
+    b.add_argument("--lattice", type=int, default=8, help="query points on a lattice x lattice lattice of the "
+                                                           "anchor frame")
     b.add_argument("--size", type=int, default=336, help="frame size in pixels")
     b.add_argument("--anchor", type=int, default=0, help="position of the anchor frame (first column)")
     c = sub.add_parser("scan", help="validate every scene under a root: counts per track source, broken scenes",
@@ -949,7 +913,7 @@ def main(argv=None):
     c.add_argument("--size", type=int, default=336, help="frame size in pixels the scenes are checked at")
     args = p.parse_args(argv)
     if args.command == "show":
-        for flag in ("frames", "stride", "grid", "size"):
+        for flag in ("frames", "stride", "lattice", "size"):
             if getattr(args, flag) is not None and getattr(args, flag) < 1:
                 p.error(f"--{flag} must be positive, got {getattr(args, flag)}")
         if args.anchor < 0:
@@ -958,7 +922,7 @@ def main(argv=None):
         if args.command == "show":
             source = scene_source(args.scene) if Path(args.scene).is_dir() else "none"
             print(f"{args.scene}: track source {source}")
-            print(f"wrote {show(args.scene, args.out, args.frames, args.stride, args.grid, args.size, args.anchor)}")
+            print(f"wrote {show(args.scene, args.out, args.frames, args.stride, args.lattice, args.size, args.anchor)}")
             return
         scenes, broken, missing = scan(args.data, (args.size, args.size))
     except (OSError, ValueError) as e:

@@ -3,9 +3,10 @@ scripts/python/read_write_model.py; read and written) and the MVS arrays (*.geom
 read_write_dense.py), with a named error (`ColmapError`, naming the file and the byte range) for truncated or
 corrupt files.
 
-The writers (`write_cameras_bin`, `write_images_bin`, `write_points3d_bin`) are the readers' inverse, for the
-scenes the tests and bench.py build. data.py reads DL3DV's SfM model (colmap/sparse/0) and MVS workspaces
-(dense/) through the readers.
+The writers (`write_cameras_bin`, `write_images_bin`, `write_points3d_bin`, `write_colmap_array`) are the
+readers' inverse, for the scenes the tests and bench.py build (through scenes/layout.py's
+`write_sparse_model`). data.py reads DL3DV's SfM model (colmap/sparse/0) and MVS workspaces (dense/) through
+the readers.
 Conventions: images.bin stores world-to-camera (R, t) in OpenCV axes, as the rest of the project uses;
 pixel centres sit at +0.5 as in COLMAP.
 
@@ -246,3 +247,16 @@ def read_colmap_array(path, header_only=False):
     if data.size != w * h * c:
         raise ValueError(f"{path}: header says {w}x{h}x{c} values, the file holds {data.size}")
     return data.reshape((w, h, c), order="F").transpose(1, 0, 2).reshape(shape)
+
+
+def write_colmap_array(path, array):
+    """Inverse of read_colmap_array: (H, W) or (H, W, C) -> a COLMAP MVS array file (read_write_dense.py::
+    write_array, transcribed)."""
+    height, width = array.shape[:2]
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    with open(path, "w") as fid:
+        fid.write(str(width) + "&" + str(height) + "&" + str(channels) + "&")
+    with open(path, "ab") as fid:
+        array_trans = np.transpose(array, (1, 0)) if array.ndim == 2 else np.transpose(array, (1, 0, 2))
+        data_1d = array_trans.reshape(-1, order="F").tolist()
+        fid.write(struct.pack("<" + "f" * len(data_1d), *data_1d))

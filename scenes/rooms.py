@@ -2,7 +2,7 @@
 
 The demo trains and tunes on synth.py's scenes (boxes in a box, noise textures, orbits). To report how
 what it learned generalises, this file renders scenes that differ in everything that could be
-over-fitted, with its own code (it shares only `scenes.layout.gl_to_cv`, the file format's convention):
+over-fitted, with its own code (it shares only scenes/layout.py, the file format, with synth.py):
   geometry   rectangular or L-shaped rooms, spheres, pillars and drums (capped cylinders), ramps
              (wedges with a slanted top), panels leaning against a wall;
   textures   five procedural families (mosaic checkers, wavy stripes, brick/tile, blotchy photo-like
@@ -12,11 +12,12 @@ over-fitted, with its own code (it shares only `scenes.layout.gl_to_cv`, the fil
   cameras    walks (dolly in/out), strafes and diagonal crab moves: translation, not orbits.
 Depth is exact: every pixel's ray is intersected analytically with every primitive, and since the
 ray is R·K⁻¹[u, v, 1]ᵀ (camera z = 1), the hit parameter t is the z-depth.
-A scene is written as synth.py writes its own (`images/`, `images_2/`, `depths/<stem>.npy`, nerfstudio
-`transforms.json` written last) and is read back by `data.load_scene`. Deterministic in the seed.
+A scene is written by `scenes.layout.write_scene`, as synth.py's are (`images/`, `images_2/`,
+`depths/<stem>.npy`, nerfstudio `transforms.json` written last), and is read back by `data.load_scene`.
+Deterministic in the seed.
 
 Run (CPU only; nothing here uses a GPU):
-  python -m scenes.rooms --out data/rooms --scenes 2            # ~11 CPU-s per 48-frame 448 px scene
+  python -m scenes.rooms --out data/rooms --scenes 2
   python data.py show --scene data/rooms/scene_0000 --out rooms.png
 
 References:
@@ -26,15 +27,11 @@ References:
     (https://pbr-book.org/4ed/Shapes)
 """
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm import tqdm
 
-from scenes.layout import gl_to_cv
-from scenes.synth import render_scenes  # a thread pool only: no scene code is shared
+from scenes.layout import make_scenes, write_scene  # the file format only: no scene code is shared with synth.py
 
 ROOMS_VERSION = 1  # bump when the renderer changes, so stale scenes are re-rendered
 TPM = 64.0  # texels per metre of every texture
@@ -538,46 +535,24 @@ def rooms_scene(out_dir, seed, num_frames=48, size=448):
     f = size * rng.uniform(0.7, 0.95)
     cx, cy = size / 2 + size * rng.uniform(-0.02, 0.02, 2)
     K = np.array([[f, 0, cx], [0, f, cy], [0, 0, 1]])
-    out = Path(out_dir)
-    for sub in ("images", "images_2", "depths"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    frames = []
-    for k in range(num_frames):
-        rgb, depth, _ = render(prims, textures, K, c2w[k], (size, size), lights[k])
-        name = f"frame_{k + 1:05d}"
-        image = Image.fromarray((rgb * 255).round().astype(np.uint8))
-        image.save(out / "images" / f"{name}.png", compress_level=1)
-        image.resize((size // 2, size // 2), Image.BILINEAR).save(out / "images_2" / f"{name}.png", compress_level=1)
-        np.save(out / "depths" / f"{name}.npy", depth)
-        frames.append({"file_path": f"images/{name}.png", "transform_matrix": gl_to_cv(c2w[k]).tolist(),
-                       "colmap_im_id": k + 1})
-    meta = {"camera_model": "OPENCV", "w": size, "h": size, "fl_x": f, "fl_y": f, "cx": cx, "cy": cy,
-            "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames,
-            "rooms": {"version": ROOMS_VERSION, "seed": seed, "path": scene["path"], "room": list(scene["dims"]),
-                      "notch": scene["notch"], "objects": scene["objects"], "textures": families,
-                      "primitives": prims,
-                      "light": [dict(pos=l["pos"].tolist(), intensity=float(l["intensity"]),
-                                     exposure=float(l["exposure"]), tint=l["tint"].tolist()) for l in lights]}}
-    (out / "transforms.json.tmp").write_text(json.dumps(meta, indent=1))
-    (out / "transforms.json.tmp").replace(out / "transforms.json")
-    return out
+
+    def frames():  # rendered one at a time as write_scene stores them
+        for k in range(num_frames):
+            rgb, depth, _ = render(prims, textures, K, c2w[k], (size, size), lights[k])
+            yield (rgb * 255).round().astype(np.uint8), depth
+
+    record = {"version": ROOMS_VERSION, "seed": seed, "path": scene["path"], "room": list(scene["dims"]),
+              "notch": scene["notch"], "objects": scene["objects"], "textures": families, "primitives": prims,
+              "light": [dict(pos=l["pos"].tolist(), intensity=float(l["intensity"]), exposure=float(l["exposure"]),
+                             tint=l["tint"].tolist()) for l in lights]}
+    return write_scene(out_dir, frames(), K, c2w, (size, size), {"rooms": record})
 
 
 def make_rooms(root, n_scenes, seed=20000, num_frames=48, size=448):
     """Write scenes root/scene_0000 ... with seeds seed, seed + 1, ...; complete scenes rendered by this
     version with the same seed, size and frame count are kept, others (re)rendered."""
-    root, jobs = Path(root), []
-    for k in range(n_scenes):
-        out, tf = root / f"scene_{k:04d}", root / f"scene_{k:04d}" / "transforms.json"
-        if tf.is_file():
-            meta = json.loads(tf.read_text())
-            info = meta.get("rooms", {})
-            if (meta.get("w"), len(meta.get("frames", [])), info.get("seed"), info.get("version")) == \
-                    (size, num_frames, seed + k, ROOMS_VERSION):
-                continue
-        jobs.append((out, seed + k, num_frames, size))
-    render_scenes(rooms_scene, jobs, f"validation rooms in {root}")
-    return root
+    return make_scenes(root, rooms_scene, n_scenes, seed, num_frames, size, "rooms", ROOMS_VERSION,
+                       f"validation rooms in {root}")
 
 
 def ensure_rooms(root="data/rooms", n=2, size=448, frames=48):

@@ -1,34 +1,30 @@
 """Synthetic scenes in DL3DV layout: textured rooms with boxes, cylinders and spheres, varied camera paths,
 changing light and exact depth.
 
-The project's default data (no download): each scene is written as DL3DV ships it plus exact depth
-(`images/`, `images_2/`, `depths/<stem>.npy`, nerfstudio `transforms.json`) and is read back through the
-same `data.load_scene` as real scenes. Rooms hold look-alike boxes at clearly different depths, which is
-what the depth loss (G5) separates. So that what a model learns from them is geometry rather than one kind
-of picture, scenes vary: each surface draws one of four texture families (smooth colour noise, stripes,
+The project's default data (no download): each scene is written as DL3DV ships it plus exact depth (`images/`,
+`images_2/`, `depths/<stem>.npy`, nerfstudio `transforms.json`; scenes/layout.py's writer) and is read back
+through the same `data.load_scene` as real scenes. Rooms hold look-alike boxes at clearly different depths,
+which is what the depth loss (G5) separates. So that what a model learns from them is geometry rather than one
+kind of picture, scenes vary: each surface draws one of four texture families (smooth colour noise, stripes,
 checkers/tiles, photo-like patches), objects are boxes, vertical cylinders and spheres (all ray-cast
-analytically, so depth is exact), the camera orbits, arcs with a changing radius or dollies along a line,
-and exposure, tone curve, colour cast and light direction drift between frames. Deterministic in the seed:
-same seed -> same bytes.
+analytically, so depth is exact), the camera orbits, arcs with a changing radius or dollies along a line, and
+exposure, tone curve, colour cast and light direction drift between frames. Deterministic in the seed: same seed
+-> same bytes.
 
 Run (CPU only):
-  python -m scenes.synth --out data/synthetic/train --scenes 8      # ~10 s per 64-frame 448 px scene
+  python -m scenes.synth --out data/synthetic/train --scenes 8
 
 References:
   DL3DV-10K layout: https://github.com/DL3DV-10K/Dataset
   nerfstudio conventions: https://docs.nerf.studio/quickstart/data_conventions.html
 """
 import argparse
-import json
-import os
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from scenes.layout import gl_to_cv
+from scenes.layout import make_scenes, write_scene
 
 EPS = 1e-6  # m; smallest accepted ray parameter and depth
 
@@ -358,9 +354,8 @@ def _render(objects, textures, K, c2w, size, light, ambient):
 def synth_scene(out_dir, seed, num_frames=64, size=448):
     """Render one synthetic scene in DL3DV layout: images/ (size x size), images_2/ (half), depths/
     (float32 z-depth at full size), transforms.json (nerfstudio/OpenGL c2w, OPENCV with zero distortion).
-    transforms.json is written last, so its presence marks a complete scene. Deterministic in seed.
-    One core renders 48 frames at 448 px in ~7.5 s (the default set, 8 such scenes, in ~60 s), 64 frames in
-    ~10 s; a 64-frame scene takes ~70 MB."""
+    transforms.json (under "synthetic": the seed, version, camera path and every object) is written last, so
+    its presence marks a complete scene (scenes/layout.py). Deterministic in seed."""
     rng = np.random.default_rng(seed)
     # Assumption: path kinds cycle with the seed rather than being drawn, so that even the 6 training scenes
     # of the default set hold two of each.
@@ -374,61 +369,32 @@ def synth_scene(out_dir, seed, num_frames=64, size=448):
     light, ambient, gain, gamma, cast = _lighting(rng, num_frames)
     f = size * rng.uniform(0.8, 1.0)
     K = np.array([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1]])
-    out = Path(out_dir)
-    for sub in ("images", "images_2", "depths"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    frames = []
-    for k in range(num_frames):
-        rgb, depth = _render(objects, textures, K, c2w[k], (size, size), light[k], ambient)
-        rgb = gain[k] * cast[k] * rgb ** gamma[k]  # exposure, tone curve and colour cast of this frame
-        name = f"frame_{k + 1:05d}"
-        image = Image.fromarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8))
-        image.save(out / "images" / f"{name}.png", compress_level=1)
-        image.resize((size // 2, size // 2), Image.BILINEAR).save(out / "images_2" / f"{name}.png", compress_level=1)
-        np.save(out / "depths" / f"{name}.npy", depth.astype(np.float32))
-        frames.append({"file_path": f"images/{name}.png", "transform_matrix": gl_to_cv(c2w[k]).tolist(),
-                       "colmap_im_id": k + 1})
-    meta = {"camera_model": "OPENCV", "w": size, "h": size, "fl_x": f, "fl_y": f, "cx": size / 2, "cy": size / 2,
-            "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames,
-            "synthetic": {"version": SYNTH_VERSION, "seed": seed, "camera_path": path, "room": objects[0][2].tolist(),
-                          "objects": [dict(kind=kind, centre=c.tolist(), half=h.tolist(), yaw=y, texture=t)
-                                      for kind, c, h, y, t in objects[1:]]}}
-    meta["synthetic"]["boxes"] = [o for o in meta["synthetic"]["objects"] if o["kind"] == "box"]
-    (out / "transforms.json.tmp").write_text(json.dumps(meta, indent=1))
-    (out / "transforms.json.tmp").replace(out / "transforms.json")
-    return out
 
+    def frames():  # rendered one at a time as write_scene stores them
+        for k in range(num_frames):
+            rgb, depth = _render(objects, textures, K, c2w[k], (size, size), light[k], ambient)
+            rgb = gain[k] * cast[k] * rgb ** gamma[k]  # exposure, tone curve and colour cast of this frame
+            yield (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8), depth.astype(np.float32)
 
-def render_scenes(render, jobs: list[tuple], desc: str):
-    """Call render(*job) for every job, in one thread per CPU core: scenes are independent and each is
-    deterministic in its seed, so the files do not depend on how the jobs are spread. numpy and PNG encoding
-    release the GIL for most of a render: the demo's 24 + 4 + 2 scenes took 71 s instead of 102 s one at a
-    time on 2 cores (processes: 85 s with their start-up, and a spawned process re-runs a caller's unguarded
-    script). A failure in any scene is raised here."""
-    with ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1) or 1) as pool:
-        for done in tqdm(as_completed([pool.submit(render, *job) for job in jobs]), total=len(jobs), desc=desc):
-            done.result()
+    record = {"version": SYNTH_VERSION, "seed": seed, "camera_path": path, "room": objects[0][2].tolist(),
+              "objects": [dict(kind=kind, centre=c.tolist(), half=h.tolist(), yaw=y, texture=t)
+                          for kind, c, h, y, t in objects[1:]]}
+    record["boxes"] = [o for o in record["objects"] if o["kind"] == "box"]
+    return write_scene(out_dir, frames(), K, c2w, (size, size), {"synthetic": record})
 
 
 def make_synthetic(root, n_scenes, seed=0, num_frames=64, size=448):
-    """Write scenes root/scene_0000 ... with seeds seed, seed + 1, ...; complete matching scenes are kept."""
-    root, jobs = Path(root), []
-    for k in range(n_scenes):
-        out, tf = root / f"scene_{k:04d}", root / f"scene_{k:04d}" / "transforms.json"
-        if tf.is_file():
-            meta = json.loads(tf.read_text())
-            if (meta["w"], len(meta["frames"]), meta["synthetic"]["seed"], meta["synthetic"].get("version")) == \
-                    (size, num_frames, seed + k, SYNTH_VERSION):
-                continue
-        jobs.append((out, seed + k, num_frames, size))
-    render_scenes(synth_scene, jobs, f"synthetic scenes in {root}")
-    return root
+    """Write scenes root/scene_0000 ... with seeds seed, seed + 1, ...; complete scenes rendered by this
+    version with the same seed, size and frame count are kept, others (re)rendered."""
+    return make_scenes(root, synth_scene, n_scenes, seed, num_frames, size, "synthetic", SYNTH_VERSION,
+                       f"synthetic scenes in {root}")
 
 
 def ensure_synthetic(root="data/synthetic", n_train=24, n_val=4, size=448, frames=24):
     """The project's default data: root/train (seeds 0...) and root/val (seeds 10000...), made if absent.
-    Demo choice: many short scenes rather than a few long ones (6 scenes of 48 frames: the native match
-    peaked mid-training, then fell on both held-out sets as the training loss kept falling)."""
+    Demo choice: many short scenes rather than a few long ones, so that the heads learn geometry that holds
+    across rooms rather than fit a handful of rooms (with a few long scenes, held-out matching falls while the
+    training loss keeps falling)."""
     root = Path(root)
     return (make_synthetic(root / "train", n_train, 0, frames, size),
             make_synthetic(root / "val", n_val, 10_000, frames, size))

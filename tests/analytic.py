@@ -8,19 +8,18 @@ homography). Each builder returns the folder and the exact geometry it used:
                 beside a distorted images_4/ + transforms.json the loader must NOT pair its depth with
   sparse_scene  DL3DV's SfM model colmap/sparse/0/*.bin at 4x the images_4/ size (any COLMAP camera
                 model) + images_4/ + transforms.json in another world frame (nerfstudio's), no depth
-The sparse model's files are written by scenes/colmap.py's writers (write_cameras_bin, write_images_bin,
-write_points3d_bin; tests/test_colmap.py checks them against pycolmap and the readers); the MVS array
-writer transcribes COLMAP's read_write_dense.py (write_array).
+Files are written by scenes/layout.py (write_frame, transforms, write_transforms, write_sparse_model) and
+scenes/colmap.py (write_colmap_array; tests/test_colmap.py checks the COLMAP writers against pycolmap and the
+readers). The OpenGL poses in transforms.json are negated by hand here, not through scenes.layout.gl_to_cv, so
+that the reader's conversion is checked against an independent statement of nerfstudio's convention.
 Used by tests/test_data.py, tests/test_colmap.py and (for two training steps per layout) tests/test_train.py.
 """
-import json
-import struct
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from scenes.colmap import rotation_to_qvec, write_cameras_bin, write_images_bin, write_points3d_bin  # noqa: F401
+from scenes.colmap import write_colmap_array
+from scenes.layout import frame_name, transforms, write_frame, write_sparse_model, write_transforms
 
 PLANES = [(np.array([0.0, 0, 1]), 8.0), (np.array([0.0, 1, 0]), 1.5)]  # n·X = c: back wall, floor
 
@@ -100,16 +99,13 @@ def plane_tracks(query, a, K, c2w, depth_a):
 def _nerfstudio(root, names, c2w_cv, K, size, dist=(0, 0, 0, 0), world=np.eye(3), scale=1.0):
     """transforms.json: OpenGL camera axes (columns y, z negated by hand), optionally in another world
     (rotated by `world`, translations scaled by `scale`, as nerfstudio's applied_transform and scene scale)."""
-    H, W = size
-    frames = []
-    for name, m in zip(names, c2w_cv):
+    c2w_gl = []
+    for m in c2w_cv:
         gl = np.eye(4)
         gl[:3, :3], gl[:3, 3] = world @ m[:3, :3], scale * world @ m[:3, 3]
         gl[:3, 1:3] *= -1
-        frames.append({"file_path": f"images/{name}", "transform_matrix": gl.tolist()})
-    meta = {"camera_model": "OPENCV", "w": W, "h": H, "fl_x": K[0, 0], "fl_y": K[1, 1], "cx": K[0, 2],
-            "cy": K[1, 2], "k1": dist[0], "k2": dist[1], "p1": dist[2], "p2": dist[3], "frames": frames}
-    (root / "transforms.json").write_text(json.dumps(meta))
+        c2w_gl.append(gl)
+    write_transforms(root, transforms(K, size, [f"images/{n}" for n in names], c2w_gl, dist))
 
 
 def depths_scene(root, n=6, size=(60, 80), seed=0):
@@ -117,35 +113,11 @@ def depths_scene(root, n=6, size=(60, 80), seed=0):
     root = Path(root)
     K = np.array([[70.0, 0, 43.0], [0, 64.0, 27.5], [0, 0, 1]])
     c2w = poses(n, seed)
-    (root / "images_4").mkdir(parents=True)
-    (root / "depths").mkdir()
-    names = [f"frame_{k + 1:05d}.png" for k in range(n)]
+    names = [frame_name(k) for k in range(n)]
     for name, m in zip(names, c2w):
-        rgb, z = render(K, m, size)
-        Image.fromarray(rgb).save(root / "images_4" / name)
-        np.save(root / "depths" / name.replace(".png", ".npy"), z)
+        write_frame(root, name, *render(K, m, size), folder="images_4")
     _nerfstudio(root, names, c2w, np.diag([4.0, 4, 1]) @ K, (4 * size[0], 4 * size[1]))
     return root, dict(K=np.repeat(K[None], n, 0), c2w=c2w, size=size)
-
-
-# ----------------------------------------------------------------------------- COLMAP writers
-
-def write_colmap_array(path, array):
-    """read_write_dense.py::write_array, transcribed."""
-    height, width = array.shape[:2]
-    channels = 1 if array.ndim == 2 else array.shape[2]
-    with open(path, "w") as fid:
-        fid.write(str(width) + "&" + str(height) + "&" + str(channels) + "&")
-    with open(path, "ab") as fid:
-        array_trans = np.transpose(array, (1, 0)) if array.ndim == 2 else np.transpose(array, (1, 0, 2))
-        data_1d = array_trans.reshape(-1, order="F").tolist()
-        fid.write(struct.pack("<" + "f" * len(data_1d), *data_1d))
-
-
-def w2c_colmap(c2w):
-    """(qvec, tvec) of the world-to-camera transform images.bin stores."""
-    R = c2w[:3, :3].T
-    return rotation_to_qvec(R), -R @ c2w[:3, 3]
 
 
 def dense_scene(root, n=6, size=(60, 80), crop=3, seed=0):
@@ -158,20 +130,15 @@ def dense_scene(root, n=6, size=(60, 80), crop=3, seed=0):
     dsize = (size[0] - 2 * crop, size[1] - 2 * crop)
     c2w = poses(n, seed)
     ws = root / "dense"
-    for d in ("images", "sparse", "stereo/depth_maps"):
-        (ws / d).mkdir(parents=True)
-    (root / "images_4").mkdir()
-    names = [f"frame_{k + 1:05d}.png" for k in range(n)]
-    images = {}
-    for k, (name, m) in enumerate(zip(names, c2w)):
+    (ws / "stereo" / "depth_maps").mkdir(parents=True)
+    names = [frame_name(k) for k in range(n)]
+    for name, m in zip(names, c2w):
         rgb, z = render(K, m, dsize)
-        Image.fromarray(rgb).save(ws / "images" / name)
+        write_frame(ws, name, rgb)
         write_colmap_array(ws / "stereo" / "depth_maps" / f"{name}.geometric.bin", z)
-        Image.fromarray(render(K_full, m, size)[0]).save(root / "images_4" / name)
-        images[n - k] = (*w2c_colmap(m), 1, name, np.zeros((0, 2)), [])  # ids in reverse frame order
-    write_cameras_bin(ws / "sparse" / "cameras.bin", {1: ("PINHOLE", dsize[1], dsize[0], [K[0, 0], K[1, 1], K[0, 2], K[1, 2]])})
-    write_images_bin(ws / "sparse" / "images.bin", images)
-    write_points3d_bin(ws / "sparse" / "points3D.bin", {})
+        write_frame(root, name, render(K_full, m, size)[0], folder="images_4")
+    write_sparse_model(ws / "sparse", ("PINHOLE", dsize[1], dsize[0], [K[0, 0], K[1, 1], K[0, 2], K[1, 2]]), names,
+                       c2w, np.arange(n, 0, -1), [np.zeros((0, 2))] * n, [[]] * n, {}, (0, 0, 0))  # ids reversed
     _nerfstudio(root, names, c2w, 4 * np.array([[75.0, 0, 40], [0, 75, 30], [0, 0, 0.25]]), (4 * size[0], 4 * size[1]),
                 dist=(-0.06, 0.0, 0.0, 0.0))
     return root, dict(K=np.repeat(K[None], n, 0), c2w=c2w, size=dsize)
@@ -205,37 +172,30 @@ def sparse_scene(root, n=6, size=(60, 80), model="OPENCV", points_per_frame=300,
     full = (4 * size[0], 4 * size[1])
     K, dist = camera_K_dist(model, CAMERAS[model])
     c2w = poses(n, seed)
-    (root / "images_4").mkdir(parents=True)
-    sparse = root / "colmap" / "sparse" / "0"
-    sparse.mkdir(parents=True)
-    names = [f"frame_{k + 1:05d}.png" for k in range(n)]
+    names = [frame_name(k) for k in range(n)]
     X = []
     for m in c2w:  # points where pixel rays (pinhole) meet the planes, from every view
         uv = rng.uniform([8, 8], [full[1] - 8, full[0] - 8], (points_per_frame, 2))
         X.append(ray_hits(K, m, uv)[2])
     X = np.concatenate(X)
     pids = 10 + 7 * np.arange(len(X))
-    obs, images, tracks = {}, {}, {p: [] for p in pids}
+    obs, keypoints, point_ids = {}, [], []
     for k, (name, m) in enumerate(zip(names, c2w)):
-        Image.fromarray(render(K / np.array([[4], [4], [1]]), m, size)[0]).save(root / "images_4" / name)
+        write_frame(root, name, render(K / np.array([[4], [4], [1]]), m, size)[0], folder="images_4")
         Xc = (X - m[:3, 3]) @ m[:3, :3]
         xy = distort(Xc[:, :2] / Xc[:, 2:], dist) * [K[0, 0], K[1, 1]] + K[:2, 2]
         seen = (Xc[:, 2] > 0.1) & (xy >= 0).all(1) & (xy[:, 0] < full[1]) & (xy[:, 1] < full[0]) & (rng.random(len(X)) < keep)
         idx = rng.permutation(np.flatnonzero(seen))  # keypoint order unrelated to point ids
         junk = rng.uniform([0, 0], [full[1], full[0]], (5, 2))  # keypoints with no 3D point
-        kp = np.concatenate([xy[idx], junk])
-        ids = np.concatenate([pids[idx], -np.ones(5, np.int64)])
-        iid = n - k
-        images[iid] = (*w2c_colmap(m), 1, name, kp, ids)
-        for j, p in enumerate(pids[idx]):
-            tracks[p].append((iid, j))
+        keypoints.append(np.concatenate([xy[idx], junk]))
+        point_ids.append(np.concatenate([pids[idx], -np.ones(5, np.int64)]))
         obs[k] = {int(p): xy[i] for p, i in zip(pids[idx], idx)}
-    write_cameras_bin(sparse / "cameras.bin", {1: (model, full[1], full[0], CAMERAS[model])})
-    write_images_bin(sparse / "images.bin", images)
-    points = {int(p): (X[i], (200, 100, 50), 0.5, tracks[p]) for i, p in enumerate(pids) if tracks[p]}
-    write_points3d_bin(sparse / "points3D.bin", points)
+    observed = {int(p) for ids in point_ids for p in ids if p >= 0}
+    write_sparse_model(root / "colmap" / "sparse" / "0", (model, full[1], full[0], CAMERAS[model]), names, c2w,
+                       np.arange(n, 0, -1), keypoints, point_ids, {int(p): X[i] for i, p in enumerate(pids)},
+                       (200, 100, 50))
     swap = np.array([[0, 1.0, 0], [1, 0, 0], [0, 0, -1]])  # nerfstudio's applied_transform: another world frame
     _nerfstudio(root, names, c2w, K, full, dist=tuple(dist), world=swap, scale=2.5)
     return root, dict(K=np.repeat(K[None], n, 0), dist=dist, c2w=c2w, size=size, full=full,
-                      points={p: X[i] for i, p in enumerate(pids) if tracks[p]}, observations=obs,
+                      points={p: X[i] for i, p in enumerate(pids) if p in observed}, observations=obs,
                       image_ids=np.arange(n, 0, -1))

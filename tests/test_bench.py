@@ -20,8 +20,8 @@ def test_sparse_scene_tracks_follow_the_geometry(tmp_path, size):
     assert sparse.image(0).shape == (48, 64, 3)
     np.testing.assert_allclose(sparse.K, dense.K, rtol=1e-9)
     np.testing.assert_allclose(sparse.c2w, dense.c2w, atol=1e-9)
-    s = data.make_sample(sparse, np.random.default_rng(0), 4, grids=(4, 8))
-    e = data.make_sample(dense, np.random.default_rng(0), 4, grids=(4, 8))
+    s = data.make_sample(sparse, np.random.default_rng(0), 4, lattices=(4, 8))
+    e = data.make_sample(dense, np.random.default_rng(0), 4, lattices=(4, 8))
     a = s["anchor"]
     assert (s["frame_index"] == e["frame_index"]).all() and a == e["anchor"]
     assert s["tracks"].shape[1] > 40
@@ -48,3 +48,20 @@ def test_paper_bench_runs_and_counts_the_per_layer_memory(tmp_path):
         # w1 (2r, 64) + b1 (2r) + w2 (r, 2r) + b2 (r), float32, per layer
         assert row["head_grad_mb_per_layer"] * 2**20 == pytest.approx(4 * (32 * 64 + 32 + 16 * 32 + 16))
         assert row["layers"] == 2 and row["full_depth"] == 6
+
+
+def test_report_table_judges_each_target_on_the_configs_it_applies_to():
+    """report_table: one row per measure, one column per config; a target's "ok" is yes only when every config
+    it applies to meets it ("paper+ckpt" counts as "paper"), "-" where it applies to none shown."""
+    targets = [("step_time_ratio", "<= 1.03", lambda v: v <= 1.03, ("paper",)),
+               ("step_flop_ratio", "none (exact)", None, ())]
+    ok = bench.report_table({"paper": {"step_time_ratio": 1.01, "step_flop_ratio": 1.2},
+                             "paper+ckpt": {"step_time_ratio": 1.02}}, targets, extra=("sft_step_ms",))
+    rows = [line.split() for line in ok.splitlines()]
+    assert rows[0] == ["measure", "paper", "paper+ckpt", "target", "ok"]
+    assert rows[1] == ["step_time_ratio", "1.010", "1.020", "<=", "1.03", "yes"]
+    assert rows[2][:3] == ["step_flop_ratio", "1.200", "nan"] and rows[2][-1] == "-"
+    assert rows[3] == ["sft_step_ms", "nan", "nan"]
+    slow = bench.report_table({"paper": {"step_time_ratio": 1.01}, "paper+ckpt": {"step_time_ratio": 1.05}},
+                              targets, extra=())
+    assert slow.splitlines()[1].split()[-1] == "NO"

@@ -133,7 +133,7 @@ def test_sparse_samples_follow_pycolmaps_tracks(colmap_scene):
     scene = data.load_scene(root, (48, 48))
     assert scene.source == "sparse" and len(scene) == 6
     by_name = {im.name: im for im in rec.images.values()}
-    s = data.make_sample(scene, np.random.default_rng(2), 5, grids=(4, 8), window=10)
+    s = data.make_sample(scene, np.random.default_rng(2), 5, lattices=(4, 8), window=10)
     a, N = s["anchor"], s["tracks"].shape[1]
     assert 40 < N <= 16 + 64
     anchor = by_name[Path(scene.image_files[np.flatnonzero(scene.frame_index == s["frame_index"][a])[0]]).name]
@@ -213,7 +213,7 @@ def test_a_corrupt_model_is_a_counted_skip(colmap_scene, tmp_path, capsys):
     shutil.copytree(root, bad)
     images = bad / "colmap" / "sparse" / "0" / "images.bin"
     images.write_bytes(images.read_bytes()[:-10])
-    ds = data.SceneDataset(tmp_path / "data", size=(32, 32), num_frames=3, grids=(4,), window=10)
+    ds = data.SceneDataset(tmp_path / "data", size=(32, 32), num_frames=3, lattices=(4,), window=10)
     assert [Path(s.path).name for s in ds.scenes] == ["good"] and ds.skipped["scenes"] == 1
     assert "images.bin: truncated" in capsys.readouterr().err
     assert ds[0]["visible"].any()

@@ -212,7 +212,7 @@ def test_load_scene_converts_poses_and_sorts_frames(tmp_path):
 
 # ----------------------------------------------------------------------------- COLMAP depth
 
-write_colmap_array = analytic.write_colmap_array
+write_colmap_array = colmap.write_colmap_array
 
 
 def test_colmap_depth_reader(tmp_path):
@@ -333,7 +333,7 @@ def test_nan_inf_negative_depth_is_zeroed_and_counted(tmp_path):
     out = scene.depth(0)
     assert scene.invalid_depth == 9 and np.isfinite(out).all()
     assert (out[:3] == 0).sum() == 9 and (out[3:] == 5).all()
-    s = data.make_sample(scene, np.random.default_rng(0), 4, grids=(20,), contiguous=True, anchor=0)
+    s = data.make_sample(scene, np.random.default_rng(0), 4, lattices=(20,), contiguous=True, anchor=0)
     q = s["tracks"][0].astype(int)
     bad = ~np.isfinite(d) | (d < 0)
     bad = bad[q[:, 1], q[:, 0]]  # queries on pixels with invalid depth
@@ -364,7 +364,7 @@ def test_dataset_skips_broken_scenes(tmp_path, capsys):
     flat_scene(tmp_path, name="good")
     flat_scene(tmp_path, name="short", n=2)
     (flat_scene(tmp_path, name="noimage") / "images" / "frame_00001.png").unlink()
-    ds = data.SceneDataset(tmp_path, size=(16, 20), num_frames=3, grids=(2,))
+    ds = data.SceneDataset(tmp_path, size=(16, 20), num_frames=3, lattices=(2,))
     err = capsys.readouterr().err.strip().splitlines()
     assert len(ds.scenes) == 1 and ds.scenes[0].path.endswith("good")
     assert len(err) == 3 and "noimage" in err[0] and "short" in err[1] and "skipped 2 of 3" in err[2]
@@ -375,9 +375,9 @@ def test_dataset_skips_broken_scenes(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- samples
 
-def test_query_grid_is_cell_centres():
-    np.testing.assert_array_equal(data.query_grid((4, 8), (1, 2)), [[4, 2], [2, 1], [6, 1], [2, 3], [6, 3]])
-    assert data.query_grid((336, 336)).shape == (640, 2)
+def test_query_lattice_is_cell_centres():
+    np.testing.assert_array_equal(data.query_lattice((4, 8), (1, 2)), [[4, 2], [2, 1], [6, 1], [2, 3], [6, 3]])
+    assert data.query_lattice((336, 336)).shape == (640, 2)
 
 
 def test_resize_nearest_picks_the_pixel_under_each_centre():
@@ -393,8 +393,8 @@ def test_resizing_scales_tracks_and_intrinsics(tmp_path):
     size, K = (16, 20), np.array([[20.0, 0, 9.0], [0, 22.0, 8.5], [0, 0, 1]])
     c2w = [pose(np.eye(3), [0.3 * k, -0.2 * k, 0]) for k in range(4)]
     scene = data.load_scene(write_scene(tmp_path / "s", c2w, K, size, [np.full(size, 5.0)] * 4))
-    full = data.make_sample(scene, np.random.default_rng(0), 4, grids=(3,))
-    small = data.make_sample(scene, np.random.default_rng(0), 4, size=(8, 30), grids=(3,))
+    full = data.make_sample(scene, np.random.default_rng(0), 4, lattices=(3,))
+    small = data.make_sample(scene, np.random.default_rng(0), 4, size=(8, 30), lattices=(3,))
     scale = np.array([30 / 20, 8 / 16], np.float32)
     np.testing.assert_allclose(small["tracks"], full["tracks"] * scale, atol=1e-4)
     np.testing.assert_allclose(small["K"][:, :2, :2], full["K"][:, :2, :2] * scale[:, None], rtol=1e-6)
@@ -410,7 +410,7 @@ def synthetic(tmp_path_factory):
 
 def test_sample_contract(synthetic):
     scene = data.load_scene(synthetic / "scene_0000", (64, 64))
-    s = data.make_sample(scene, np.random.default_rng(0), 6, grids=(4, 8), window=5)
+    s = data.make_sample(scene, np.random.default_rng(0), 6, lattices=(4, 8), window=5)
     assert set(s) == {"frames", "depth", "K", "c2w", "frame_index", "tracks", "track_depth", "visible", "anchor", "scene"}
     shapes = dict(frames=(6, 64, 64, 3), depth=(6, 64, 64), K=(6, 3, 3), c2w=(6, 4, 4), frame_index=(6,),
                   tracks=(6, 80, 2), track_depth=(6, 80), visible=(6, 80))
@@ -420,7 +420,7 @@ def test_sample_contract(synthetic):
         assert s[k].shape == shapes[k] and s[k].dtype == dtypes[k], k
     a = s["anchor"]
     assert (np.diff(s["frame_index"]) > 0).all() and np.abs(s["frame_index"] - s["frame_index"][a]).max() <= 5
-    np.testing.assert_array_equal(s["tracks"][a], data.query_grid((64, 64), (4, 8)))
+    np.testing.assert_array_equal(s["tracks"][a], data.query_lattice((64, 64), (4, 8)))
     np.testing.assert_allclose(s["K"][0, 0, 0], json.loads((synthetic / "scene_0000" / "transforms.json").read_text())["fl_x"] * 64 / 192, rtol=1e-6)
     c = data.make_sample(scene, np.random.default_rng(0), 6, contiguous=True)
     assert c["anchor"] == 0 and (np.diff(c["frame_index"]) == 1).all()
@@ -429,7 +429,7 @@ def test_sample_contract(synthetic):
 def test_synthetic_tracks_follow_the_texture(synthetic):
     """Images, depth and poses agree: colours at tracked points match; shuffled points do not."""
     scene = data.load_scene(synthetic / "scene_0001", (96, 96))  # downsampled from 192 px: anti-aliased
-    s = data.make_sample(scene, np.random.default_rng(1), 8, grids=(24,))
+    s = data.make_sample(scene, np.random.default_rng(1), 8, lattices=(24,))
     a = s["anchor"]
     diffs, shuffled = [], []
     for f in range(8):
@@ -465,8 +465,8 @@ def test_synthetic_scene_files_and_determinism(synthetic, tmp_path):
 
 
 def test_dataset_is_deterministic_and_worker_safe(synthetic):
-    ds = data.SceneDataset(synthetic, size=(48, 48), num_frames=(3, 6), grids=(4,), window=4, seed=7, length=4)
-    again = data.SceneDataset(synthetic, size=(48, 48), num_frames=(3, 6), grids=(4,), window=4, seed=7, length=4)
+    ds = data.SceneDataset(synthetic, size=(48, 48), num_frames=(3, 6), lattices=(4,), window=4, seed=7, length=4)
+    again = data.SceneDataset(synthetic, size=(48, 48), num_frames=(3, 6), lattices=(4,), window=4, seed=7, length=4)
     assert len(ds) == 4 and ds[1]["scene"] != ds[2]["scene"]
     np.testing.assert_array_equal(ds[3]["tracks"], again[3]["tracks"])
     assert not np.array_equal(ds[0]["frame_index"], ds[2]["frame_index"]) or ds[0]["anchor"] != ds[2]["anchor"]
@@ -494,6 +494,30 @@ def test_command_line(synthetic, tmp_path, capsys):
     short = tmp_path / "new" / "scene_0000"  # 3 frames: the default stride shrinks to fit
     data.main(["show", "--scene", str(short), "--out", str(out), "--frames", "3", "--size", "32"])
     assert Image.open(out).size[0] == 3 * 40 + 8
+    few = tmp_path / "few.png"  # a 2 x 2 lattice: 4 dots a frame instead of 64
+    data.main(["show", "--scene", str(short), "--out", str(few), "--frames", "3", "--size", "32", "--lattice", "2"])
+    assert Image.open(few).size == Image.open(out).size and few.read_bytes() != out.read_bytes()
+
+
+def test_tracks_figure_draws_arrays_without_data_py(tmp_path):
+    """figures/tracks.py draws from arrays alone (it imports no top-level module): a visible track is a dot
+    of its colour at its pixel, a hidden one is not drawn, and depth panels sit under the frames."""
+    code = ("import sys; import figures.tracks; "
+            "assert not {'data', 'model', 'train', 'probe', 'eval', 'bench'} & set(sys.modules), sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    from figures import tracks
+    frames = np.full((2, 40, 40, 3), 255, np.uint8)
+    depths = np.full((2, 40, 40), 2.0, np.float32)
+    uv = np.array([[[10.5, 10.5], [30.5, 30.5]]] * 2)  # (C, N, 2)
+    visible = np.array([[True, True], [True, False]])
+    out = tracks.draw_tracks(tmp_path / "t.png", frames, depths, uv, visible, np.array([5, 9]), np.array([0, 4]))
+    img = np.asarray(Image.open(out))
+    assert img.shape == (2 * 48 + 22 + 44, 2 * 48 + 8, 3)
+    x1, top = 8 + 48, 22
+    red = img[top + 10, 8 + 10]  # track 0 in column 0: hue 0 -> red
+    assert tuple(red) == (255, 0, 0)
+    assert tuple(img[top + 30, x1 + 30]) == (255, 255, 255)  # track 1 hidden in column 1: the frame shows through
+    assert (img[top + 40 + 8 + 20, 8 + 20] != 0).any()  # the depth panel is coloured (valid depth), not black
 
 
 def test_command_line_errors_are_one_line(tmp_path, capsys):
@@ -529,10 +553,10 @@ def test_default_synthetic_scene_renders_and_runs_as_a_script(tmp_path):
 
 # ----------------------------------------------------------------------------- one contract, three sources
 
-def layout_checks(s, g, grids):
+def layout_checks(s, g, lattices):
     """Tracks of a depth-source sample against the plane homographies of tests/analytic.py."""
     a = s["anchor"]
-    assert s["tracks"].shape[1] == sum(k * k for k in grids)
+    assert s["tracks"].shape[1] == sum(k * k for k in lattices)
     idx = [int(np.flatnonzero(np.arange(len(g["c2w"])) + 1 == fi)[0]) for fi in s["frame_index"]]
     K, c2w = g["K"][idx], g["c2w"][idx]
     np.testing.assert_allclose(s["K"], K, rtol=1e-6)
@@ -552,7 +576,7 @@ def test_depths_layout_tracks_are_exact(tmp_path):
     root, g = analytic.depths_scene(tmp_path / "s", size=(60, 84))
     scene = data.load_scene(root)
     assert scene.source == "depths" and scene.size == (60, 84)
-    s = data.make_sample(scene, np.random.default_rng(0), 4, grids=(12,))  # cell centres = pixel centres
+    s = data.make_sample(scene, np.random.default_rng(0), 4, lattices=(12,))  # cell centres = pixel centres
     layout_checks(s, g, (12,))
 
 
@@ -564,7 +588,7 @@ def test_dense_layout_takes_frames_K_and_poses_from_the_workspace(tmp_path):
     assert scene.source == "dense" and scene.size == (60, 84) and not scene.dist.any()
     assert all(f.parent == root / "dense" / "images" for f in scene.image_files)
     np.testing.assert_allclose(scene.K, g["K"])
-    s = data.make_sample(scene, np.random.default_rng(1), 4, grids=(12,))
+    s = data.make_sample(scene, np.random.default_rng(1), 4, lattices=(12,))
     layout_checks(s, g, (12,))
 
 
@@ -579,7 +603,7 @@ def test_sparse_layout_tracks_are_the_models_keypoints(tmp_path, model):
     np.testing.assert_allclose(scene.c2w, g["c2w"], atol=1e-12)
     np.testing.assert_allclose(scene.K, g["K"] / [[4], [4], [1]])
     np.testing.assert_array_equal(scene.dist, np.tile(g["dist"], (6, 1)))
-    s = data.make_sample(scene, np.random.default_rng(3), 5, grids=(8, 24))
+    s = data.make_sample(scene, np.random.default_rng(3), 5, lattices=(8, 24))
     a, N = s["anchor"], s["tracks"].shape[1]
     frames = s["frame_index"] - 1
     obs_a = g["observations"][frames[a]]
@@ -679,7 +703,7 @@ def test_each_bad_scene_is_a_counted_skip(tmp_path, capsys):
     flat_scene(root / "batch_1K", name="nested")
     (root / "batch_1K" / "no_transforms" / "images").mkdir(parents=True)
     (root / "stray").mkdir()
-    ds = data.SceneDataset(root, size=(16, 20), num_frames=3, grids=(2,))
+    ds = data.SceneDataset(root, size=(16, 20), num_frames=3, lattices=(2,))
     err = capsys.readouterr().err
     kept = sorted(Path(s.path).name for s in ds.scenes)
     assert kept == ["good", "link", "nested"]
@@ -706,7 +730,7 @@ def test_any_exception_while_loading_is_a_counted_skip(tmp_path, monkeypatch, ca
             raise ZeroDivisionError("division by zero")
         return real(path, size)
     monkeypatch.setattr(data, "load_scene", flaky)
-    ds = data.SceneDataset(tmp_path, size=(16, 20), num_frames=3, grids=(2,))
+    ds = data.SceneDataset(tmp_path, size=(16, 20), num_frames=3, lattices=(2,))
     assert len(ds.scenes) == 1 and ds.skipped["scenes"] == 1
     assert "b: ZeroDivisionError: division by zero" in capsys.readouterr().err
 
@@ -721,7 +745,7 @@ def test_unusable_samples_are_replaced_deterministically(tmp_path, capsys):
         np.save(blind / "depths" / f"frame_0000{k}.npy", np.zeros((16, 20), np.float32))
     broken = flat_scene(tmp_path, name="c_broken")
     (broken / "images" / "frame_00003.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
-    ds = data.SceneDataset(tmp_path, size=(16, 20), num_frames=4, grids=(2,), seed=5, length=9)
+    ds = data.SceneDataset(tmp_path, size=(16, 20), num_frames=4, lattices=(2,), seed=5, length=9)
     assert len(ds.scenes) == 3
     capsys.readouterr()
     items = [ds[k] for k in range(9)]
@@ -731,7 +755,7 @@ def test_unusable_samples_are_replaced_deterministically(tmp_path, capsys):
     assert ds.skipped["samples"] == 9 and len(err) == 2
     assert "b_blind" in err[0] and "no track is visible in the anchor and another frame" in err[0]
     assert "c_broken" in err[1] and "frame_00003.png" in err[1]
-    again = data.SceneDataset(tmp_path, size=(16, 20), num_frames=4, grids=(2,), seed=5, length=9)
+    again = data.SceneDataset(tmp_path, size=(16, 20), num_frames=4, lattices=(2,), seed=5, length=9)
     expect = data.make_sample(ds.scenes[0], np.random.default_rng([5, 4, 2]), 4, (16, 20), (2,))
     np.testing.assert_array_equal(again[4]["frames"], items[4]["frames"])
     np.testing.assert_array_equal(expect["tracks"], items[4]["tracks"])
@@ -755,7 +779,7 @@ def test_sparse_and_dense_datasets_in_loader_workers(tmp_path):
     """Picklable scenes of every source: two workers give exactly what the main process gives."""
     analytic.dense_scene(tmp_path / "a")
     analytic.sparse_scene(tmp_path / "b")
-    ds = data.SceneDataset(tmp_path, size=(32, 40), num_frames=(3, 4), grids=(4, 8), window=10, seed=1, length=4)
+    ds = data.SceneDataset(tmp_path, size=(32, 40), num_frames=(3, 4), lattices=(4, 8), window=10, seed=1, length=4)
     assert ds.sources == {"depths": 0, "dense": 1, "sparse": 1}
     clone = pickle.loads(pickle.dumps(ds))
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
@@ -768,8 +792,8 @@ def test_sparse_and_dense_datasets_in_loader_workers(tmp_path):
 def test_keep_tracks_visible_longest(tmp_path):
     root = analytic.depths_scene(tmp_path / "s", n=6)[0]
     scene = data.load_scene(root)
-    full = data.make_sample(scene, np.random.default_rng(0), 4, grids=(8,), window=5)
-    half = data.make_sample(scene, np.random.default_rng(0), 4, grids=(8,), window=5, keep=0.5)
+    full = data.make_sample(scene, np.random.default_rng(0), 4, lattices=(8,), window=5)
+    half = data.make_sample(scene, np.random.default_rng(0), 4, lattices=(8,), window=5, keep=0.5)
     assert half["tracks"].shape[1] == 32 and full["tracks"].shape[1] == 64
     counts = full["visible"].sum(0)
     assert half["visible"].sum(0).min() >= np.sort(counts)[::-1][31]  # the 32 visible longest, in query order

@@ -2,13 +2,15 @@
 tracks land where a ray cast through them hits), camera paths that keep clear of objects and walls and move
 as much as an orbit does, frames not dominated by one surface, texture families, and lighting that changes
 between frames but keeps a surface recognisable."""
+import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import data
-from scenes import synth
+from scenes import layout, synth
 
 DEFAULT_SEEDS = list(range(24)) + [10_000 + k for k in range(4)]  # ensure_synthetic's train and val scenes
 
@@ -137,7 +139,7 @@ def test_lighting_changes_but_tracks_keep_their_colour(scenes):
     assert np.abs(np.diff(gain)).max() < 0.01 and 0.5 <= ambient <= 0.8
     assert meta["synthetic"]["version"] == synth.SYNTH_VERSION
     scene = data.load_scene(scenes[1], (96, 96))
-    s = data.make_sample(scene, np.random.default_rng(1), 6, grids=(24,))
+    s = data.make_sample(scene, np.random.default_rng(1), 6, lattices=(24,))
     a, diffs, shuffled = s["anchor"], [], []
     for f in range(6):
         vis = s["visible"][f] & s["visible"][a]
@@ -160,4 +162,63 @@ def test_scenes_rendered_in_parallel_match_one_rendered_alone(scenes, tmp_path):
     for b in blocked:
         b.write_text("not a folder")
     with pytest.raises(NotADirectoryError):
-        synth.render_scenes(synth.synth_scene, [(b, k, 2, 32) for k, b in enumerate(blocked)], "blocked")
+        layout.render_scenes(synth.synth_scene, [(b, k, 2, 32) for k, b in enumerate(blocked)], "blocked")
+
+
+def scene_digest(root):
+    """sha256 over a scene folder's files: each relative path, a NUL, then its bytes, in sorted path order."""
+    h = hashlib.sha256()
+    for p in sorted(Path(root).rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("seed, digest", [(0, "37fac56b46b773234fcfc41e853c6f8a15c50431cf2d0219051f9d9ec2578acc"),
+                                          (2, "3f53f382035d051de859837b8e100eb9840471e80c54b2cc17a44b100a91c837")])
+def test_scene_files_match_the_recorded_bytes(tmp_path, seed, digest):
+    """Every file of a 3-frame 40 px scene (an orbit and a dolly) is the bytes synth.py wrote before its file
+    writing moved to scenes/layout.py. Recorded with numpy 2.4, Pillow 13.0 and zlib 1.2.13; a renderer change
+    bumps SYNTH_VERSION and records these again."""
+    assert scene_digest(synth.synth_scene(tmp_path / "s", seed, num_frames=3, size=40)) == digest
+
+
+def test_write_scene_layout_and_transforms_last(tmp_path):
+    """write_scene: images/ and images_2/ (half size) PNGs, depths/<stem>.npy as given, transforms.json with
+    the OpenGL poses (camera y and z negated), colmap_im_id 1..F and the extra record; no .tmp left. A frame
+    that fails to render leaves no transforms.json, so an incomplete scene is never taken for a complete one."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (2, 8, 12, 3), dtype=np.uint8)
+    depth = rng.uniform(1, 5, (2, 8, 12)).astype(np.float32)
+    c2w = np.tile(np.eye(4), (2, 1, 1))
+    c2w[1, :3, 3] = [0.5, -0.25, 2.0]
+    K = np.array([[10.0, 0, 6], [0, 11, 4], [0, 0, 1]])
+    out = layout.write_scene(tmp_path / "s", zip(rgb, depth), K, c2w, (8, 12), {"mine": {"seed": 3}})
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "depths", "depths/frame_00001.npy", "depths/frame_00002.npy", "images", "images/frame_00001.png",
+        "images/frame_00002.png", "images_2", "images_2/frame_00001.png", "images_2/frame_00002.png",
+        "transforms.json"]
+    np.testing.assert_array_equal(np.asarray(data.Image.open(out / "images" / "frame_00002.png")), rgb[1])
+    assert data.Image.open(out / "images_2" / "frame_00001.png").size == (6, 4)
+    np.testing.assert_array_equal(np.load(out / "depths" / "frame_00002.npy"), depth[1])
+    meta = json.loads((out / "transforms.json").read_text())
+    assert (meta["camera_model"], meta["w"], meta["h"], meta["fl_x"], meta["fl_y"], meta["cx"], meta["cy"]) == \
+        ("OPENCV", 12, 8, 10.0, 11.0, 6.0, 4.0)
+    assert [meta[k] for k in ("k1", "k2", "p1", "p2")] == [0.0] * 4 and meta["mine"] == {"seed": 3}
+    assert [f["file_path"] for f in meta["frames"]] == ["images/frame_00001.png", "images/frame_00002.png"]
+    assert [f["colmap_im_id"] for f in meta["frames"]] == [1, 2]
+    gl = np.array(meta["frames"][1]["transform_matrix"])
+    np.testing.assert_array_equal(gl[:, [0, 3]], c2w[1][:, [0, 3]])
+    np.testing.assert_array_equal(gl[:3, 1:3], -c2w[1][:3, 1:3])
+    scene = data.load_scene(out)
+    np.testing.assert_allclose(scene.c2w, c2w)
+    np.testing.assert_allclose(scene.K[0], K)
+
+    def failing():
+        yield rgb[0], depth[0]
+        raise RuntimeError("render failed")
+
+    with pytest.raises(RuntimeError):
+        layout.write_scene(tmp_path / "broken", failing(), K, c2w, (8, 12))
+    assert (tmp_path / "broken" / "images" / "frame_00001.png").is_file()
+    assert not (tmp_path / "broken" / "transforms.json").exists()
