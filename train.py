@@ -45,7 +45,8 @@ import model as M
 from scenes import rooms, synth
 import probe
 from losses import attention_loss, gasp_losses, pair_targets, total_loss
-from runtime import checkpoint
+from runtime import checkpoint, distributed
+from runtime.distributed import Env
 
 TINY = "runs/tiny-qwen2_5_vl"
 DEMO_DATA = "data/synthetic"
@@ -110,6 +111,9 @@ class Config:
     weight_decay: float = flag(0.0, "AdamW weight decay. Assumption: 0", check=NON_NEGATIVE)
     clip: float = flag(1.0, "gradient-norm clip", check=POSITIVE)
     grad_ckpt: bool = flag(False, "non-reentrant activation checkpointing of the LLM layers")
+    engine: str = flag("ddp", "how torchrun's processes hold the model: ddp = a whole copy each (right for LoRA) | "
+                       "fsdp2 = weights, gradients and optimizer states sharded over the processes (PyTorch's "
+                       "fully_shard; full fine-tuning of 7B models)", distributed.ENGINES)
     train_vision: bool = flag(False, "also train the vision tower and projector (full fine-tuning only). Assumption: "
                               "frozen, as LLaVA-style fine-tuning keeps them")
     max_bad_steps: int = flag(20, "stop after this many non-finite losses in a row", check=POSITIVE)
@@ -135,7 +139,8 @@ class Config:
 # synth.py's generator with other seeds (val), and rooms.py, an independent generator never used for a choice.
 DEMO = dict(steps=1800, lr=1e-3, frames="4", size=448, lattices="24", window=8, embed_dim=64, train_vision=True,
             log_every=25, save_every=200, preload=True, probe_scenes=f"{DEMO_DATA}/val,{DEMO_DATA}/rooms")
-RESUME_KEYS = ("model", "objective", "layers", "head_input", "embed_dim", "lora_rank", "train_vision", "size", "seed")
+RESUME_KEYS = ("model", "objective", "layers", "head_input", "embed_dim", "lora_rank", "train_vision", "size", "seed",
+               "engine")
 
 
 def parse_range(spec: str) -> tuple[int, int]:
@@ -322,35 +327,10 @@ def to_device(x, device: str):
 
 # ----------------------------------------------------------------------------- processes, the run folder, resume
 
-@dataclass
-class Env:
-    ddp: bool
-    rank: int
-    world: int
-    device: str
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self):
-        if self.ddp:
-            dist.barrier()
-
-
 def setup(cfg: Config) -> Env:
-    """torchrun's processes (RANK set: DDP over NCCL on GPUs, gloo on CPUs) or one process; dtype and workers
-    resolved for the device."""
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    if ddp:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}" if backend == "nccl" else "cpu"
-        if backend == "nccl":
-            torch.cuda.set_device(device)
-        env = Env(True, dist.get_rank(), dist.get_world_size(), device)
-    else:
-        env = Env(False, 0, 1, "cuda" if torch.cuda.is_available() else "cpu")
+    """This process (runtime.distributed: torchrun's rank and device, or one process); dtype and workers resolved
+    for the device."""
+    env = distributed.init(cfg.engine)
     torch.manual_seed(cfg.seed)  # the same init on every rank; data differs by rank through the item index
     if cfg.dtype == "auto":
         cfg.dtype = "bfloat16" if "cuda" in env.device else "float32"
@@ -425,7 +405,7 @@ def build(cfg: Config, env: Env):
     return vlm, proc, net
 
 
-def optimizer(cfg: Config, net) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def optimizer(cfg: Config, net):
     """AdamW with two groups: the heads at lr x head_lr_mult (the paper: 4x), everything else trained at lr;
     linear warm-up, then a cosine to 0."""
     heads = list(net.heads.parameters()) if isinstance(net, M.GASP) else []
@@ -437,19 +417,32 @@ def optimizer(cfg: Config, net) -> tuple[torch.optim.Optimizer, torch.optim.lr_s
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, partial(warmup_cosine, warmup=warmup, total=cfg.steps))
 
 
-def restore(cfg: Config, env: Env, ckpt: dict | None, net, opt, sched) -> tuple[int, dict | None]:
-    """Continue from a checkpoint: weights, optimizer, schedule, RNG; the log keeps the steps it covers.
-    Returns (first step, the stored 'before' probe)."""
+def restore(cfg: Config, env: Env, ckpt: dict | None, net) -> tuple[int, dict | None]:
+    """Continue from a checkpoint: the trained weights (before any sharding) and the RNG; the log keeps the steps
+    the checkpoint covers. Returns (first step, the stored 'before' probe). The optimizer follows in parallel()."""
     if ckpt is None:
         return 0, None
     checkpoint.restore_weights(net, ckpt["weights"], f"{cfg.out}/{checkpoint.NAME}")
-    opt.load_state_dict(ckpt["optimizer"])
-    sched.load_state_dict(ckpt["scheduler"])
     torch.set_rng_state(ckpt["rng"])
     if env.master:
         truncate_log(os.path.join(cfg.out, "log.jsonl"), ckpt["step"])
         print(f"resumed from {cfg.out}/{checkpoint.NAME} at step {ckpt['step']}")
     return ckpt["step"], ckpt["probe_before"]
+
+
+def parallel(cfg: Config, env: Env, vlm, net, ckpt: dict | None):
+    """Spread the model over torchrun's processes (DDP, or FSDP2 in place), then build the optimizer on what each
+    process holds and restore its state. Returns (the module to call, optimizer, schedule)."""
+    if env.sharded:
+        heads, top = (net.heads, max(net.layer_ids)) if isinstance(net, M.GASP) else (None, None)
+        distributed.shard(vlm, M.llm_layers(vlm), heads, getattr(torch, cfg.dtype), env, top)
+    opt, sched = optimizer(cfg, net)
+    if ckpt is not None:
+        distributed.load_optimizer(net, opt, ckpt["optimizer"], env)
+        sched.load_state_dict(ckpt["scheduler"])
+    if env.distributed and not env.sharded:  # geometry-only items leave lm_head without gradient
+        return DDP(net, find_unused_parameters=True), opt, sched
+    return net, opt, sched
 
 
 def truncate_log(path: str, step: int):
@@ -463,10 +456,26 @@ def truncate_log(path: str, step: int):
 
 
 def save(cfg: Config, env: Env, net, opt, sched, step: int, probe_before):
+    """checkpoint.pt (runtime/checkpoint.py): whole tensors whatever the engine, written by rank 0."""
+    state, optim = distributed.full_state(net, opt, env)
     if env.master:
+        trained = {n for n, p in net.named_parameters() if p.requires_grad}
         checkpoint.save(os.path.join(cfg.out, checkpoint.NAME), config=dataclasses.asdict(cfg), step=step,
-                        weights=checkpoint.trained_weights(net), optimizer=opt.state_dict(),
+                        weights={n: t for n, t in state.items() if n in trained}, optimizer=optim,
                         scheduler=sched.state_dict(), rng=torch.get_rng_state(), probe_before=probe_before)
+    env.barrier()
+
+
+def export(cfg: Config, env: Env, net, proc):
+    """The stock checkpoint (model.export). Sharded weights are first made whole: rank 0 rebuilds the model on the
+    CPU from the final checkpoint."""
+    if env.master and cfg.export:
+        if env.sharded:
+            _, proc, net = M.build(cfg.model, "cpu", cfg.dtype, None, cfg.size, cfg.layers, cfg.lora_rank,
+                                   cfg.train_vision, cfg.objective in GEOMETRY, cfg.head_input, cfg.embed_dim)
+            checkpoint.restore_weights(net, checkpoint.read(cfg.out)["weights"], cfg.out)
+        M.export(net, proc, os.path.join(cfg.out, "export"))
+        print(f"exported a stock checkpoint to {cfg.out}/export")
     env.barrier()
 
 
@@ -484,7 +493,7 @@ class Preemption:
 
     def requested(self, env: Env) -> int:
         flag = torch.tensor([self.signal])
-        if env.ddp:
+        if env.distributed:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag)
 
@@ -533,10 +542,11 @@ def log_step(cfg: Config, env: Env, step: int, start: int, terms: torch.Tensor, 
 # ----------------------------------------------------------------------------- the probe before and after
 
 def probe_sets(cfg: Config, env, proc, held_out: list[str]) -> dict:
-    """{held-out folder: probe samples} on rank 0 (the probe runs there alone); empty without --probe-scenes."""
-    if not (cfg.probe and env.master):
+    """{held-out folder: probe samples} on rank 0 (the probe runs there alone; on every rank under FSDP2, whose
+    forward needs them all); empty without --probe-scenes."""
+    if not (cfg.probe and (env.master or env.sharded)):
         return {}
-    if not held_out:
+    if not held_out and env.master:
         print("probe skipped: give --probe-scenes DIR (held-out DL3DV-layout scenes) to measure the layers' own "
               "Q-K matching before and after training")
     return {p: probe.probe_samples(p, proc.size, 8, cfg.probe_samples, seed=cfg.seed + 1) for p in held_out}
@@ -552,8 +562,10 @@ def probe_all(cfg: Config, vlm, proc, gasp, sets: dict, autocast, device: str, w
     return out
 
 
-def report(cfg: Config, before: dict | None, after: dict):
-    """probe.json, and the before/after table of each held-out set with its summary lines."""
+def report(cfg: Config, env: Env, before: dict | None, after: dict):
+    """probe.json, and the before/after table of each held-out set with its summary lines (rank 0)."""
+    if not env.master:
+        return
     results = {p: ({"before": before[p]} if before and p in before else {}) | {"after": a} for p, a in after.items()}
     with open(os.path.join(cfg.out, "probe.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -576,8 +588,8 @@ def main(argv=None):
     held_out = demo_setup(cfg, env)
     ckpt = prepare_out(cfg, env)
     vlm, proc, net = build(cfg, env)
-    opt, sched = optimizer(cfg, net)
-    start, probe_before = restore(cfg, env, ckpt, net, opt, sched)
+    start, probe_before = restore(cfg, env, ckpt, net)
+    model, opt, sched = parallel(cfg, env, vlm, net, ckpt)
     items = data_stream(cfg, proc)
     write_config(cfg, env, net, items.geo)
     gasp = net if isinstance(net, M.GASP) else None
@@ -588,7 +600,6 @@ def main(argv=None):
     sets = probe_sets(cfg, env, proc, held_out)
     if sets and probe_before is None and start == 0:
         probe_before = probe_all(cfg, vlm, proc, gasp, sets, autocast, env.device, "before")
-    ddp = DDP(net, find_unused_parameters=True) if env.ddp else net  # geometry items leave lm_head without gradient
     vlm.train()
     loader = torch.utils.data.DataLoader(items, batch_size=None, collate_fn=as_is, num_workers=cfg.workers,
                                          sampler=item_indices(start, cfg.steps, cfg.accum, env.world, env.rank),
@@ -599,12 +610,12 @@ def main(argv=None):
         for micro in range(cfg.accum):
             item = to_device(next(batches), env.device)
             replaced += item["replaced"]  # unusable scene samples the dataset replaced by the next candidate
-            sync = ddp.no_sync() if env.ddp and micro < cfg.accum - 1 else nullcontext()
-            with sync, autocast:
-                loss, parts = step_loss(ddp, item, cfg, proc.grid)
-            scaler.scale(loss / cfg.accum).backward()
+            with distributed.gradient_sync(model, env, micro == cfg.accum - 1):
+                with autocast:
+                    loss, parts = step_loss(model, item, cfg, proc.grid)
+                scaler.scale(loss / cfg.accum).backward()
             terms += parts / cfg.accum
-        if env.ddp:
+        if env.distributed:
             dist.all_reduce(terms, op=dist.ReduceOp.AVG)
         if not torch.isfinite(terms).all():  # the same decision on every rank
             bad = skip_step(cfg, env, step, terms, opt, sched, bad + 1)
@@ -626,14 +637,11 @@ def main(argv=None):
                       f"with --resume to continue", flush=True)
             raise SystemExit(128 + stop)
     report_data(env, items.geo, replaced)
-
     if sets:
-        report(cfg, probe_before, probe_all(cfg, vlm, proc, gasp, sets, autocast, env.device, "after"))
-    if env.master and cfg.export:
-        M.export(net, proc, os.path.join(cfg.out, "export"))
-        print(f"exported a stock checkpoint to {cfg.out}/export")
-    env.barrier()
-    if env.ddp:
+        after = probe_all(cfg, vlm, proc, gasp, sets, autocast, env.device, "after")
+        report(cfg, env, probe_before, after)
+    export(cfg, env, net, proc)
+    if env.distributed:
         dist.destroy_process_group()
 
 

@@ -121,8 +121,9 @@ def train_run(env, out, *extra, nproc=1, wait=True, ok=True, model=None):
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
          "train.py", *args]
     envvars = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=envvars, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if not wait:  # its own process group, so that a kill reaches torchrun's workers too
+        return subprocess.Popen(cmd, cwd=ROOT, env=envvars, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     res = subprocess.run(cmd, cwd=ROOT, env=envvars, capture_output=True, text=True, timeout=300)
     if ok:
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -182,6 +183,50 @@ def test_two_process_gloo_and_two_workers_equal_one_process(env):
     assert log(one) == log(workers)
     assert_same_weights(weights(one), weights(two), atol=1e-5, rtol=1e-4)
     assert_same_weights(weights(one), weights(workers), atol=0, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, lora", [("qwen2_5_vl", "0"), ("qwen2_5_vl", "4"), ("llava_onevision", "0"),
+                                        ("llava_onevision", "4")])
+def test_two_process_fsdp2_equals_one_process(env, kind, lora):
+    """FSDP2 (--engine fsdp2, gloo on CPUs) over 2 processes trains what one process trains: the same per-step
+    losses and, after 3 steps, the same weights, for a Qwen and a LLaVA family, full fine-tuning and LoRA."""
+    tiny = env["tiny"] if kind == "qwen2_5_vl" else M.build_tiny(str(env["tmp"] / f"tiny_{kind}"), kind, layers=2,
+                                                                  hidden=64)
+    size = "112" if kind == "qwen2_5_vl" else "224"
+    one, two = env["tmp"] / f"fsdp_one_{kind}_{lora}", env["tmp"] / f"fsdp_two_{kind}_{lora}"
+    common = ("--steps", "3", "--lora-rank", lora, "--size", size)
+    train_run(env, one, *common, "--accum", "2", model=tiny)
+    train_run(env, two, *common, "--accum", "1", "--engine", "fsdp2", nproc=2, model=tiny)
+    for a, b in zip(log(one), log(two), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["corr"] == pytest.approx(b["corr"], rel=1e-4)
+    assert_same_weights(weights(one), weights(two), atol=1e-5, rtol=1e-4)
+    stock = transformers.AutoModelForImageTextToText.from_pretrained(tiny)
+    exported = transformers.AutoModelForImageTextToText.from_pretrained(str(two / "export"))
+    assert sum(p.numel() for p in exported.parameters()) == sum(p.numel() for p in stock.parameters())
+
+
+@pytest.mark.slow
+def test_fsdp2_kill_then_resume_gives_the_same_weights_and_log(env):
+    ref, cut = env["tmp"] / "fsdp_ref", env["tmp"] / "fsdp_cut"
+    common = ("--steps", "5", "--save-every", "2", "--engine", "fsdp2", "--accum", "1")
+    train_run(env, ref, *common, nproc=2)
+    proc = train_run(env, cut, *common, nproc=2, wait=False)
+    ckpt = cut / "checkpoint.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:  # kill once a step past the first checkpoint is logged
+        if ckpt.exists() and len(open(cut / "log.jsonl").readlines()) >= 3:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step = checkpoint.read(str(ckpt))["step"]
+    assert step < 5, "the run finished before it could be killed"
+    train_run(env, cut, *common, "--resume", nproc=2)
+    assert_same_weights(weights(ref), weights(cut), atol=1e-6, rtol=1e-5)
+    assert [r["step"] for r in log(cut)] == list(range(1, 6))
+    for a, b in zip(log(ref), log(cut)):
+        assert a == pytest.approx(b, rel=1e-5)
 
 
 @pytest.mark.slow
