@@ -50,7 +50,7 @@ def read_frames(base: str, n: int) -> tuple:
 
 def image_names(item: dict) -> list[str]:
     """Where each image of an item comes from: its file, or (BLINK) its parquet file, row and column."""
-    return item.get("image_names") or [str(x) for x in item["images"]]
+    return item.get("image_names") or [str(x) for x in item.get("images", ())]
 
 
 def check_image(im: Image.Image, name: str):

@@ -904,3 +904,181 @@ def test_rel_direction_subtype_scores_its_whole_column(tmp_path, capsys):
 
 def test_docstring_commands_keep_their_line_breaks():
     assert "Qwen/Qwen2.5-VL-7B-Instruct \\\n" in E.__doc__  # `--help` shows the command as written
+
+
+# ----------------------------------------------------------------------------- broken media are named (issue 26)
+
+def run_fake(items, out, bench="allangles", **kw):
+    """run_benchmark with the stand-in model of fake_model (answers every prompt with "A")."""
+    vlm, processor, _ = fake_model({it["prompt"]: "A" for it in items})
+    E.run_benchmark(bench, items, out, lambda: (vlm, processor), inputs="train-size", **kw)
+
+
+def test_truncated_jpeg_is_named(tmp_path):
+    root = aa_root(tmp_path)
+    jpg = root / "0001_fencing/cam02/00003.jpg"
+    Image.fromarray(rgb(64, 96)).save(jpg, quality=95)
+    jpg.write_bytes(jpg.read_bytes()[:len(jpg.read_bytes()) // 2])
+    with pytest.raises(media.MediaError, match=r"item 3: .*cam02/00003.jpg: cannot decode \(.*truncated.*\); the "
+                       "file is truncated or corrupt: replace it"):
+        run_fake(allangles.load(root), tmp_path / "aa.jsonl")
+
+
+def blink_image(root, rows: list, column="image_1", subtask="Spatial_Relation"):
+    """Replace one image column of a BLINK fixture parquet with these bytes (one value per row)."""
+    f = root / subtask / "val-00000-of-00001.parquet"
+    table = pq.read_table(f)
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    values = pa.array([dict(bytes=b, path="x.png") for b in rows], type=image)
+    pq.write_table(table.set_column(table.schema.get_field_index(column), column, values), f)
+
+
+def test_garbage_image_bytes_in_a_blink_row_are_named(tmp_path):
+    root = blink_root(tmp_path)
+    blink_image(root, [png(1), b"\x89PNG not really"])
+    with pytest.raises(media.MediaError, match=r"item val_Spatial_Relation_2: .*Spatial_Relation/val-00000-of-00001"
+                       r".parquet row val_Spatial_Relation_2 column image_1: not a readable image .*replace it"):
+        E.run_benchmark("blink", blink.load(root), tmp_path / "b.jsonl", lambda: pytest.fail("checked before loading"))
+
+
+def test_extreme_aspect_ratio_is_named(tmp_path):
+    root = aa_root(tmp_path)
+    Image.fromarray(rgb(2, 800)).save(root / "0001_fencing/cam01/00002.jpg")  # 400 times wider than high
+    with pytest.raises(media.MediaError, match=r"item 2: .*cam01/00002.jpg: 800x2 px, an aspect ratio of 400:1 "
+                       r"\(Qwen2-VL's processor refuses 200:1 or more\); crop or pad"):
+        E.run_benchmark("allangles", allangles.load(root), tmp_path / "aa.jsonl",
+                        lambda: pytest.fail("checked before loading"))
+
+
+def test_frame_folder_of_mixed_sizes_is_named(tmp_path):
+    root = vsi_root(tmp_path, frames=4)
+    (root / "scannet/scene0050_01/00002.png").write_bytes(png(2, size=(8, 16)))
+    items = scoring.select("vsibench", vsibench.load(root), ["object_counting"])
+    with pytest.raises(media.MediaError, match=r"item 0: .*scannet/scene0050_01: its frames differ in size "
+                       r"\(sampled frame 0 is 8x8, frame 2 is 16x8\); .*extract them again"):
+        run_fake(items, tmp_path / "vsi.jsonl", bench="vsibench", n_frames=4)
+
+
+def test_decompression_bomb_is_named(tmp_path, monkeypatch):
+    root = aa_root(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # the fixtures' 16x24 views and 8x8 frames are "bombs" here
+    with pytest.raises(media.MediaError, match=r"item 0: .*cam01/00000.jpg: Image size \(384 pixels\) exceeds limit "
+                       r".*decompression bomb guard\): downscale it"):
+        E.run_benchmark("allangles", allangles.load(root), tmp_path / "aa.jsonl",
+                        lambda: pytest.fail("checked before loading"))
+    root = vsi_root(tmp_path, frames=2)  # frames of a VSI-Bench folder are read the same way
+    with pytest.raises(media.MediaError, match=r"item 0: .*scene0050_01/00000.png: Image size .* decompression bomb"):
+        media.visuals(vsibench.load(root)[0], 2)
+
+
+def png16(value: int, size=(8, 8)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full(size, value, np.uint16)).save(buf, format="PNG")  # PIL mode I;16
+    return buf.getvalue()
+
+
+def test_16_bit_images_are_scaled_not_white(tmp_path):
+    root = aa_root(tmp_path)
+    (root / "0001_fencing/cam01/00000.jpg").write_bytes(png16(100 * 257))  # the reader goes by content, not suffix
+    assert np.asarray(media.visuals(allangles.load(root)[0], 32)[0])[0, 0].tolist() == [100, 100, 100]
+    root = blink_root(tmp_path)
+    blink_image(root, [png16(200 * 257), png16(65535)])
+    items = {it["id"]: it for it in blink.load(root)}
+    assert np.asarray(media.visuals(items["val_Spatial_Relation_1"], 32)[0])[0, 0].tolist() == [200] * 3
+    assert np.asarray(media.visuals(items["val_Spatial_Relation_2"], 32)[0])[0, 0].tolist() == [255] * 3
+
+
+# ----------------------------------------------------------------------------- a resume checks what it resumes
+
+def test_resume_with_another_frame_size_is_refused(tmp_path):
+    items, out = allangles.load(aa_root(tmp_path))[:2], tmp_path / "aa.jsonl"
+    run_fake(items[:1], out, settings=dict(frame_size=112))
+    with pytest.raises(ValueError, match=r"aa.jsonl was written with other settings \(frame_size: 112 now 224\); "
+                       r"use another --out, or delete .*aa.jsonl and aa.settings.json"):
+        run_fake(items, out, settings=dict(frame_size=224))
+    run_fake(items, out, settings=dict(frame_size=112))  # the same settings resume
+    assert len(out.read_text().splitlines()) == 2
+
+
+def test_resume_with_other_questions_under_the_same_ids_is_refused(tmp_path):
+    root = aa_root(tmp_path)
+    out = tmp_path / "aa.jsonl"
+    run_fake(allangles.load(root), out)
+    rows = json.loads((root / "data.json").read_text())
+    rows[3]["question"] = "How many chairs are in View 3?"
+    (root / "data.json").write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match=r"aa.jsonl: 1 answer\(s\) were made for other questions than --data "
+                       r"holds now \(ids 3\); use another --out, or delete"):
+        run_fake(allangles.load(root), out)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ("", r"aa.settings.json: unreadable \(Expecting value: line 1 column 1 .*\); it records what aa.jsonl was made "
+         r"with: use another --out, or delete"),
+    (b"{\"inputs\": \"train-size\xe9\"}", r"aa.settings.json:1: byte 0xe9 is not UTF-8"),
+    ("[1]", r"aa.settings.json: a JSON list, not the settings object"),
+    (None, r"aa.jsonl holds 5 answer\(s\) but no aa.settings.json records what made them; use another --out")])
+def test_unreadable_settings_are_named(tmp_path, settings, message):
+    items, out = allangles.load(aa_root(tmp_path)), tmp_path / "aa.jsonl"
+    run_fake(items, out)
+    path = E.settings_path(out)
+    if settings is None:
+        path.unlink()
+    else:
+        path.write_bytes(settings if isinstance(settings, bytes) else settings.encode())
+    with pytest.raises(ValueError, match=message) as e:
+        run_fake(items, out)
+    assert "\n" not in str(e.value)
+
+
+def test_question_files_that_are_not_utf8_are_named(tmp_path, capsys):
+    root = vsi_root(tmp_path, frames=1)
+    text = (root / "test.jsonl").read_bytes().replace(b"refrigerator", "r\u00e9frig\u00e9rateur".encode("latin-1"))
+    (root / "test.jsonl").write_bytes(text)
+    preds = write_preds(tmp_path / "p.jsonl", VSI_PREDS)
+    with pytest.raises(SystemExit, match=r"^eval.py score: error: .*test.jsonl:2: byte 0xe9 is not UTF-8 .*re-save "
+                       "the file as UTF-8"):
+        cli(capsys, "score", "--benchmark", "vsibench", "--data", root, "--predictions", preds)
+    aa = aa_root(tmp_path)
+    (aa / "data.json").write_bytes((aa / "data.json").read_bytes().replace(b"people", "p\u00e9ople".encode("latin-1")))
+    with pytest.raises(ValueError, match=r"data.json:1: byte 0xe9 is not UTF-8"):
+        allangles.load(aa)
+
+
+def retrain(folder, tmp_path):
+    """Other weights exported into the same folder, as a second training run with the same --out does."""
+    import shutil
+    import model
+    other = model.build_tiny(str(tmp_path / "retrained"), seed=1)
+    for f in (tmp_path / "retrained").glob("*.safetensors"):
+        shutil.copy(f, folder)
+    return other
+
+
+def test_weights_fingerprint_follows_the_bytes_not_the_path(tmp_path):
+    import shutil
+    import model
+    folder = model.build_tiny(str(tmp_path / "ckpt"))
+    print_ = E.weights_fingerprint(folder)
+    shutil.copytree(folder, tmp_path / "moved")
+    assert E.weights_fingerprint(str(tmp_path / "moved")) == print_  # same weights elsewhere: the same model
+    retrain(folder, tmp_path)
+    assert E.weights_fingerprint(folder) != print_
+    with pytest.raises(FileNotFoundError, match=r"no \*.safetensors or \*.bin weight files"):
+        E.weights_fingerprint(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_resume_after_retraining_in_place_is_refused(tmp_path, capsys):
+    import model
+    ckpt = model.build_tiny(str(tmp_path / "ckpt"))
+    root, out = aa_root(tmp_path), tmp_path / "aa.jsonl"
+    run = ("run", "--benchmark", "allangles", "--data", root, "--model", ckpt, "--out", out, "--max-new-tokens", 1,
+           "--device", "cpu", "--inputs", "train-size", "--frame-size", 56, "--categories")
+    cli(capsys, *run, "counting")
+    assert len(out.read_text().splitlines()) == 1
+    retrain(ckpt, tmp_path)
+    with pytest.raises(SystemExit, match=r"aa.jsonl was written with other settings \(weights_fingerprint: '[0-9a-f]+"
+                       r"' now '[0-9a-f]+'\); use another --out, or delete"):
+        cli(capsys, *run, "counting", "manipulation")
+    assert len(out.read_text().splitlines()) == 1
