@@ -319,8 +319,9 @@ def generate(vlm, tokenizer, build, items: list[dict], batch_size: int, max_new_
         group = list(group)
         for i in range(0, len(group), batch_size):
             batch = group[i:i + batch_size]
+            frames = [visuals(it, n_frames) for it in batch]  # first: a broken video is named with its item
             fps = [sampled_fps(it["video"], n_frames) if "video" in it else None for it in batch]
-            inputs, records = build([visuals(it, n_frames) for it in batch], [it["prompt"] for it in batch], fps)
+            inputs, records = build(frames, [it["prompt"] for it in batch], fps)
             for record, mask in zip(records, inputs.get("attention_mask", [None] * len(records))):
                 if context and mask is not None and int(mask.sum()) + max_new_tokens > context:
                     record["over_context"] = int(mask.sum())
@@ -352,14 +353,18 @@ def weights_fingerprint(model: str) -> str:
     if not folder.is_dir():
         from huggingface_hub import snapshot_download
         folder = Path(snapshot_download(model, allow_patterns=["*.safetensors", "config.json"]))
+        if not any(folder.glob("*.safetensors")):  # an older repository: PyTorch .bin weights only
+            folder = Path(snapshot_download(model, allow_patterns=["*.bin", "config.json"]))
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     if not files:
         raise FileNotFoundError(f"{folder}: no *.safetensors or *.bin weight files; pass a checkpoint folder or "
                                 "HF id that model.load reads")
     h = hashlib.sha256()
     for p in files + [p for p in [folder / "config.json"] if p.exists()]:
+        h.update(p.name.encode() + b"\0")
         with p.open("rb") as f:
-            h.update(p.name.encode() + b"\0" + hashlib.file_digest(f, "sha256").digest())
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
     return h.hexdigest()[:16]
 
 

@@ -70,16 +70,20 @@ def read_clip(path, num_frames):
     except ImportError:
         raise ImportError(f"decoding {path} needs the optional package av: pip install av "
                           f"(or extract its frames into a folder of images)") from None
-    with av.open(str(path)) as c:
-        total = c.streams.video[0].frames or sum(p.size > 0 for p in c.demux(video=0))
-    idx = np.linspace(0, total - 1, num_frames, dtype=int).tolist()
-    got = {}
-    with av.open(str(path)) as c:
-        for i, frame in enumerate(c.decode(video=0)):
-            if i in idx:
-                got[i] = frame.to_ndarray(format="rgb24")
-            if i >= idx[-1]:
-                break
+    try:
+        with av.open(str(path)) as c:
+            total = c.streams.video[0].frames or sum(p.size > 0 for p in c.demux(video=0))
+        idx = np.linspace(0, total - 1, num_frames, dtype=int).tolist()
+        got = {}
+        with av.open(str(path)) as c:
+            for i, frame in enumerate(c.decode(video=0)):
+                if i in idx:
+                    got[i] = frame.to_ndarray(format="rgb24")
+                if i >= idx[-1]:
+                    break
+    except (av.error.FFmpegError, IndexError) as e:  # IndexError: a file without a video stream
+        raise FrameError(f"{path}: cannot decode the video ({e}); the file is truncated, corrupt or holds no "
+                         "video: replace it with an intact copy (download it again)") from None
     if len(got) < len(set(idx)):
         raise ValueError(f"{path}: the header says {total} frames but fewer decode; re-encode the video")
     return [got[i] for i in idx]

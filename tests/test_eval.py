@@ -959,6 +959,15 @@ def test_frame_folder_of_mixed_sizes_is_named(tmp_path):
         run_fake(items, tmp_path / "vsi.jsonl", bench="vsibench", n_frames=4)
 
 
+def test_broken_video_is_named(tmp_path):
+    root = vsi_root(tmp_path, frames=1)
+    (root / "scannet/scene0050_01.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 and then nothing")
+    items = scoring.select("vsibench", vsibench.load(root), ["object_counting"])
+    with pytest.raises(media.MediaError, match=r"item 0: .*scannet/scene0050_01.mp4: cannot decode the video "
+                       r"\(.*\); the file is truncated, corrupt or holds no video: replace it"):
+        run_fake(items, tmp_path / "vsi.jsonl", bench="vsibench", n_frames=4)
+
+
 def test_decompression_bomb_is_named(tmp_path, monkeypatch):
     root = aa_root(tmp_path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # the fixtures' 16x24 views and 8x8 frames are "bombs" here
