@@ -31,8 +31,8 @@ Run (a checkpoint is any folder model.load reads, e.g. train.py's export):
 One process per GPU (split the work with --categories); there is nothing to gain from torchrun here.
 
 References (the official harness settings the inputs follow, pinned):
-  VSI-Bench   github.com/vision-x-nyu/thinking-in-space @51e089c, lmms_eval/models (qwen2_5_vl, llava_vid,
-              llava_onevision), lmms_eval/tasks/vsibench/vsibench.yaml
+  VSI-Bench   github.com/vision-x-nyu/thinking-in-space @51e089c, lmms_eval/models/llava_vid.py,
+              llava_onevision.py; lmms-eval qwen2_5_vl for the Qwen pixel bounds
   All-Angles  github.com/Chenyu-Wang567/All-Angles-Bench @0e1d210, VLMEvalkit/vlmeval/config.py
   BLINK       github.com/zeyofu/BLINK_Benchmark @2d6a779, eval/test_benchmark.py; lmms-eval qwen2_5_vl defaults
   GASP        arXiv 2605.30231, Table 1
@@ -471,9 +471,9 @@ def main(argv=None):
     common.add_argument("--categories", nargs="+", help="only these categories (question types / subtasks)")
     r = sub.add_parser("run", parents=[common], help="generate answers, write JSONL as it goes, print the summary")
     r.add_argument("--model", required=True, help="checkpoint folder or HF id that model.load reads")
-    r.add_argument("--out", required=True, type=Path, help="predictions JSONL; an existing one is resumed if it was made "
-                   "with the same weights, settings and items (settings in <stem>.settings.json, summary in "
-                   "<stem>.summary.json)")
+    r.add_argument("--out", required=True, type=Path, help="predictions JSONL; an existing one is resumed if it "
+                   "was made with the same weights, settings and items (settings in <stem>.settings.json, summary "
+                   "in <stem>.summary.json)")
     r.add_argument("--inputs", choices=["official", "train-size"], default="official",
                    help="official: each benchmark fed as its official harness feeds the model family (default);\n"
                         "train-size: model.py's training inputs (fixed squares), to probe what training saw")

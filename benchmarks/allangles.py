@@ -7,8 +7,8 @@
 
 Run: through `python eval.py run|score|table --benchmark allangles --data All-Angles-Bench ...`.
 Reference (pinned): github.com/Chenyu-Wang567/All-Angles-Bench @0e1d210, VLMEvalkit/vlmeval/dataset/image_mcq.py
-(build_prompt, mcq_vanilla_eval), vlmeval/utils/matching_util.py (can_infer), vlmeval/vlm/qwen2_vl (max_new_tokens
-2048).
+(build_prompt, mcq_vanilla_eval, report_acc), vlmeval/utils/matching_util.py (can_infer); Qwen2VLChat's
+max_new_tokens 2048.
 """
 import json
 import string

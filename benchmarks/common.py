@@ -13,7 +13,8 @@ def require(module: str, package: str, why: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(f"{why} needs {package}: pip install -r requirements.txt (or pip install {package})") from None
+        raise ImportError(f"{why} needs {package}: pip install -r requirements.txt (or pip install {package})"
+                          ) from None
 
 
 def need(row: dict, fields, where: str):

@@ -57,8 +57,7 @@ def check_image(im: Image.Image, name: str):
     w, h = im.size
     if max(w, h) >= MAX_ASPECT * min(w, h):
         raise MediaError(f"{name}: {w}x{h} px, an aspect ratio of {max(w, h) / max(min(w, h), 1):.0f}:1 (Qwen2-VL's "
-                         f"processor refuses {MAX_ASPECT}:1 or more); crop or pad the image, or leave the item out "
-                         "with --categories")
+                         f"processor refuses {MAX_ASPECT}:1 or more); crop or pad the image")
 
 
 def read_image(src, name: str) -> Image.Image:

@@ -9,7 +9,7 @@
 Run: through `python eval.py run|score|table --benchmark vsibench --data VSI-Bench ...`.
 Reference (pinned): github.com/vision-x-nyu/thinking-in-space @51e089c, lmms_eval/tasks/vsibench/utils.py
 (vsibench_doc_to_text, fuzzy_matching, to_float, mean_relative_accuracy, exact_match, vsibench_aggregate_results)
-and lmms_eval/tasks/vsibench/vsibench.yaml (max_new_tokens 16).
+and the task's yaml (max_new_tokens 16).
 """
 import json
 import math
@@ -21,7 +21,7 @@ import numpy as np
 from benchmarks.common import need, read_text, require
 
 TITLE = "VSI-Bench"
-MAX_NEW_TOKENS = 16  # vsibench.yaml generation_kwargs
+MAX_NEW_TOKENS = 16  # the VSI-Bench task yaml
 REL_DIR = ("object_rel_direction_easy", "object_rel_direction_medium", "object_rel_direction_hard")
 MCA = REL_DIR + ("object_rel_distance", "route_planning", "obj_appearance_order")
 NA = ("object_abs_distance", "object_counting", "object_size_estimation", "room_size_estimation")

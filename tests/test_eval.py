@@ -149,7 +149,8 @@ def test_vsi_mean_relative_accuracy(pred, gt, score):
     ("B", 1), ("B.", 1), ("b", 1), ("B. left", 1), ("B\n", 1),
     ("(B)", 0), ("B,", 0), ("Answer: B", 0), ("The answer is B", 0), (" B", 0)])
 def test_vsi_fuzzy_matching(pred, hit):
-    assert scoring.score_item("vsibench", dict(id=0, category="route_planning", prompt="", answer="B"), pred)["score"] == hit
+    item = dict(id=0, category="route_planning", prompt="", answer="B")
+    assert scoring.score_item("vsibench", item, pred)["score"] == hit
 
 
 @pytest.mark.parametrize("pred, letter", [
