@@ -57,6 +57,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from figures.tracks import draw_tracks
+from scenes.frames import read_clip, to_rgb
 from scenes.layout import gl_to_cv
 from scenes.colmap import (POINT2D, ColmapError, colmap_c2w, colmap_intrinsics, read_cameras_bin, read_colmap_array,
                     read_images_bin, read_points3d_bin)
@@ -95,14 +96,6 @@ def read_depth(path, header_only=False):
 
 
 # ----------------------------------------------------------------------------- reading a scene
-
-def to_rgb(im):
-    """A PIL image (any mode) -> uint8 (H, W, 3). 16-bit grey (PIL mode I;16, or I from a PNG) is scaled by
-    1/257 first: PIL's convert("RGB") clips it at 255, which gives a white frame."""
-    if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
-        im = Image.fromarray((np.asarray(im, np.float64) / 257).round().astype(np.uint8))
-    return np.asarray(im.convert("RGB"))
-
 
 @dataclass
 class Scene:
@@ -793,38 +786,6 @@ class SceneDataset(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------- instruction data (L_LM stream)
 
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
-
-
-def read_clip(path, num_frames):
-    """num_frames frames at np.linspace(0, n-1, num_frames, dtype=int) of a video file or a folder of
-    images (natural sort: frame_2 before frame_10) -> list of (H, W, 3) uint8. Video files need PyAV
-    (optional dependency: pip install av); only the frames up to the last one asked for are decoded."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted((p for p in path.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")),
-                       key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
-        if not files:
-            raise FileNotFoundError(f"{path}: frame folder holds no .jpg/.png images")
-        return [to_rgb(Image.open(files[i]))
-                for i in np.linspace(0, len(files) - 1, num_frames, dtype=int)]
-    try:
-        import av
-    except ImportError:
-        raise ImportError(f"decoding {path} needs the optional package av: pip install av "
-                          f"(or extract its frames into a folder of images)") from None
-    with av.open(str(path)) as c:
-        total = c.streams.video[0].frames or sum(p.size > 0 for p in c.demux(video=0))
-    idx = np.linspace(0, total - 1, num_frames, dtype=int).tolist()
-    got = {}
-    with av.open(str(path)) as c:
-        for i, frame in enumerate(c.decode(video=0)):
-            if i in idx:
-                got[i] = frame.to_ndarray(format="rgb24")
-            if i >= idx[-1]:
-                break
-    if len(got) < len(set(idx)):
-        raise ValueError(f"{path}: the header says {total} frames but fewer decode; re-encode the video")
-    return [got[i] for i in idx]
 
 
 class InstructionDataset:

@@ -5,12 +5,16 @@ import io
 import json
 from types import SimpleNamespace
 
+import av
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
 import eval as E
+from benchmarks import BENCHMARKS, allangles, blink, media, scoring, vsibench
 
 MCA_Q = ("If I am standing by the refrigerator and facing the washer, is the stove to my left, right, or back? "
          "An object is to my back if I would have to turn at least 135 degrees in order to face it.")
@@ -98,7 +102,6 @@ BLINK_ROWS = {  # subtask: [(prompt, choices, answer, images, prediction)]
 
 
 def blink_root(tmp_path):
-    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
     root = tmp_path / "BLINK"
     image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     for subtask, rows in BLINK_ROWS.items():
@@ -139,14 +142,15 @@ def cli(capsys, *argv):
 def test_vsi_mean_relative_accuracy(pred, gt, score):
     # 12 vs 10: relative error 0.2 > 1 - 0.8 = 0.19999999999999996, so linspace + `<=` gives 0.6, not 0.7
     item = dict(id=0, category="object_counting", prompt="", answer=gt)
-    assert E.score_item("vsibench", item, pred)["score"] == score
+    assert scoring.score_item("vsibench", item, pred)["score"] == score
 
 
 @pytest.mark.parametrize("pred, hit", [
     ("B", 1), ("B.", 1), ("b", 1), ("B. left", 1), ("B\n", 1),
     ("(B)", 0), ("B,", 0), ("Answer: B", 0), ("The answer is B", 0), (" B", 0)])
 def test_vsi_fuzzy_matching(pred, hit):
-    assert E.score_item("vsibench", dict(id=0, category="route_planning", prompt="", answer="B"), pred)["score"] == hit
+    item = dict(id=0, category="route_planning", prompt="", answer="B")
+    assert scoring.score_item("vsibench", item, pred)["score"] == hit
 
 
 @pytest.mark.parametrize("pred, letter", [
@@ -155,7 +159,7 @@ def test_vsi_fuzzy_matching(pred, hit):
     ("Cannot determine the answer", "Z")])
 def test_allangles_can_infer(pred, letter):
     item = dict(id=0, category="counting", prompt="", answer="B", options={"A": "2", "B": "3", "C": "4"})
-    line = E.score_item("allangles", item, pred)
+    line = scoring.score_item("allangles", item, pred)
     assert (line["extracted"], line["score"]) == (letter, float(letter == "B"))
 
 
@@ -165,7 +169,7 @@ def test_allangles_can_infer(pred, letter):
 def test_blink_analyze_answer(pred, choice):
     item = dict(id="val_Spatial_Relation_1", category="Spatial_Relation", prompt="", answer="(A)",
                 choices=["yes", "no"])
-    line = E.score_item("blink", item, pred)
+    line = scoring.score_item("blink", item, pred)
     assert (line["extracted"], line["score"]) == (choice, float(choice == "(A)"))
 
 
@@ -190,7 +194,7 @@ def test_malformed_predictions_score_zero(tmp_path, capsys):
 # ----------------------------------------------------------------------------- prompts, character for character
 
 def test_vsi_prompts(tmp_path):
-    items = {it["id"]: it for it in E.load_vsibench(vsi_root(tmp_path, frames=1))}
+    items = {it["id"]: it for it in vsibench.load(vsi_root(tmp_path, frames=1))}
     assert items[0]["prompt"] == ("These are frames of a video.\nHow many chair(s) are in this room?\n"
                                   "Please answer the question using a single word or phrase.")
     assert items[1]["prompt"] == ("These are frames of a video.\n" + MCA_Q + "\nOptions:\nA. Back\nB. Right\nC. Left\n"
@@ -199,18 +203,18 @@ def test_vsi_prompts(tmp_path):
 
 def test_allangles_prompt_and_images(tmp_path):
     root = aa_root(tmp_path)
-    item = E.load_allangles(root)[2]
+    item = allangles.load(root)[2]
     assert item["prompt"] == ("Question: How many people in View 2?\nOptions:\nA. 2\nB. 3\nC. 4\n"
                               "Please select the correct answer from the options above. \n")
     assert item["images"] == [str(root / "0001_fencing/cam01/00002.jpg"), str(root / "0001_fencing/cam02/00002.jpg")]
-    assert [im.size for im in E.visuals(E.load_allangles(root)[3], 32)] == [(24, 16)] * 3
+    assert [im.size for im in media.visuals(allangles.load(root)[3], 32)] == [(24, 16)] * 3
 
 
 def test_blink_prompts_and_images(tmp_path):
-    items = {it["id"]: it for it in E.load_blink(blink_root(tmp_path))}
+    items = {it["id"]: it for it in blink.load(blink_root(tmp_path))}
     assert items["val_Multi-view_Reasoning_1"]["prompt"] == MV_PROMPT
-    assert items["val_Jigsaw_1"]["prompt"] == E.BLINK_DISCLAIMER + BLINK_ROWS["Jigsaw"][0][0]
-    frames = E.visuals(items["val_Multi-view_Reasoning_2"], 32)
+    assert items["val_Jigsaw_1"]["prompt"] == blink.DISCLAIMER + BLINK_ROWS["Jigsaw"][0][0]
+    frames = media.visuals(items["val_Multi-view_Reasoning_2"], 32)
     assert [np.asarray(f)[0, 0, 0] for f in frames] == [10, 20]  # image_1, image_2 in order, nulls dropped
 
 
@@ -299,8 +303,8 @@ def test_help(cmd, capsys):
 
 
 def test_limit_is_per_category(tmp_path):
-    items = E.load_vsibench(vsi_root(tmp_path, frames=1))
-    picked = E.select("vsibench", items, ["object_rel_direction", "room_size_estimation"], limit=1)
+    items = vsibench.load(vsi_root(tmp_path, frames=1))
+    picked = scoring.select("vsibench", items, ["object_rel_direction", "room_size_estimation"], limit=1)
     assert [it["id"] for it in picked] == [1, 2, 4, 6]
 
 
@@ -308,25 +312,24 @@ def test_limit_is_per_category(tmp_path):
 
 def test_frame_folder_sampling(tmp_path):
     root = vsi_root(tmp_path, frames=40)
-    frames = E.visuals(E.load_vsibench(root)[0], 32)
+    frames = media.visuals(vsibench.load(root)[0], 32)
     assert [int(f[0, 0, 0]) for f in frames] == np.linspace(0, 39, 32, dtype=int).tolist()
     (tmp_path / "unpadded").mkdir()
     for i in range(12):
         (tmp_path / "unpadded" / f"frame_{i}.png").write_bytes(png(i))
-    assert [int(f[0, 0, 0]) for f in E.read_frames(str(tmp_path / "unpadded"), 12)] == list(range(12))
+    assert [int(f[0, 0, 0]) for f in media.read_frames(str(tmp_path / "unpadded"), 12)] == list(range(12))
 
 
 def test_missing_media_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.mp4 nor a frame folder .*missing/"):
-        E.check_media([dict(id=0, video=str(tmp_path / "scannet" / "missing"))])
-    items = E.load_allangles(aa_root(tmp_path))
+        media.check_media([dict(id=0, video=str(tmp_path / "scannet" / "missing"))])
+    items = allangles.load(aa_root(tmp_path))
     (tmp_path / "All-Angles-Bench/0001_fencing/cam02/00003.jpg").unlink()
     with pytest.raises(FileNotFoundError, match="item 3: image .*cam02/00003.jpg not found"):
-        E.check_media(items)
+        media.check_media(items)
 
 
 def test_mp4_sampling(tmp_path):
-    av = pytest.importorskip("av")
     container = av.open(str(tmp_path / "scene.mp4"), "w")
     stream = container.add_stream("mpeg4", rate=10)
     stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
@@ -337,18 +340,17 @@ def test_mp4_sampling(tmp_path):
     for packet in stream.encode():
         container.mux(packet)
     container.close()
-    frames = E.read_frames(str(tmp_path / "scene"), 8)
+    frames = media.read_frames(str(tmp_path / "scene"), 8)
     assert np.abs(np.array([f.mean() for f in frames]) - 6 * np.linspace(0, 39, 8, dtype=int)).max() < 6
 
 
 def test_vsibench_parquet(tmp_path):
-    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
     root = vsi_root(tmp_path, frames=1)
     rows = [json.loads(line) for line in (root / "test.jsonl").read_text().splitlines()]
     pq.write_table(pa.Table.from_pylist(rows), root / "test-00000-of-00001.parquet")
-    from_jsonl = E.load_vsibench(root)
+    from_jsonl = vsibench.load(root)
     (root / "test.jsonl").unlink()
-    assert E.load_vsibench(root) == from_jsonl == E.load_vsibench(root / "test-00000-of-00001.parquet")
+    assert vsibench.load(root) == from_jsonl == vsibench.load(root / "test-00000-of-00001.parquet")
 
 
 # ----------------------------------------------------------------------------- generation
@@ -376,7 +378,7 @@ def fake_model(answers, fail_after=None):
 
 
 def test_run_writes_as_it_goes_and_resumes(tmp_path):
-    items = E.load_allangles(aa_root(tmp_path))
+    items = allangles.load(aa_root(tmp_path))
     answers = {it["prompt"]: AA_PREDS[it["id"]] for it in items}
     out = tmp_path / "runs" / "aa.jsonl"
     vlm, processor, calls = fake_model(answers, fail_after=1)
@@ -392,13 +394,13 @@ def test_run_writes_as_it_goes_and_resumes(tmp_path):
     lines = [json.loads(line) for line in out.read_text().splitlines()]  # the torn line was dropped
     assert sorted(x["id"] for x in lines) == [0, 1, 2, 3, 4]
     assert set(lines[0]) == {"id", "benchmark", "category", "prompt", "prediction", "extracted", "answer", "score",
-                             "inputs"}
+                             "item_hash", "inputs"}
     assert lines[0]["inputs"] == {"mode": "images", "frames": 2, "grids": [], "tokens": 0}  # the fake shows nothing
     assert {x["id"]: x["score"] for x in lines} == {0: 1.0, 1: 0.0, 2: 1.0, 3: 1.0, 4: 0.0}
     assert {x["id"]: x["prediction"] for x in lines} == AA_PREDS  # decoded text stripped
     E.run_benchmark("allangles", items, out, lambda: pytest.fail("nothing left to do, yet the model was loaded"),
           inputs="train-size")
-    assert E.score_file("allangles", items, out)["overall"] == pytest.approx(60.0)
+    assert scoring.score_file("allangles", items, out)["overall"] == pytest.approx(60.0)
     with pytest.raises(ValueError, match="other settings .inputs: 'train-size' now 'official'"):
         E.run_benchmark("allangles", items, out, lambda: pytest.fail("refused before loading"), inputs="official")
 
@@ -407,11 +409,7 @@ def test_run_writes_as_it_goes_and_resumes(tmp_path):
 def test_end_to_end_tiny_model(tmp_path, capsys):
     import model
     ckpt = model.build_tiny(str(tmp_path / "tiny"))
-    roots = {"vsibench": vsi_root(tmp_path, frames=6), "allangles": aa_root(tmp_path)}
-    try:
-        roots["blink"] = blink_root(tmp_path)
-    except pytest.skip.Exception:
-        pass
+    roots = {"vsibench": vsi_root(tmp_path, frames=6), "allangles": aa_root(tmp_path), "blink": blink_root(tmp_path)}
     for bench, root in roots.items():
         out = tmp_path / f"{bench}.jsonl"
         run = ("run", "--benchmark", bench, "--data", root, "--model", ckpt, "--out", out, "--limit", 1,
@@ -579,10 +577,10 @@ def test_unknown_family_is_named():
 def test_blink_second_pass(pred, second):
     item = dict(id="val_Multi-view_Reasoning_1", category="Multi-view_Reasoning", prompt="", answer="(B)",
                 choices=["left", "right"])
-    line = E.score_item("blink", item, pred)
+    line = scoring.score_item("blink", item, pred)
     assert line["extracted"] is None and line["score"] == 0.0  # the official pass leaves these unresolved
     assert line["second_pass"] == second
-    assert "second_pass" not in E.score_item("blink", item, "(B)")  # resolved answers skip it
+    assert "second_pass" not in scoring.score_item("blink", item, "(B)")  # resolved answers skip it
 
 
 def test_blink_second_pass_reported_apart(tmp_path, capsys):
@@ -653,7 +651,7 @@ def test_end_to_end_official_inputs(tmp_path, capsys, tiny, kind):
         settings = json.loads(E.settings_path(out).read_text())
         assert settings["inputs"] == "official" and kind in settings["harness"]
         assert settings["dtype"] == ("bfloat16" if kind == "qwen2_vl" else "float32")  # CPU default: float32
-        n_visual = {str(it["id"]): len(it.get("images", [0] * 4)) for it in E.LOADERS[bench](root)}
+        n_visual = {str(it["id"]): len(it.get("images", [0] * 4)) for it in BENCHMARKS[bench].load(root)}
         for x in lines:
             n = n_visual[str(x["id"])]
             assert x["inputs"]["mode"] == ("video" if bench == "vsibench" else "images") and x["inputs"]["frames"] == n
@@ -741,20 +739,20 @@ def vsi_rows_with(tmp_path, row: int, **change):
     (1, dict(options=["Back", "Right", "Left"]), "options .'Back', 'Right', 'Left'. are not a list of lettered")])
 def test_vsi_bad_rows_are_named(tmp_path, row, change, message):
     with pytest.raises(ValueError, match=message):
-        E.load_vsibench(vsi_rows_with(tmp_path, row, **change))
+        vsibench.load(vsi_rows_with(tmp_path, row, **change))
 
 
 def test_vsi_scene_name_as_a_number(tmp_path):
     root = vsi_rows_with(tmp_path, 3, scene_name=41069025)  # an ARKitScenes id a converter wrote as a number
-    assert E.load_vsibench(root)[3]["video"] == str(root / "arkitscenes" / "41069025")
+    assert vsibench.load(root)[3]["video"] == str(root / "arkitscenes" / "41069025")
 
 
 def test_vsi_numeric_ground_truth_types(tmp_path):
-    items = E.load_vsibench(vsi_rows_with(tmp_path, 0, ground_truth=4))  # 4 as a number: to_float reads it too
-    assert E.score_item("vsibench", items[0], "3")["score"] == 0.6
-    assert E.score_item("vsibench", dict(items[0], answer="4.0"), "3.0")["score"] == 0.6
-    assert E.score_item("vsibench", dict(items[1], answer="b"), "B")["score"] == 1.0  # exact_match lowers both
-    assert E.vsi_to_float(None) is None  # utils.py to_float: any failure -> None
+    items = vsibench.load(vsi_rows_with(tmp_path, 0, ground_truth=4))  # 4 as a number: to_float reads it too
+    assert scoring.score_item("vsibench", items[0], "3")["score"] == 0.6
+    assert scoring.score_item("vsibench", dict(items[0], answer="4.0"), "3.0")["score"] == 0.6
+    assert scoring.score_item("vsibench", dict(items[1], answer="b"), "B")["score"] == 1.0  # exact_match lowers both
+    assert vsibench.to_float(None) is None  # utils.py to_float: any failure -> None
 
 
 def test_data_files_that_are_not_json_are_named(tmp_path):
@@ -762,23 +760,23 @@ def test_data_files_that_are_not_json_are_named(tmp_path):
     with (root / "test.jsonl").open("a") as f:
         f.write("{not json\n")
     with pytest.raises(ValueError, match=r"test.jsonl:9: not JSON"):
-        E.load_vsibench(root)
+        vsibench.load(root)
     rows = [json.loads(line) for line in (root / "test.jsonl").read_text().splitlines()[:8]]
     (root / "test.json").write_text(json.dumps(rows))  # a JSON list, not JSONL
     with pytest.raises(ValueError, match=r"test.json row 0: a JSON list, not an object with the fields id"):
-        E.load_vsibench(root / "test.json")
+        vsibench.load(root / "test.json")
     aa = aa_root(tmp_path)
     (aa / "data.json").write_text('{"data": []}')
     with pytest.raises(ValueError, match=r"data.json: a JSON dict, not the released list"):
-        E.load_allangles(aa)
+        allangles.load(aa)
     (aa / "data.json").write_text('[{"index": 0,')
     with pytest.raises(ValueError, match=r"data.json: not JSON"):
-        E.load_allangles(aa)
+        allangles.load(aa)
 
 
 def test_allangles_data_json_as_data(tmp_path):
     root = aa_root(tmp_path)
-    assert E.load_allangles(root / "data.json") == E.load_allangles(root)  # images still relative to the folder
+    assert allangles.load(root / "data.json") == allangles.load(root)  # images still relative to the folder
 
 
 def test_allangles_empty_options_are_no_options(tmp_path):
@@ -786,10 +784,10 @@ def test_allangles_empty_options_are_no_options(tmp_path):
     rows = json.loads((root / "data.json").read_text())
     rows[2]["C"], rows[4]["C"] = "", float("nan")  # json writes NaN; VLMEvalKit's pd.isna drops both
     (root / "data.json").write_text(json.dumps(rows))
-    items = E.load_allangles(root)
+    items = allangles.load(root)
     assert items[2]["options"] == {"A": "2", "B": "3"} and "C." not in items[2]["prompt"]
     assert items[4]["options"] == {"A": "up", "B": "down"}
-    assert E.score_item("allangles", items[2], "3")["extracted"] == "B"  # "" would match every answer's text
+    assert scoring.score_item("allangles", items[2], "3")["extracted"] == "B"  # "" would match every answer's text
 
 
 def test_allangles_answer_must_be_an_option(tmp_path):
@@ -798,7 +796,7 @@ def test_allangles_answer_must_be_an_option(tmp_path):
     rows[2]["answer"] = "b"  # mcq_vanilla_eval compares letters case-sensitively: it could never be hit
     (root / "data.json").write_text(json.dumps(rows))
     with pytest.raises(ValueError, match="entry 2: answer 'b' is not one of its option letters A, B, C"):
-        E.load_allangles(root)
+        allangles.load(root)
 
 
 @pytest.mark.parametrize("answer, choices, message", [
@@ -807,7 +805,6 @@ def test_allangles_answer_must_be_an_option(tmp_path):
     ("(C)", ["yes", "no"], "answer '.C.' is not one of"),
     ("(A)", [], "choices .. are not a list of option texts")])
 def test_blink_bad_answers_are_named(tmp_path, answer, choices, message):
-    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
     root = blink_root(tmp_path)
     f = root / "Spatial_Relation" / "val-00000-of-00001.parquet"
     table = pq.read_table(f)
@@ -817,29 +814,28 @@ def test_blink_bad_answers_are_named(tmp_path, answer, choices, message):
     pq.write_table(table, f)
     with pytest.raises(ValueError, match=r"Spatial_Relation/val-00000-of-00001.parquet row val_Spatial_Relation_1: "
                        + message):
-        E.load_blink(root)
+        blink.load(root)
 
 
 def test_blink_image_columns_of_plain_bytes_or_paths(tmp_path):
-    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
     root = blink_root(tmp_path)
     f = root / "Spatial_Relation" / "val-00000-of-00001.parquet"
     table = pq.read_table(f)
     for values, kind in (([png(1), png(2)], pa.binary()), (["1.png", "2.png"], pa.string())):
         pq.write_table(table.set_column(table.schema.get_field_index("image_1"), "image_1", pa.array(values, kind)), f)
         if kind == pa.binary():  # the image bytes themselves, without the HF struct around them: usable
-            items = {it["id"]: it for it in E.load_blink(root)}
-            assert np.asarray(E.visuals(items["val_Spatial_Relation_2"], 32)[0])[0, 0, 0] == 2
+            items = {it["id"]: it for it in blink.load(root)}
+            assert np.asarray(media.visuals(items["val_Spatial_Relation_2"], 32)[0])[0, 0, 0] == 2
         else:
             with pytest.raises(ValueError, match="row val_Spatial_Relation_1: an image without embedded bytes"):
-                E.load_blink(root)
+                blink.load(root)
 
 
 def test_score_refuses_other_benchmarks_and_non_string_predictions(tmp_path, capsys):
     root = vsi_root(tmp_path, frames=1)
     score = ("score", "--benchmark", "vsibench", "--data", root, "--predictions")
     aa = tmp_path / "aa.jsonl"  # written by `run --benchmark allangles`: its ids 0..4 are VSI-Bench ids too
-    write_jsonl(aa, [E.score_item("allangles", it, "A") for it in E.load_allangles(aa_root(tmp_path))])
+    write_jsonl(aa, [scoring.score_item("allangles", it, "A") for it in allangles.load(aa_root(tmp_path))])
     for extra in ((), ("--allow-partial",)):
         with pytest.raises(SystemExit, match="aa.jsonl: written for allangles, not vsibench"):
             cli(capsys, *score, aa, *extra)
@@ -855,9 +851,9 @@ def test_score_refuses_other_benchmarks_and_non_string_predictions(tmp_path, cap
 
 def test_run_refuses_to_resume_another_benchmarks_file(tmp_path):
     out = tmp_path / "aa.jsonl"  # All-Angles ids 0..4 would count as VSI-Bench items already answered
-    write_jsonl(out, [E.score_item("allangles", it, "A") for it in E.load_allangles(aa_root(tmp_path))])
+    write_jsonl(out, [scoring.score_item("allangles", it, "A") for it in allangles.load(aa_root(tmp_path))])
     with pytest.raises(ValueError, match="aa.jsonl holds allangles predictions; use another --out"):
-        E.run_benchmark("vsibench", E.load_vsibench(vsi_root(tmp_path, frames=1)), out,
+        E.run_benchmark("vsibench", vsibench.load(vsi_root(tmp_path, frames=1)), out,
                         lambda: pytest.fail("the model must not load"))
 
 
@@ -868,7 +864,8 @@ def test_predictions_are_read_as_utf8_in_any_locale(tmp_path):
     preds = tmp_path / "p.jsonl"
     preds.write_text('{"id": 0, "prediction": "3 chaises, \u00e9t\u00e9 \u4e09"}\n', encoding="utf-8")
     env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")  # locale encoding: ASCII
-    code = f"import eval; from pathlib import Path; print(ascii(eval.read_predictions(Path({str(preds)!r}))[0]))"
+    code = (f"import benchmarks.scoring as S; from pathlib import Path; "
+            f"print(ascii(S.read_predictions(Path({str(preds)!r}))[0]))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          cwd=os.path.dirname(E.__file__))
     assert out.stdout.strip() == ascii({"0": "3 chaises, \u00e9t\u00e9 \u4e09"}), out.stderr[-300:]
@@ -908,3 +905,190 @@ def test_rel_direction_subtype_scores_its_whole_column(tmp_path, capsys):
 
 def test_docstring_commands_keep_their_line_breaks():
     assert "Qwen/Qwen2.5-VL-7B-Instruct \\\n" in E.__doc__  # `--help` shows the command as written
+
+
+# ----------------------------------------------------------------------------- broken media are named (issue 26)
+
+def run_fake(items, out, bench="allangles", **kw):
+    """run_benchmark with the stand-in model of fake_model (answers every prompt with "A")."""
+    vlm, processor, _ = fake_model({it["prompt"]: "A" for it in items})
+    E.run_benchmark(bench, items, out, lambda: (vlm, processor), inputs="train-size", **kw)
+
+
+def test_truncated_jpeg_is_named(tmp_path):
+    root = aa_root(tmp_path)
+    jpg = root / "0001_fencing/cam02/00003.jpg"
+    Image.fromarray(rgb(64, 96)).save(jpg, quality=95)
+    jpg.write_bytes(jpg.read_bytes()[:len(jpg.read_bytes()) // 2])
+    with pytest.raises(media.MediaError, match=r"item 3: .*cam02/00003.jpg: cannot decode \(.*truncated.*\); the "
+                       "file is truncated or corrupt: replace it"):
+        run_fake(allangles.load(root), tmp_path / "aa.jsonl")
+
+
+def blink_image(root, rows: list, column="image_1", subtask="Spatial_Relation"):
+    """Replace one image column of a BLINK fixture parquet with these bytes (one value per row)."""
+    f = root / subtask / "val-00000-of-00001.parquet"
+    table = pq.read_table(f)
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    values = pa.array([dict(bytes=b, path="x.png") for b in rows], type=image)
+    pq.write_table(table.set_column(table.schema.get_field_index(column), column, values), f)
+
+
+def test_garbage_image_bytes_in_a_blink_row_are_named(tmp_path):
+    root = blink_root(tmp_path)
+    blink_image(root, [png(1), b"\x89PNG not really"])
+    with pytest.raises(media.MediaError, match=r"item val_Spatial_Relation_2: .*Spatial_Relation/val-00000-of-00001"
+                       r".parquet row val_Spatial_Relation_2 column image_1: not a readable image .*replace it"):
+        E.run_benchmark("blink", blink.load(root), tmp_path / "b.jsonl", lambda: pytest.fail("checked before loading"))
+
+
+def test_extreme_aspect_ratio_is_named(tmp_path):
+    root = aa_root(tmp_path)
+    Image.fromarray(rgb(2, 800)).save(root / "0001_fencing/cam01/00002.jpg")  # 400 times wider than high
+    with pytest.raises(media.MediaError, match=r"item 2: .*cam01/00002.jpg: 800x2 px, an aspect ratio of 400:1 "
+                       r"\(Qwen2-VL's processor refuses 200:1 or more\); crop or pad"):
+        E.run_benchmark("allangles", allangles.load(root), tmp_path / "aa.jsonl",
+                        lambda: pytest.fail("checked before loading"))
+
+
+def test_frame_folder_of_mixed_sizes_is_named(tmp_path):
+    root = vsi_root(tmp_path, frames=4)
+    (root / "scannet/scene0050_01/00002.png").write_bytes(png(2, size=(8, 16)))
+    items = scoring.select("vsibench", vsibench.load(root), ["object_counting"])
+    with pytest.raises(media.MediaError, match=r"item 0: .*scannet/scene0050_01: its frames differ in size "
+                       r"\(sampled frame 0 is 8x8, frame 2 is 16x8\); .*extract them again"):
+        run_fake(items, tmp_path / "vsi.jsonl", bench="vsibench", n_frames=4)
+
+
+def test_broken_video_is_named(tmp_path):
+    root = vsi_root(tmp_path, frames=1)
+    (root / "scannet/scene0050_01.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 and then nothing")
+    items = scoring.select("vsibench", vsibench.load(root), ["object_counting"])
+    with pytest.raises(media.MediaError, match=r"item 0: .*scannet/scene0050_01.mp4: cannot decode the video "
+                       r"\(.*\); the file is truncated, corrupt or holds no video: replace it"):
+        run_fake(items, tmp_path / "vsi.jsonl", bench="vsibench", n_frames=4)
+
+
+def test_decompression_bomb_is_named(tmp_path, monkeypatch):
+    root = aa_root(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # the fixtures' 16x24 views and 8x8 frames are "bombs" here
+    with pytest.raises(media.MediaError, match=r"item 0: .*cam01/00000.jpg: Image size \(384 pixels\) exceeds limit "
+                       r".*decompression bomb guard\): downscale it"):
+        E.run_benchmark("allangles", allangles.load(root), tmp_path / "aa.jsonl",
+                        lambda: pytest.fail("checked before loading"))
+    root = vsi_root(tmp_path, frames=2)  # frames of a VSI-Bench folder are read the same way
+    with pytest.raises(media.MediaError, match=r"item 0: .*scene0050_01/00000.png: Image size .* decompression bomb"):
+        media.visuals(vsibench.load(root)[0], 2)
+
+
+def png16(value: int, size=(8, 8)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full(size, value, np.uint16)).save(buf, format="PNG")  # PIL mode I;16
+    return buf.getvalue()
+
+
+def test_16_bit_images_are_scaled_not_white(tmp_path):
+    root = aa_root(tmp_path)
+    (root / "0001_fencing/cam01/00000.jpg").write_bytes(png16(100 * 257))  # the reader goes by content, not suffix
+    assert np.asarray(media.visuals(allangles.load(root)[0], 32)[0])[0, 0].tolist() == [100, 100, 100]
+    root = blink_root(tmp_path)
+    blink_image(root, [png16(200 * 257), png16(65535)])
+    items = {it["id"]: it for it in blink.load(root)}
+    assert np.asarray(media.visuals(items["val_Spatial_Relation_1"], 32)[0])[0, 0].tolist() == [200] * 3
+    assert np.asarray(media.visuals(items["val_Spatial_Relation_2"], 32)[0])[0, 0].tolist() == [255] * 3
+
+
+# ----------------------------------------------------------------------------- a resume checks what it resumes
+
+def test_resume_with_another_frame_size_is_refused(tmp_path):
+    items, out = allangles.load(aa_root(tmp_path))[:2], tmp_path / "aa.jsonl"
+    run_fake(items[:1], out, settings=dict(frame_size=112))
+    with pytest.raises(ValueError, match=r"aa.jsonl was written with other settings \(frame_size: 112 now 224\); "
+                       r"use another --out, or delete .*aa.jsonl and aa.settings.json"):
+        run_fake(items, out, settings=dict(frame_size=224))
+    run_fake(items, out, settings=dict(frame_size=112))  # the same settings resume
+    assert len(out.read_text().splitlines()) == 2
+
+
+def test_resume_with_other_questions_under_the_same_ids_is_refused(tmp_path):
+    root = aa_root(tmp_path)
+    out = tmp_path / "aa.jsonl"
+    run_fake(allangles.load(root), out)
+    rows = json.loads((root / "data.json").read_text())
+    rows[3]["question"] = "How many chairs are in View 3?"
+    (root / "data.json").write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match=r"aa.jsonl: 1 answer\(s\) were made for other questions than --data "
+                       r"holds now \(ids 3\); use another --out, or delete"):
+        run_fake(allangles.load(root), out)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ("", r"aa.settings.json: unreadable \(Expecting value: line 1 column 1 .*\); it records what aa.jsonl was made "
+         r"with: use another --out, or delete"),
+    (b"{\"inputs\": \"train-size\xe9\"}", r"aa.settings.json:1: byte 0xe9 is not UTF-8"),
+    ("[1]", r"aa.settings.json: a JSON list, not the settings object"),
+    (None, r"aa.jsonl holds 5 answer\(s\) but no aa.settings.json records what made them; use another --out")])
+def test_unreadable_settings_are_named(tmp_path, settings, message):
+    items, out = allangles.load(aa_root(tmp_path)), tmp_path / "aa.jsonl"
+    run_fake(items, out)
+    path = E.settings_path(out)
+    if settings is None:
+        path.unlink()
+    else:
+        path.write_bytes(settings if isinstance(settings, bytes) else settings.encode())
+    with pytest.raises(ValueError, match=message) as e:
+        run_fake(items, out)
+    assert "\n" not in str(e.value)
+
+
+def test_question_files_that_are_not_utf8_are_named(tmp_path, capsys):
+    root = vsi_root(tmp_path, frames=1)
+    text = (root / "test.jsonl").read_bytes().replace(b"refrigerator", "r\u00e9frig\u00e9rateur".encode("latin-1"))
+    (root / "test.jsonl").write_bytes(text)
+    preds = write_preds(tmp_path / "p.jsonl", VSI_PREDS)
+    with pytest.raises(SystemExit, match=r"^eval.py score: error: .*test.jsonl:2: byte 0xe9 is not UTF-8 .*re-save "
+                       "the file as UTF-8"):
+        cli(capsys, "score", "--benchmark", "vsibench", "--data", root, "--predictions", preds)
+    aa = aa_root(tmp_path)
+    (aa / "data.json").write_bytes((aa / "data.json").read_bytes().replace(b"people", "p\u00e9ople".encode("latin-1")))
+    with pytest.raises(ValueError, match=r"data.json:1: byte 0xe9 is not UTF-8"):
+        allangles.load(aa)
+
+
+def retrain(folder, tmp_path):
+    """Other weights exported into the same folder, as a second training run with the same --out does."""
+    import shutil
+    import model
+    other = model.build_tiny(str(tmp_path / "retrained"), seed=1)
+    for f in (tmp_path / "retrained").glob("*.safetensors"):
+        shutil.copy(f, folder)
+    return other
+
+
+def test_weights_fingerprint_follows_the_bytes_not_the_path(tmp_path):
+    import shutil
+    import model
+    folder = model.build_tiny(str(tmp_path / "ckpt"))
+    print_ = E.weights_fingerprint(folder)
+    shutil.copytree(folder, tmp_path / "moved")
+    assert E.weights_fingerprint(str(tmp_path / "moved")) == print_  # same weights elsewhere: the same model
+    retrain(folder, tmp_path)
+    assert E.weights_fingerprint(folder) != print_
+    with pytest.raises(FileNotFoundError, match=r"no \*.safetensors or \*.bin weight files"):
+        E.weights_fingerprint(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_resume_after_retraining_in_place_is_refused(tmp_path, capsys):
+    import model
+    ckpt = model.build_tiny(str(tmp_path / "ckpt"))
+    root, out = aa_root(tmp_path), tmp_path / "aa.jsonl"
+    run = ("run", "--benchmark", "allangles", "--data", root, "--model", ckpt, "--out", out, "--max-new-tokens", 1,
+           "--device", "cpu", "--inputs", "train-size", "--frame-size", 56, "--categories")
+    cli(capsys, *run, "counting")
+    assert len(out.read_text().splitlines()) == 1
+    retrain(ckpt, tmp_path)
+    with pytest.raises(SystemExit, match=r"aa.jsonl was written with other settings \(weights_fingerprint: '[0-9a-f]+"
+                       r"' now '[0-9a-f]+'\); use another --out, or delete"):
+        cli(capsys, *run, "counting", "manipulation")
+    assert len(out.read_text().splitlines()) == 1
