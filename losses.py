@@ -20,6 +20,8 @@ Memory: model.GASP.forward calls gasp_losses one layer at a time under a checkpo
 (P, N, N) logits of every pair and their softmax for backward; the fast path keeps only a logsumexp per track
 and recomputes the logits, a chunk of pairs under 32 MB at a time.
 
+At the end of the file, attention_loss: an extension, not in the paper (train.py --lambda-attn).
+
 Run: no entry point; tests are `python -m pytest tests/test_heads_losses.py -q`.
 References: GASP arXiv 2605.30231 §3; InfoNCE (van den Oord et al., arXiv 1807.03748);
 soft-argmax as in RAFT (Teed & Deng, arXiv 2003.12039).
@@ -58,12 +60,13 @@ def token_units(xy: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.T
 
 def bilinear(tokens: torch.Tensor, xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """G3's bilinear(E^f, ·): tokens (..., B, T, C) of an h x w grid (T = h*w) read at xy (B, N, 2) grid
-    coordinates -> (..., B, N, C) float32. Points beyond the edge token centres take the edge tokens."""
+    coordinates -> (..., B, N, C). Points beyond the edge token centres take the edge tokens. Read in float32
+    (bf16 grid coordinates would miss by up to 1/8 token on a 64-token side), returned in the tokens' dtype."""
     *lead, B, T, C = tokens.shape
     maps = tokens.float().reshape(-1, h, w, C).permute(0, 3, 1, 2)  # (K B, C, h, w), K = prod(lead)
     grid = xy.float().expand(*lead, *xy.shape).reshape(-1, 1, xy.shape[-2], 2)  # (K B, 1, N, 2)
     out = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)  # (K B, C, 1, N)
-    return out[:, :, 0].mT.reshape(*lead, B, -1, C)
+    return out[:, :, 0].mT.reshape(*lead, B, -1, C).to(tokens.dtype)
 
 
 def candidates(uv_b: torch.Tensor, valid: torch.Tensor, token_px: float) -> torch.Tensor:
@@ -73,10 +76,10 @@ def candidates(uv_b: torch.Tensor, valid: torch.Tensor, token_px: float) -> torc
     Assumption: the near-positive mask (tracks within a token are not negatives) is ours.
     Assumption: negatives come from the target frame only. Two digests of the paper say negatives are drawn
     from all frames except the anchor; that variant is left out (it needs every frame's k side per pair)."""
-    near = torch.cdist(uv_b.float(), uv_b.float()) <= token_px  # (P, N, N) within a token of each other
+    far = torch.cdist(uv_b.float(), uv_b.float()) > token_px  # (P, N, N) more than a token apart
     both = valid[:, :, None] & valid[:, None, :]  # (P, N, N) i and k both valid: an invalid track is no negative
     eye = torch.eye(uv_b.shape[1], dtype=torch.bool, device=uv_b.device)  # the positive always stays
-    return (~near & both) | eye
+    return far & both | eye
 
 
 def info_nce(ea: torch.Tensor, eb: torch.Tensor, cand: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -158,13 +161,13 @@ def gasp_losses(e_q: torch.Tensor, e_k: torch.Tensor, targets: dict, tau: float 
     ta = e_q[:, targets["a"] - q_offset].reshape(L, P, h * w, r)  # (L, P, T, r) anchor frames' tokens
     tb = e_k[:, targets["b"]].reshape(L, P, h * w, r)  # (L, P, T, r) target tokens t_j^b
     xy_a, xy_b, cand, valid = targets["xy_a"], targets["xy_b"], targets["cand"], targets["valid"]
-    if fast:  # optional fast path, tested equal to the two lines of each equation below
-        ea, eb = infonce.points(ta, xy_a, h, w, 1 / tau), infonce.points(tb, xy_b, h, w)
-        corr = masked_mean(infonce.pair_nll(ea, eb, cand), valid)
-    else:
-        ea = F.normalize(bilinear(ta, xy_a, h, w), dim=-1) / tau  # (L, P, N, r): G3, 1/τ on the anchor side
+    if not fast:
+        ea = F.normalize(bilinear(ta, xy_a, h, w), dim=-1) / tau  # (L, P, N, r): G3; 1/τ here serves G4 and G5
         eb = F.normalize(bilinear(tb, xy_b, h, w), dim=-1)  # (L, P, N, r)
         corr = info_nce(ea, eb, cand, valid)  # G4
+    else:  # the optional fast path, tested equal to the three lines above
+        ea, eb = infonce.points(ta, xy_a, h, w, 1 / tau), infonce.points(tb, xy_b, h, w)
+        corr = masked_mean(infonce.pair_nll(ea, eb, cand), valid)
     if targets["D_b"] is None:
         return corr, torch.zeros_like(corr)
     S = ea @ tb.transpose(2, 3)  # (L, P, N, T) <e_i^a, t_j^b>/τ
