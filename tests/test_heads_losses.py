@@ -3,10 +3,9 @@ against the plain losses."""
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
-
-import pytest
 
 from heads import CorrespondenceHeads, fold_kv, repeat_kv
 from kernels import infonce
