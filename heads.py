@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Notation: L supervised layers, T tokens, d_in head input size, r embedding size.
+# Notation: L supervised layers, T tokens, d_in head input size, r embedding size;
+# H / H_kv attention heads (query / key), attn_dim the attention head size.
 
 
 class CorrespondenceHeads(nn.Module):
@@ -39,16 +40,17 @@ class CorrespondenceHeads(nn.Module):
         nn.init.normal_(self.w1, std=d_in**-0.5)
         nn.init.normal_(self.w2, std=(2 * r) ** -0.5)
 
-    def forward(self, v: torch.Tensor, layers: slice = slice(None), d_head: int = 0) -> torch.Tensor:
+    def forward(self, v: torch.Tensor, layers: slice = slice(None), attn_dim: int = 0) -> torch.Tensor:
         """v (L', T, d_in) for the L' heads in `layers` -> (L', T, r). GQA keys may come unrepeated,
-        (L', T, H_kv * d_head) with the attention head size d_head given: W1 is folded onto them (fold_kv), the same
-        result as on repeat_kv(k) for H / H_kv times fewer multiply-adds. v may be in the LLM's dtype: under autocast
-        the matmuls take it as it comes (no float32 copy of a bf16 capture); without, it is cast to the heads' dtype."""
+        (L', T, H_kv * attn_dim) with the attention head size attn_dim given: W1 is folded onto them (fold_kv), the
+        same result as on repeat_kv(k) for H / H_kv times fewer multiply-adds. v may be in the LLM's dtype: under
+        autocast the matmuls take it as it comes (no float32 copy of a bf16 capture); without, it is cast to the
+        heads' dtype."""
         if not torch.is_autocast_enabled(v.device.type):
             v = v.to(self.w1.dtype)
         w1 = self.w1[layers]
         if v.shape[-1] != w1.shape[-1]:
-            w1 = fold_kv(w1, v.shape[-1] // d_head, d_head)
+            w1 = fold_kv(w1, v.shape[-1] // attn_dim, attn_dim)
         # G1: e = normalize(W2 · GELU(W1 · v + b1) + b2), the sliced layers in one batched matmul.
         h = F.gelu(torch.baddbmm(self.b1[layers, None], v, w1.transpose(1, 2)))  # (L', T, 2r)
         e = torch.baddbmm(self.b2[layers, None], h, self.w2[layers].transpose(1, 2))  # (L', T, r)
@@ -80,17 +82,17 @@ class CorrespondenceHeads(nn.Module):
         self.b2.zero_()
 
 
-def fold_kv(w: torch.Tensor, num_kv_heads: int, d_head: int) -> torch.Tensor:
-    """A map read from repeat_kv(k) -> the same map read from k: w (..., H * d_h) -> (..., H_kv * d_h),
+def fold_kv(w: torch.Tensor, num_kv_heads: int, attn_dim: int) -> torch.Tensor:
+    """A map read from repeat_kv(k) -> the same map read from k: w (..., H * attn_dim) -> (..., H_kv * attn_dim),
     summing the columns of the query heads that share a key head (GQA)."""
-    n_rep = w.shape[-1] // (num_kv_heads * d_head)
-    return w.unflatten(-1, (num_kv_heads, n_rep, d_head)).sum(-2).flatten(-2)
+    n_rep = w.shape[-1] // (num_kv_heads * attn_dim)
+    return w.unflatten(-1, (num_kv_heads, n_rep, attn_dim)).sum(-2).flatten(-2)
 
 
-def repeat_kv(k: torch.Tensor, num_heads: int, d_head: int) -> torch.Tensor:
-    """(..., H_kv * d_h) -> (..., H * d_h): key head g serves query heads g*n .. g*n + n - 1 (GQA)."""
-    h_kv = k.shape[-1] // d_head
+def repeat_kv(k: torch.Tensor, num_heads: int, attn_dim: int) -> torch.Tensor:
+    """(..., H_kv * attn_dim) -> (..., H * attn_dim): key head g serves query heads g*n .. g*n + n - 1 (GQA)."""
+    h_kv = k.shape[-1] // attn_dim
     if h_kv == num_heads:
         return k
-    k = k.unflatten(-1, (h_kv, 1, d_head))  # (..., H_kv, 1, d_h)
-    return k.expand(*k.shape[:-2], num_heads // h_kv, d_head).flatten(-3)
+    k = k.unflatten(-1, (h_kv, 1, attn_dim))  # (..., H_kv, 1, attn_dim)
+    return k.expand(*k.shape[:-2], num_heads // h_kv, attn_dim).flatten(-3)

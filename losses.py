@@ -13,11 +13,14 @@ In a pair (a, b) the anchor a is the later frame (q-side embeddings), b the earl
 (k-side embeddings): the direction causal attention reads, the one the probe (G8) measures.
 Pairs are (sample anchor, every other frame), ordered in time.
 
-Memory: model.GASP.forward calls gasp_losses one layer at a time under a checkpoint, and PairNLL holds
-the (c, N, N) logits of a chunk of c frame pairs at a time, in forward and in backward, under
-PAIR_CHUNK_BYTES (32 MB: at the paper's N = 640, 20 pairs in float32, 13 under bf16 autocast, where each
-float32 logit also has a bf16 copy). bilinear's (P, N, T) corner-weight matrices (5.5 MB each there) live as
-long as one layer's loss.
+The plain code below is the primary path, written as the equations read. gasp_losses(fast=True) (the default,
+the one train.py runs) swaps G3-G4 for kernels/infonce.py, an optional fast path the tests hold equal to it.
+
+Memory: model.GASP.forward calls gasp_losses one layer at a time under a checkpoint. The plain G4 keeps the
+(P, N, N) logits of every pair and their softmax for backward; the fast path keeps only a logsumexp per track
+and recomputes the logits, a chunk of pairs under 32 MB at a time.
+
+At the end of the file, attention_loss: an extension, not in the paper (train.py --lambda-attn).
 
 Run: no entry point; tests are `python -m pytest tests/test_heads_losses.py -q`.
 References: GASP arXiv 2605.30231 §3; InfoNCE (van den Oord et al., arXiv 1807.03748);
@@ -27,6 +30,9 @@ soft-argmax as in RAFT (Teed & Deng, arXiv 2003.12039).
 import math
 
 import torch
+import torch.nn.functional as F
+
+from kernels import infonce
 
 # Notation: L layers, F frames, (h, w) token grid, T = h*w tokens, N tracks, P frame pairs, r embedding size.
 
@@ -52,98 +58,15 @@ def token_units(xy: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.T
     return (xy[..., 0].float() + 1) / 2 * (w - 1), (xy[..., 1].float() + 1) / 2 * (h - 1)
 
 
-def corner_weights(xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Bilinear weights of points xy (B, N, 2) (grid coordinates) over the h x w tokens -> (B, N, T) float32,
-    4 non-zero weights a row summing to 1. Points beyond the edge token centres take the edge tokens."""
-    x, y = token_units(xy, h, w)
-    x, y = x.clamp(0, w - 1), y.clamp(0, h - 1)  # (B, N), border
-    x0, y0 = x.floor(), y.floor()
-    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)  # on the last centre x1 = x0, weight x - x0 = 0
-    weights = torch.zeros(*x.shape, h * w, device=x.device)  # (B, N, T)
-    for yi, xi, wi in ((y0, x0, (x0 + 1 - x) * (y0 + 1 - y)), (y0, x1, (x - x0) * (y0 + 1 - y)),
-                       (y1, x0, (x0 + 1 - x) * (y - y0)), (y1, x1, (x - x0) * (y - y0))):
-        weights.scatter_add_(-1, (yi * w + xi).long()[..., None], wi[..., None])
-    return weights
-
-
 def bilinear(tokens: torch.Tensor, xy: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """G3 before its re-normalisation: tokens (..., B, T, C) of an h x w grid (T = h*w) read at xy (B, N, 2)
-    grid coordinates -> (..., B, N, C). Points beyond the edge token centres take the edge tokens: the values of
-    F.grid_sample(align_corners=True, padding_mode="border"), as a (B, N, T) matrix of each point's 4 corner
-    weights times the tokens, in the tokens' dtype (float32 heads: float32 under autocast too, as grid_sample).
-    (On CPU the matmul and its backward take half the time of grid_sample's backward scatter.)"""
-    with torch.autocast(tokens.device.type, enabled=False):
-        return corner_weights(xy, h, w).to(tokens.dtype) @ tokens
-
-
-PAIR_CHUNK_BYTES = 32 * 2**20  # PairNLL's bound on one chunk's (c, N, N) logits (float32 + their matmul-dtype copy)
-_OFF = 1e30  # logit given to k ∉ C_i through the matmul's bias (masked_fill with a bool mask costs 5x more on CPU)
-_EXP_FLOOR = -40.0  # softmax exponents are clamped here: exp(-40) = 4e-18 is 0 next to the row max's exp(0) = 1 at
-#                     float32 precision (N * 4e-18 << 6e-8), while exp below -87 (denormal or zero results: -1e30, -inf)
-#                     and matmuls on denormals are 10-50x slower on CPU
-
-
-def _wide(x: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)
-
-
-def _masked_logits(a: torch.Tensor, b: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-    """a (c, N, r), b (c, N, r) in the matmul dtype, cand (c, N, N) -> (c, N, N) <a_i, b_k> for k ∈ C_i,
-    -1e30 elsewhere, in float32 (float64 for float64 inputs). The mask enters the matmul as its bias."""
-    off = cand.view(torch.uint8).to(a.dtype).sub_(1)  # (c, N, N): 0 on C_i, -1 off it
-    return off.baddbmm_(a, b.mT, beta=_OFF).to(_wide(a))  # _OFF * off + a bᵀ
-
-
-class PairNLL(torch.autograd.Function):
-    """G4's -log softmax of the positive over C_i for B frame pairs. ea (B, N, r) anchor points already
-    divided by τ, eb (B, N, r) target points, cand (B, N, N) C_i as a mask that holds the diagonal (the
-    positive; candidates() gives it) -> nll (B, N) = logsumexp_k∈C_i <ea_i, eb_k> - <ea_i, eb_i>.
-    Memory (as flash attention): pairs go through in chunks of c whose (c, N, N) logits stay under
-    chunk_bytes; only the logsumexp (B, N) is kept, the logits are recomputed in backward.
-    Precision: the matmuls run in the dtype autocast gives them at forward (bf16 under bf16 autocast, else
-    float32), in backward too whatever the autocast state then, so backward differentiates the forward
-    that ran; the logsumexp, the softmax and the gradient sums are float32."""
-
-    @staticmethod
-    def forward(ctx, ea, eb, cand, chunk_bytes=PAIR_CHUNK_BYTES):
-        dev, acc = ea.device.type, _wide(ea)  # acc: float32 (float64 for float64 inputs)
-        mm = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) and acc == torch.float32 else acc
-        B, N, _ = ea.shape
-        extra = 0 if mm == acc else mm.itemsize  # the matmul's own output, before its float32 copy
-        ctx.mm, ctx.c = mm, max(1, chunk_bytes // (N * N * (acc.itemsize + extra)))  # pairs per chunk
-        lse, pos = (torch.empty(B, N, dtype=acc, device=ea.device) for _ in range(2))
-        with torch.autocast(dev, enabled=False):
-            a, b = ea.to(mm), eb.to(mm)
-            for s in range(0, B, ctx.c):
-                p = slice(s, s + ctx.c)
-                S = _masked_logits(a[p], b[p], cand[p])  # (c, N, N)
-                pos[p] = S.diagonal(dim1=1, dim2=2)  # <ea_i, eb_i>
-                m = S.amax(-1, keepdim=True)  # (c, N, 1): finite, the diagonal is in C_i
-                lse[p] = S.sub_(m).clamp_(min=_EXP_FLOOR).exp_().sum(-1).log_().add_(m[..., 0])  # logsumexp in place
-        ctx.save_for_backward(ea, eb, cand, lse)
-        return lse - pos
-
-    @staticmethod
-    def backward(ctx, g):  # d/d ea_i = g_i (Σ_k A_ik eb_k - eb_i); d/d eb_k = Σ_i g_i A_ik ea_i - g_k ea_k
-        ea, eb, cand, lse = ctx.saved_tensors
-        with torch.autocast(ea.device.type, enabled=False):
-            a, b, g = ea.to(ctx.mm), eb.to(ctx.mm), g.to(lse.dtype)
-            ga, gb = -g[..., None] * b.to(lse.dtype), -g[..., None] * a.to(lse.dtype)  # (B, N, r)
-            for s in range(0, len(a), ctx.c):
-                p = slice(s, s + ctx.c)
-                A = _masked_logits(a[p], b[p], cand[p]).sub_(lse[p, :, None]).clamp_(min=_EXP_FLOOR).exp_()  # A_ik
-                A = A.to(ctx.mm)  # (c, N, N); g_i is applied on the (N, r) sides, off the N x N one
-                ga[p] += g[p, :, None] * torch.bmm(A, b[p])
-                gb[p] += torch.bmm(A.mT, (g[p, :, None] * a[p]).to(ctx.mm))
-        return ga.to(ea.dtype), gb.to(eb.dtype), None, None
-
-
-def info_nce(ea: torch.Tensor, eb: torch.Tensor, cand: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """G4 per layer. ea (L, P, N, r) anchor point embeddings, already divided by τ; eb (L, P, N, r)
-    target point embeddings; cand (P, N, N) C_i as a mask (candidates()); valid (P, N) track visible
-    in both frames. Returns (L,); 0 when nothing is valid."""
-    nll = torch.stack([PairNLL.apply(ea[l], eb[l], cand) for l in range(len(ea))])  # (L, P, N)
-    return masked_mean(nll, valid)
+    """G3's bilinear(E^f, ·): tokens (..., B, T, C) of an h x w grid (T = h*w) read at xy (B, N, 2) grid
+    coordinates -> (..., B, N, C). Points beyond the edge token centres take the edge tokens. Read in float32
+    (bf16 grid coordinates would miss by up to 1/8 token on a 64-token side), returned in the tokens' dtype."""
+    *lead, B, T, C = tokens.shape
+    maps = tokens.float().reshape(-1, h, w, C).permute(0, 3, 1, 2)  # (K B, C, h, w), K = prod(lead)
+    grid = xy.float().expand(*lead, *xy.shape).reshape(-1, 1, xy.shape[-2], 2)  # (K B, 1, N, 2)
+    out = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)  # (K B, C, 1, N)
+    return out[:, :, 0].mT.reshape(*lead, B, -1, C).to(tokens.dtype)
 
 
 def candidates(uv_b: torch.Tensor, valid: torch.Tensor, token_px: float) -> torch.Tensor:
@@ -153,11 +76,20 @@ def candidates(uv_b: torch.Tensor, valid: torch.Tensor, token_px: float) -> torc
     Assumption: the near-positive mask (tracks within a token are not negatives) is ours.
     Assumption: negatives come from the target frame only. Two digests of the paper say negatives are drawn
     from all frames except the anchor; that variant is left out (it needs every frame's k side per pair)."""
-    dist = torch.cdist(uv_b.float(), uv_b.float())  # (P, N, N) px
-    v = valid.to(dist.dtype)  # (P, N)
-    dist.mul_(v[:, :, None]).mul_(v[:, None, :]).div_(token_px)  # in tokens; 0 (not a negative) if a track is invalid
-    dist.diagonal(dim1=1, dim2=2).fill_(torch.inf)  # the positive always stays
-    return dist > 1  # in place and one comparison: a third of the bool-mask passes' time on CPU
+    far = torch.cdist(uv_b.float(), uv_b.float()) > token_px  # (P, N, N) more than a token apart
+    both = valid[:, :, None] & valid[:, None, :]  # (P, N, N) i and k both valid: an invalid track is no negative
+    eye = torch.eye(uv_b.shape[1], dtype=torch.bool, device=uv_b.device)  # the positive always stays
+    return far & both | eye
+
+
+def info_nce(ea: torch.Tensor, eb: torch.Tensor, cand: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """G4 per layer. ea (L, P, N, r) anchor point embeddings, already divided by τ; eb (L, P, N, r)
+    target point embeddings; cand (P, N, N) C_i as a mask (candidates()); valid (P, N) track visible
+    in both frames. Returns (L,); 0 when nothing is valid."""
+    logits = (ea @ eb.mT).float()  # (L, P, N, N) <e_i^a, e_k^b>/τ; the softmax in float32 under autocast too
+    logits = logits.masked_fill(~cand, -torch.inf)  # k ∈ C_i only
+    nll = -logits.log_softmax(-1).diagonal(dim1=-2, dim2=-1)  # (L, P, N) -log softmax at the positive k = i
+    return masked_mean(nll, valid)
 
 
 def token_depth(depth: torch.Tensor, token_px: int) -> torch.Tensor:
@@ -182,7 +114,8 @@ def depth_loss(S: torch.Tensor, Db: torch.Tensor, d: torch.Tensor, valid: torch.
     # Assumption: tokens without valid depth are left out of the softmax (the paper is silent).
     # A frame with no valid token keeps its full softmax (finite, no NaN) and contributes nothing.
     valid = valid & (d > 0) & any_ok
-    off = torch.zeros(Db.shape, dtype=S.dtype, device=S.device).masked_fill_(~(tok_ok | ~any_ok), float("-inf"))  # (P, T)
+    keep = tok_ok | ~any_ok  # (P, T) the tokens in the softmax
+    off = torch.zeros(Db.shape, dtype=S.dtype, device=S.device).masked_fill_(~keep, -torch.inf)  # (P, T)
     A = torch.softmax(S + off[None, :, None, :], dim=-1)  # A_ij, the mask built once for all L and N
     d_hat = torch.einsum("lpnt,pt->lpn", A, Db.to(A.dtype))  # soft-argmax depth
     err = (d - d_hat).abs() / (d + d_hat + eps)  # (L, P, N)
@@ -213,58 +146,32 @@ def pair_targets(sample: dict, token_px: int, grid: tuple[int, int], with_depth:
                 d_b=track_depth[b], D_b=D_b)
 
 
-def unit(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """scale * F.normalize(x, dim=-1) for x (..., r) in one multiply: x * (scale / max(||x||, 1e-12)).
-    (F.normalize's broadcast division, then the scale, cost twice as much with their backward on CPU.)"""
-    return x * (scale / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-12))
-
-
 def gasp_losses(e_q: torch.Tensor, e_k: torch.Tensor, targets: dict, tau: float = 0.07,
-                q_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                q_offset: int = 0, fast: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """G3-G5 for one sample, every layer given.
 
     e_q (L, F_q, h, w, r), e_k (L, F_k, h, w, r): head embeddings of the visual tokens, q side and k side;
     e_q[:, i] is frame q_offset + i, e_k[:, i] is frame i (GASP.forward with anchor: q_offset = anchor).
     targets: pair_targets(sample). Returns per-layer L_corr (L,) and L_depth (L,) (zeros without depth targets).
+    fast: G3-G4 by kernels/infonce.py (the same values and gradients, less time and memory on CPU); False: the
+    plain code of this file.
     """
     L, _, h, w, r = e_q.shape
     P = len(targets["a"])
     ta = e_q[:, targets["a"] - q_offset].reshape(L, P, h * w, r)  # (L, P, T, r) anchor frames' tokens
     tb = e_k[:, targets["b"]].reshape(L, P, h * w, r)  # (L, P, T, r) target tokens t_j^b
-    ea = unit(bilinear(ta, targets["xy_a"], h, w), 1 / tau)  # (L, P, N, r): G3, 1/τ on the small side
-    eb = unit(bilinear(tb, targets["xy_b"], h, w))  # (L, P, N, r)
-    corr = info_nce(ea, eb, targets["cand"], targets["valid"])
+    xy_a, xy_b, cand, valid = targets["xy_a"], targets["xy_b"], targets["cand"], targets["valid"]
+    if not fast:
+        ea = F.normalize(bilinear(ta, xy_a, h, w), dim=-1) / tau  # (L, P, N, r): G3; 1/τ here serves G4 and G5
+        eb = F.normalize(bilinear(tb, xy_b, h, w), dim=-1)  # (L, P, N, r)
+        corr = info_nce(ea, eb, cand, valid)  # G4
+    else:  # the optional fast path, tested equal to the three lines above
+        ea, eb = infonce.points(ta, xy_a, h, w, 1 / tau), infonce.points(tb, xy_b, h, w)
+        corr = masked_mean(infonce.pair_nll(ea, eb, cand), valid)
     if targets["D_b"] is None:
         return corr, torch.zeros_like(corr)
     S = ea @ tb.transpose(2, 3)  # (L, P, N, T) <e_i^a, t_j^b>/τ
-    return corr, depth_loss(S, targets["D_b"], targets["d_b"], targets["valid"])
-
-
-def native_loss(q: torch.Tensor, k: torch.Tensor, targets: dict, grid: tuple[int, int], q_offset: int = 0,
-                scale: float | None = None) -> torch.Tensor:
-    """Extension, not in the paper (train.py --lambda-n, 0 = off): the layer's own attention trained on the
-    same tracks, the distribution the probe (G8) reads:
-        P_ij = mean_heads softmax_j(q_i · k_j · scale) over the tokens j of the target frame b, q_i the post-rotary
-               query bilinearly read at track i in the anchor frame a (G3 on q)
-        L_n  = -(1/N) Σ_i log P_i,j(i),   j(i) = the token holding track i in frame b (the probe's ground truth)
-    Assumption: the hard token target; bilinear weights over the 4 nearest tokens as a soft target cap a correct
-    match's confidence by where the point falls in its token (measured: rho 0.22 at 0.97 PCK@2 with them).
-    q (H, F_q T, d_h): the visual queries of frames q_offset.. as the attention receives them (rotary applied);
-    k (H_kv, F_k T, d_h): the keys of frames 0..; scale: the attention's (default d_h^-1/2). Returns (1,).
-    Memory: (H, P, N, T) float32 logits a layer (155 MB at Qwen2.5-VL-7B's 28 heads, 15 pairs, 640 tracks,
-    144 tokens)."""
-    h, w = grid
-    H, _, d = q.shape
-    T, a, b = h * w, targets["a"] - q_offset, targets["b"]
-    k = k.repeat_interleave(H // k.shape[0], dim=0)  # GQA: key head g serves query heads g*n .. g*n + n - 1
-    qa = bilinear(q.view(H, -1, T, d)[:, a], targets["xy_a"], h, w)  # (H, P, N, d_h)
-    with torch.autocast(q.device.type, enabled=False):
-        S = (qa.float() @ k.view(H, -1, T, d)[:, b].float().mT) * (scale or d ** -0.5)  # (H, P, N, T)
-        logp = S.log_softmax(-1).logsumexp(0) - math.log(H)  # (P, N, T): log of the heads' mean softmax
-    x, y = token_units(targets["xy_b"], h, w)  # (P, N)
-    j = (y + 0.5).floor().clamp(0, h - 1) * w + (x + 0.5).floor().clamp(0, w - 1)  # (P, N) token holding the track
-    nll = -logp.gather(-1, j.long()[..., None])[..., 0]  # (P, N)
-    return masked_mean(nll[None], targets["valid"])
+    return corr, depth_loss(S, targets["D_b"], targets["d_b"], valid)  # G5
 
 
 def total_loss(lm: torch.Tensor, corr: torch.Tensor, depth: torch.Tensor,
@@ -272,3 +179,32 @@ def total_loss(lm: torch.Tensor, corr: torch.Tensor, depth: torch.Tensor,
     """G6 + G7: L = L_LM + λ_c mean_l L_corr^l + λ_d mean_l L_depth^l.
     Assumption: uniform mean over layers (a sum over 28-32 layers would swamp L_LM)."""
     return lm + lambda_c * corr.mean() + lambda_d * depth.mean()
+
+
+def attention_loss(q: torch.Tensor, k: torch.Tensor, targets: dict, grid: tuple[int, int], q_offset: int = 0,
+                   scale: float | None = None, fast: bool = True) -> torch.Tensor:
+    """Extension, not in the paper (train.py --lambda-attn, 0 = off): the layer's own attention trained on the
+    same tracks, the distribution the probe (G8) reads:
+        P_ij   = mean_heads softmax_j(q_i · k_j · scale) over the tokens j of the target frame b, q_i the
+                 post-rotary query bilinearly read at track i in the anchor frame a (G3 on q)
+        L_attn = -(1/N) Σ_i log P_i,j(i),   j(i) = the token holding track i in frame b (the probe's ground truth)
+    Assumption: the hard token target; bilinear weights over the 4 nearest tokens as a soft target cap a correct
+    match's confidence by where the point falls in its token (measured: rho 0.22 at 0.97 PCK@2 with them).
+    q (H, F_q T, attn_dim): the visual queries of frames q_offset.. as the attention receives them (rotary
+    applied); k (H_kv, F_k T, attn_dim): the keys of frames 0..; scale: the attention's (default attn_dim^-1/2);
+    fast: G3's read by kernels/infonce.py, as in gasp_losses. Returns (1,).
+    Memory: (H, P, N, T) float32 logits a layer (155 MB at Qwen2.5-VL-7B's 28 heads, 15 pairs, 640 tracks,
+    144 tokens)."""
+    h, w = grid
+    H, _, attn_dim = q.shape
+    T, a, b = h * w, targets["a"] - q_offset, targets["b"]
+    k = k.repeat_interleave(H // k.shape[0], dim=0)  # GQA: key head g serves query heads g*n .. g*n + n - 1
+    read = infonce.bilinear if fast else bilinear
+    qa = read(q.view(H, -1, T, attn_dim)[:, a], targets["xy_a"], h, w)  # (H, P, N, attn_dim)
+    with torch.autocast(q.device.type, enabled=False):
+        S = (qa.float() @ k.view(H, -1, T, attn_dim)[:, b].float().mT) * (scale or attn_dim ** -0.5)  # (H, P, N, T)
+        logp = S.log_softmax(-1).logsumexp(0) - math.log(H)  # (P, N, T): log of the heads' mean softmax
+    x, y = token_units(targets["xy_b"], h, w)  # (P, N)
+    j = (y + 0.5).floor().clamp(0, h - 1) * w + (x + 0.5).floor().clamp(0, w - 1)  # (P, N) token holding the track
+    nll = -logp.gather(-1, j.long()[..., None])[..., 0]  # (P, N)
+    return masked_mean(nll[None], targets["valid"])

@@ -1,13 +1,17 @@
-"""Heads (G1-G2) and losses (G3-G7) against values worked by hand."""
+"""Heads (G1-G2) and losses (G3-G7) against values worked by hand; the fast kernel (kernels/infonce.py)
+against the plain losses."""
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from heads import CorrespondenceHeads, fold_kv, repeat_kv
-from losses import (PairNLL, bilinear, native_loss, candidates, depth_loss, frame_pairs, gasp_losses, grid_coords, info_nce,
-                    pair_targets, token_depth, total_loss)
+from kernels import infonce
+from kernels.infonce import PairNLL
+from losses import (attention_loss, bilinear, candidates, depth_loss, frame_pairs, gasp_losses, grid_coords, info_nce,
+                    masked_mean, pair_targets, token_depth, total_loss)
 
 
 def test_svd_init_is_normalised_projection_on_top_query_directions():
@@ -37,7 +41,7 @@ def test_svd_init_hidden_input_reads_x_through_sigma_v():
 
 def test_repeat_kv_maps_query_head_to_its_group():
     k = torch.arange(2 * 3).float().view(1, 6)  # 2 kv heads of size 3
-    out = repeat_kv(k, num_heads=4, d_head=3).view(4, 3)
+    out = repeat_kv(k, num_heads=4, attn_dim=3).view(4, 3)
     assert out[0].tolist() == out[1].tolist() == [0, 1, 2]
     assert out[2].tolist() == out[3].tolist() == [3, 4, 5]
 
@@ -46,26 +50,28 @@ def test_heads_read_gqa_keys_unrepeated():
     torch.manual_seed(0)
     heads = CorrespondenceHeads(2, 4 * 3, 5)  # 4 query heads of size 3
     k = torch.randn(2, 7, 2 * 3)  # 2 key heads
-    torch.testing.assert_close(heads(k, d_head=3), heads(repeat_kv(k, 4, 3)), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(heads(k[1:], slice(1, 2), d_head=3), heads(repeat_kv(k, 4, 3))[1:],
+    torch.testing.assert_close(heads(k, attn_dim=3), heads(repeat_kv(k, 4, 3)), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(heads(k[1:], slice(1, 2), attn_dim=3), heads(repeat_kv(k, 4, 3))[1:],
                                atol=1e-6, rtol=1e-5)
     assert fold_kv(torch.ones(1, 12), 2, 3).tolist() == [[2.0] * 6]
 
 
-def test_bilinear_point_features_on_token_grid():
+@pytest.mark.parametrize("read", [bilinear, infonce.bilinear], ids=["plain", "fast"])
+def test_bilinear_point_features_on_token_grid(read):
     maps = torch.zeros(1, 2, 2, 3)  # (B, r, h = 2, w = 3), token_px 10
     maps[0, :, 0, 0] = torch.tensor([1.0, 0.0])
     maps[0, :, 0, 1] = torch.tensor([0.0, 1.0])
     uv = torch.tensor([[[5.0, 5.0], [10.0, 5.0], [15.0, 5.0], [-7.0, 2.0]]])  # centre 0, midway, centre 1, outside
     tokens = maps.flatten(2).transpose(1, 2)  # (B, T, r)
-    out = F.normalize(bilinear(tokens, grid_coords(uv, 2, 3, token_px=10), 2, 3), dim=-1)[0]
+    out = F.normalize(read(tokens, grid_coords(uv, 2, 3, token_px=10), 2, 3), dim=-1)[0]
     torch.testing.assert_close(out[0], torch.tensor([1.0, 0.0]))
     torch.testing.assert_close(out[1], torch.tensor([1.0, 1.0]) / math.sqrt(2))
     torch.testing.assert_close(out[2], torch.tensor([0.0, 1.0]))
     torch.testing.assert_close(out[3], torch.tensor([1.0, 0.0]))  # border: the edge token
 
 
-def test_bilinear_equals_grid_sample():
+@pytest.mark.parametrize("read", [bilinear, infonce.bilinear], ids=["plain", "fast"])
+def test_bilinear_equals_grid_sample(read):
     g = torch.Generator().manual_seed(0)
     for h, w in ((4, 5), (1, 3), (3, 1)):
         maps = torch.randn(2, 3, 6, h, w, generator=g, requires_grad=True)  # (L, B, C, h, w)
@@ -73,7 +79,7 @@ def test_bilinear_equals_grid_sample():
         xy[:, :3] = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [1.0, -0.5]])  # exactly on edge centres
         want = torch.stack([F.grid_sample(m, xy[:, None], mode="bilinear", padding_mode="border",
                                           align_corners=True)[:, :, 0].transpose(1, 2) for m in maps])
-        got = bilinear(maps.flatten(3).transpose(2, 3), xy, h, w)  # (L, B, N, C)
+        got = read(maps.flatten(3).transpose(2, 3), xy, h, w)  # (L, B, N, C)
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
         upstream = torch.randn(got.shape, generator=g)
         g_want, = torch.autograd.grad(want, maps, upstream)
@@ -81,8 +87,11 @@ def test_bilinear_equals_grid_sample():
         torch.testing.assert_close(g_got, g_want, atol=1e-5, rtol=1e-5)
 
 
-def _nce(ea, eb, uv_b, valid, tau):
-    return info_nce(ea / tau, eb, candidates(uv_b, valid, token_px=10), valid)
+def _nce(ea, eb, uv_b, valid, tau, fast=False):
+    cand = candidates(uv_b, valid, token_px=10)
+    if fast:
+        return masked_mean(infonce.pair_nll(ea / tau, eb, cand), valid)
+    return info_nce(ea / tau, eb, cand, valid)
 
 
 def test_pair_nll_gradient_is_exact():
@@ -160,17 +169,90 @@ def test_pair_nll_gradient_is_exact_in_chunks():
     assert torch.autograd.gradcheck(lambda a, b: PairNLL.apply(a, b, cand, 2 * 5 * 5 * 8), (ea, eb))
 
 
-def test_info_nce_worked_example():
+def _rel_err(got, want):
+    return ((got.double() - want.double()).norm() / want.double().norm()).item()
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["float32", "bf16-autocast"])
+def test_fast_info_nce_equals_the_plain_one_in_any_chunking(amp):
+    """kernels/infonce.pair_nll (masked-mean over valid tracks) against losses.info_nce, values and gradients,
+    with the C_i mask (a row with the positive alone) and invalid tracks; chunks of 1 pair, 2 and all."""
+    L, P, N = 2, 3, 33
+    ea, eb, cand, _ = _pair_nll_case(L * P, N, seed=1)
+    ea, eb, cand = ea.view(L, P, N, -1), eb.view(L, P, N, -1), cand[:P]
+    valid = torch.rand(P, N, generator=torch.Generator().manual_seed(2)) > 0.3
+    weight = torch.tensor([0.7, 1.3])  # a different upstream gradient per layer
+    grads = {}
+    for name, fn in [("plain", lambda a, b: info_nce(a, b, cand, valid))] + [
+            (f"fast{c}", lambda a, b, c=c: masked_mean(infonce.pair_nll(a, b, cand, c * N * N * 6), valid))
+            for c in (1, 2, P)]:
+        x = [t.clone().requires_grad_() for t in (ea, eb)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = fn(*x)
+        (out * weight).sum().backward()
+        assert out.dtype == torch.float32 and out.shape == (L,)
+        grads[name] = (out.detach(), *(t.grad for t in x))
+    for name in ("fast1", "fast2", f"fast{P}"):
+        torch.testing.assert_close(grads[name][0], grads["plain"][0], atol=1e-5, rtol=1e-5)
+        for got, want in zip(grads[name][1:], grads["plain"][1:]):
+            assert _rel_err(got, want) < (1e-5 if not amp else 1e-2), (name, _rel_err(got, want))
+
+
+def _two_paths_case(seed=0):
+    """A demo-shaped sample in miniature: 4 frames, anchor 2, 40 tracks on a 5 x 6 token grid of 10 px, some
+    invisible, pairs of tracks within a token of each other (outside each other's C_i), some beyond the edge token
+    centres, tokens without valid depth. e_q: frames 2.., e_k: frames 0..2, as GASP.forward gives them."""
+    g = torch.Generator().manual_seed(seed)
+    Fr, N, h, w, px, r, anchor = 4, 40, 5, 6, 10, 8, 2
+    tracks = torch.rand(Fr, N, 2, generator=g) * torch.tensor([w * px, h * px])
+    tracks[:, 1] = tracks[:, 0] + 3.0  # within a token of track 0
+    tracks[:, 2] = torch.tensor([-4.0, 57.0])  # beyond the edge centres
+    depth = torch.rand(Fr, h * px, w * px, generator=g) + 1
+    depth[:, :px, :px] = 0.0  # a token without valid depth
+    sample = {"tracks": tracks, "visible": torch.rand(Fr, N, generator=g) > 0.25,
+              "track_depth": torch.rand(Fr, N, generator=g) + 1, "depth": depth, "anchor": anchor}
+    e_q = F.normalize(torch.randn(3, Fr - anchor, h, w, r, generator=g), dim=-1)
+    e_k = F.normalize(torch.randn(3, anchor + 1, h, w, r, generator=g), dim=-1)
+    return e_q, e_k, pair_targets(sample, px, (h, w)), anchor
+
+
+@pytest.mark.parametrize("amp, dtype", [(False, torch.float32), (True, torch.float32), (True, torch.bfloat16)],
+                         ids=["float32", "bf16-autocast", "bf16-autocast-bf16-heads"])
+def test_fast_gasp_losses_equal_the_plain_ones(amp, dtype):
+    """gasp_losses(fast=True) (kernels/infonce.py: G3 as a corner-weight matmul, G4 chunked) against the plain
+    G3-G5 of losses.py: L_corr, L_depth and the gradients into both sides' embeddings. Under bf16 autocast the
+    heads give bf16 embeddings (the last case)."""
+    e_q, e_k, t, anchor = _two_paths_case()
+    assert not t["valid"].all() and not t["cand"][:, 0, 1].any()  # invalid tracks and near tracks are in the case
+    out = {}
+    for fast in (False, True):
+        x = [e.to(dtype).clone().requires_grad_() for e in (e_q, e_k)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            corr, depth = gasp_losses(*x, t, tau=0.07, q_offset=anchor, fast=fast)
+        total_loss(torch.zeros(()), corr * torch.tensor([1.0, 0.5, 2.0]), depth).backward()
+        out[fast] = (corr.detach(), depth.detach(), *(e.grad for e in x))
+    (c0, d0, *g0), (c1, d1, *g1) = out[False], out[True]
+    # bf16 heads: the fast read rounds its corner weights to bf16, the plain one reads in float32
+    tol, grad_tol = (1e-5, 1e-5) if not amp else {torch.float32: (1e-5, 1e-2), torch.bfloat16: (1e-2, 3e-2)}[dtype]
+    torch.testing.assert_close(c1, c0, atol=tol, rtol=tol)
+    torch.testing.assert_close(d1, d0, atol=tol, rtol=tol)
+    for got, want in zip(g1, g0):
+        assert got.dtype == dtype and _rel_err(got, want) < grad_tol, _rel_err(got, want)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_info_nce_worked_example(fast):
     e = torch.eye(2)[None, None]  # (L=1, P=1, N=2, r=2)
     far = torch.tensor([[[0.0, 0.0], [100.0, 0.0]]])  # 10 tokens apart
     valid = torch.ones(1, 2, dtype=torch.bool)
-    loss = _nce(e, e, far, valid, tau=1.0)
+    loss = _nce(e, e, far, valid, tau=1.0, fast=fast)
     assert math.isclose(loss.item(), math.log(1 + math.exp(-1)), rel_tol=1e-6)  # -log(e / (e + 1))
     near = torch.tensor([[[0.0, 0.0], [5.0, 0.0]]])  # half a token apart: not negatives of each other
-    assert _nce(e, e, near, valid, tau=1.0).item() == 0.0
+    assert _nce(e, e, near, valid, tau=1.0, fast=fast).item() == 0.0
     swapped = torch.eye(2).flip(0)[None, None]  # matches the wrong track
-    assert _nce(e, swapped, far, valid, tau=1.0) > loss
-    assert _nce(e, e, far, torch.tensor([[True, False]]), tau=1.0).item() == 0.0  # an invalid track is no negative
+    assert _nce(e, swapped, far, valid, tau=1.0, fast=fast) > loss
+    # an invalid track is no negative
+    assert _nce(e, e, far, torch.tensor([[True, False]]), tau=1.0, fast=fast).item() == 0.0
 
 
 def test_depth_loss_worked_example_and_ordering():
@@ -218,7 +300,8 @@ def _reference_losses(e_q, e_k, sample, px, tau):
     return corr / count, depth / count
 
 
-def test_losses_equal_the_direct_computation():
+@pytest.mark.parametrize("fast", [False, True])
+def test_losses_equal_the_direct_computation(fast):
     sample = _sample(Fr=4, N=30)
     sample["anchor"] = 2
     sample["tracks"][0, :3] = torch.tensor([[-5.0, 3.0], [44.0, 41.0], [39.5, 0.0]])  # beyond the token centres
@@ -227,7 +310,7 @@ def test_losses_equal_the_direct_computation():
     sample["depth"] = torch.rand(4, 40, 40) + 1
     e_q, e_k = F.normalize(torch.randn(2, 4, 4, 4, 8), dim=-1), F.normalize(torch.randn(2, 4, 4, 4, 8), dim=-1)
     want = _reference_losses(e_q, e_k, sample, 10, 0.07)
-    got = gasp_losses(e_q, e_k, pair_targets(sample, 10, (4, 4)), tau=0.07)
+    got = gasp_losses(e_q, e_k, pair_targets(sample, 10, (4, 4)), tau=0.07, fast=fast)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
@@ -302,11 +385,12 @@ def _sample(Fr=3, N=5, h=4, w=4, px=10, visible=True, depth=1.0):
             "anchor": 1}
 
 
-def test_no_nan_with_zero_visible_tracks_or_all_invalid_depth():
+@pytest.mark.parametrize("fast", [False, True])
+def test_no_nan_with_zero_visible_tracks_or_all_invalid_depth(fast):
     for sample in (_sample(visible=False), _sample(depth=0.0)):
         e_q = F.normalize(torch.randn(2, 3, 4, 4, 8), dim=-1).requires_grad_()
         e_k = F.normalize(torch.randn(2, 3, 4, 4, 8), dim=-1).requires_grad_()
-        corr, depth = gasp_losses(e_q, e_k, pair_targets(sample, 10, (4, 4)))
+        corr, depth = gasp_losses(e_q, e_k, pair_targets(sample, 10, (4, 4)), fast=fast)
         loss = total_loss(torch.tensor(1.0), corr, depth)
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(e_q.grad).all() and torch.isfinite(e_k.grad).all()
@@ -322,19 +406,21 @@ def test_total_loss_is_lm_plus_weighted_layer_means():
     assert math.isclose(got.item(), 1.0 + 0.3 * 2.0 + 0.5, rel_tol=1e-6)
 
 
-def test_losses_on_the_anchor_split_equal_losses_on_all_frames():
+@pytest.mark.parametrize("fast", [False, True])
+def test_losses_on_the_anchor_split_equal_losses_on_all_frames(fast):
     sample = _sample(Fr=4)
     sample["anchor"] = 2
     e_q, e_k = F.normalize(torch.randn(2, 4, 4, 4, 8), dim=-1), F.normalize(torch.randn(2, 4, 4, 4, 8), dim=-1)
     t = pair_targets(sample, 10, (4, 4))
-    full = gasp_losses(e_q, e_k, t)
-    split = gasp_losses(e_q[:, 2:], e_k[:, :3], t, q_offset=2)  # what GASP(anchor=2) returns
+    full = gasp_losses(e_q, e_k, t, fast=fast)
+    split = gasp_losses(e_q[:, 2:], e_k[:, :3], t, q_offset=2, fast=fast)  # what GASP(anchor=2) returns
     for a, b in zip(full, split):
         torch.testing.assert_close(a, b)
 
 
-def test_native_loss_is_minus_log_of_the_probes_attention_at_the_match():
-    """L_native = mean over valid tracks of -log P(token holding the match), P = the mean over query heads of
+@pytest.mark.parametrize("fast", [False, True])
+def test_attention_loss_is_minus_log_of_the_probes_attention_at_the_match(fast):
+    """L_attn = mean over valid tracks of -log P(token holding the match), P = the mean over query heads of
     softmax(q·k / sqrt(d)) over the target frame's tokens, q read bilinearly at the track (G3), keys shared by
     GQA groups (2 query heads a key). Tracks anywhere inside their tokens, some beyond the edge centres."""
     h, w, px, d, H, Fr, N, anchor = 3, 4, 10, 8, 4, 3, 6, 1
@@ -364,5 +450,5 @@ def test_native_loss_is_minus_log_of_the_probes_attention_at_the_match():
                 qi = read(qa, *tracks[a, i].tolist())  # (H, d)
                 P = torch.softmax(torch.einsum("hd,htd->ht", qi, kb) / math.sqrt(d), -1).mean(0)  # (T,)
                 nll.append(-torch.log(P[tok[b, i, 1] * w + tok[b, i, 0]]))
-    got = native_loss(q, k, t, (h, w), q_offset=anchor)
+    got = attention_loss(q, k, t, (h, w), q_offset=anchor, fast=fast)
     torch.testing.assert_close(got, torch.stack(nll).mean()[None])
