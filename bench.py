@@ -390,14 +390,14 @@ def overhead_parts(gasp, tmap: torch.Tensor, anchor: int, targets: dict, seq_len
     pos_q, pos_k = tmap[anchor:].flatten().to(device), tmap[: anchor + 1].flatten().to(device)
     g = torch.Generator().manual_seed(0)
     randn = lambda *shape: torch.randn(*shape, generator=g).to(device, dtype)  # noqa: E731
-    q_out = randn(1, seq_len, tc.num_attention_heads * gasp.d_head).requires_grad_()  # q_proj's output
-    k_out = randn(1, seq_len, tc.num_key_value_heads * gasp.d_head).requires_grad_()  # k_proj's output (GQA)
+    q_out = randn(1, seq_len, tc.num_attention_heads * gasp.attn_dim).requires_grad_()  # q_proj's output
+    k_out = randn(1, seq_len, tc.num_key_value_heads * gasp.attn_dim).requires_grad_()  # k_proj's output (GQA)
     q, k = q_out[0, pos_q].detach().requires_grad_(), k_out[0, pos_k].detach().requires_grad_()
 
     def embed(j: int):  # as GASP.forward: layer j -> (1, F - anchor, h, w, r), (1, anchor + 1, h, w, r)
         with amp:
             e_q = heads(q[None], slice(j, j + 1)).view(1, Fr - anchor, h, w, -1)
-            e_k = heads(k[None], slice(j, j + 1), gasp.d_head).view(1, anchor + 1, h, w, -1)
+            e_k = heads(k[None], slice(j, j + 1), gasp.attn_dim).view(1, anchor + 1, h, w, -1)
         return e_q, e_k
 
     e_q, e_k = (e.detach().requires_grad_() for e in embed(0))
@@ -510,7 +510,7 @@ def bench_paper(name: str, spec: dict, scene_dir: str, repeats: int) -> dict:
     shape = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
              "threads": torch.get_num_threads(), "dtype": str(spec["dtype"]).removeprefix("torch."),
              "layers": L, "full_depth": depth, "hidden": tc.hidden_size, "heads": tc.num_attention_heads,
-             "kv_heads": tc.num_key_value_heads, "intermediate": tc.intermediate_size, "head_size": gasp.d_head,
+             "kv_heads": tc.num_key_value_heads, "intermediate": tc.intermediate_size, "head_size": gasp.attn_dim,
              "frames": spec["frames"], "size": spec["size"], "visual_tokens": tmap.numel(), "seq_len": seq_len,
              "tracks": int(base["tracks"].shape[1]), "anchor": anchor,
              "r": spec["r"], "lora_rank": spec["lora"],

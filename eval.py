@@ -56,6 +56,7 @@ from benchmarks.common import item_hash, read_text, require
 from benchmarks.media import check_media, video_file, visuals
 from benchmarks.scoring import markdown_table, read_predictions, score_file, score_item, select
 from families import family
+from runtime import checkpoint
 
 # ----------------------------------------------------------------------------- inputs as the harnesses build them
 
@@ -349,6 +350,9 @@ def weights_fingerprint(model: str) -> str:
     what a resume compares, so that a folder retrained in place is not taken for the model its answers came from.
     Reading the bytes once costs about what loading them does (seconds for a 7B model); an HF id is resolved in
     the hub cache as model.load resolves it."""
+    trained = checkpoint.find(model)
+    if trained is not None:  # a training checkpoint: its trained weights and settings are in the one file
+        return _sha256([Path(trained)])
     folder = Path(model)
     if not folder.is_dir():
         from huggingface_hub import snapshot_download
@@ -358,9 +362,13 @@ def weights_fingerprint(model: str) -> str:
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     if not files:
         raise FileNotFoundError(f"{folder}: no *.safetensors or *.bin weight files; pass a checkpoint folder or "
-                                "HF id that model.load reads")
+                                "HF id, or a training checkpoint, that model.load reads")
+    return _sha256(files + [p for p in [folder / "config.json"] if p.exists()])
+
+
+def _sha256(files: list[Path]) -> str:
     h = hashlib.sha256()
-    for p in files + [p for p in [folder / "config.json"] if p.exists()]:
+    for p in files:
         h.update(p.name.encode() + b"\0")
         with p.open("rb") as f:
             while chunk := f.read(1 << 24):
@@ -470,7 +478,7 @@ def main(argv=None):
                         "test.jsonl + video folders; All-Angles data.json + images; BLINK <Subtask>/val-*.parquet")
     common.add_argument("--categories", nargs="+", help="only these categories (question types / subtasks)")
     r = sub.add_parser("run", parents=[common], help="generate answers, write JSONL as it goes, print the summary")
-    r.add_argument("--model", required=True, help="checkpoint folder or HF id that model.load reads")
+    r.add_argument("--model", required=True, help="checkpoint folder or HF id (train.py's export/, or a training checkpoint.pt) that model.load reads")
     r.add_argument("--out", required=True, type=Path, help="predictions JSONL; an existing one is resumed if it "
                    "was made with the same weights, settings and items (settings in <stem>.settings.json, summary "
                    "in <stem>.summary.json)")
@@ -511,7 +519,7 @@ def main(argv=None):
                                  "harness's own sizes")
             device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
             dtype_name = args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
-            load = {"device": device, "dtype": getattr(torch, dtype_name)}
+            load = {"device": device, "dtype": dtype_name}
             if args.frame_size:
                 load["size"] = (args.frame_size, args.frame_size)
             settings = dict(model=str(args.model), weights_fingerprint=weights_fingerprint(args.model),
@@ -519,7 +527,7 @@ def main(argv=None):
             print(f"eval.py run: {args.benchmark}, inputs {args.inputs}, dtype {dtype_name}, batch size "
                   f"{args.batch_size}, frames {args.frames}", file=sys.stderr)
             run_benchmark(args.benchmark, select(args.benchmark, items, args.categories, args.limit), args.out,
-                lambda: model.load(args.model, **load), args.batch_size, args.max_new_tokens, args.frames,
+                lambda: model.load(args.model, **load)[:2], args.batch_size, args.max_new_tokens, args.frames,
                 args.inputs, settings)
             # --limit / --categories make a partial run on purpose: scored as it is, with its coverage
             summary = score_file(args.benchmark, items, args.out, args.categories, allow_partial=True)

@@ -446,7 +446,7 @@ def tiny(tmp_path_factory):
     def get(kind):
         if kind not in out:
             path = model.build_tiny(str(tmp_path_factory.mktemp(kind)), kind)
-            vlm, proc = model.load(path)
+            vlm, proc, _, _ = model.load(path)
             out[kind] = (vlm, proc.tokenizer, path)
         return out[kind]
     return get
@@ -531,7 +531,7 @@ def test_llava_official_inputs(tiny):
 def test_llava_linear_rope(tiny):
     vlm, tok, path = tiny("llava_next_video")
     import model
-    vlm, _ = model.load(path)
+    vlm, *_ = model.load(path)
     rot = vlm.model.language_model.rotary_emb
     before = rot.inv_freq.clone()
     assert "kept" in E.set_linear_rope(vlm, 1)
