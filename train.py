@@ -128,6 +128,8 @@ class Config:
     probe_scenes: str = flag("", "held-out DL3DV-layout scene folders for the probe, comma-separated, each "
                              "reported apart (none: the probe is skipped)")
     probe_samples: int = flag(8, "held-out samples for the probe", check=POSITIVE)
+    probe_frames: int = flag(8, "consecutive frames per probe sample: frame gaps 1 .. N-1 (the paper's temporal "
+                             "analysis reaches 23: 24)", check=(lambda v: v >= 2, "must be >= 2"))
     export: bool = flag(True, "save the bare VLM to --out/export at the end")
 
 
@@ -489,6 +491,8 @@ class Preemption:
             signal.signal(sig, self.handle)
 
     def handle(self, signum, frame):
+        if self.signal:  # asked twice (or torchrun ending the job after a failed rank): stop now
+            raise SystemExit(128 + signum)
         self.signal = signum
 
     def requested(self, env: Env) -> int:
@@ -549,7 +553,8 @@ def probe_sets(cfg: Config, env, proc, held_out: list[str]) -> dict:
     if not held_out and env.master:
         print("probe skipped: give --probe-scenes DIR (held-out DL3DV-layout scenes) to measure the layers' own "
               "Q-K matching before and after training")
-    return {p: probe.probe_samples(p, proc.size, 8, cfg.probe_samples, seed=cfg.seed + 1) for p in held_out}
+    return {p: probe.probe_samples(p, proc.size, cfg.probe_frames, cfg.probe_samples, seed=cfg.seed + 1)
+            for p in held_out}
 
 
 def probe_all(cfg: Config, vlm, proc, gasp, sets: dict, autocast, device: str, when: str) -> dict:
@@ -575,9 +580,10 @@ def report(cfg: Config, env: Env, before: dict | None, after: dict):
         for name, r in res.items():
             n = r["native"]
             peak, t = n["peak_layer"], n["temporal"][n["peak_layer"]]
+            auroc = "-" if n["auroc"][peak] is None else f"{n['auroc'][peak]:.2f}"
             print(f"{name:>6}: peak native PCK@2 {n['peak_pck2']:.3f} (layer {peak}), rho at peak {n['rho'][peak]:+.2f} "
-                  f"(per sample {n['rho_seq_mean'][peak]:+.2f} +- {n['rho_seq_std'][peak]:.2f}), "
-                  f"Y(largest gap) {t[max(t)]:.2f}")
+                  f"(per sample {n['rho_seq_mean'][peak]:+.2f} +- {n['rho_seq_std'][peak]:.2f}), AUROC {auroc}, "
+                  f"Y({max(t)}) {t[max(t)]:.2f}")
 
 
 # ----------------------------------------------------------------------------- main

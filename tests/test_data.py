@@ -679,6 +679,9 @@ BAD_SCENES = {
     "fl_x_string": (lambda m: m.update(fl_x="20"), "fl_x='20'.*must be numbers"),
     "w_zero": (lambda m: m.update(w=0), "image size must be positive"),
     "k3": (lambda m: m["frames"][1].update(k3=0.02), "k3=0.02: only OPENCV distortion"),
+    "k4": (lambda m: m["frames"][1].update(k4=0.01), "k4=0.01: only OPENCV distortion"),
+    "k5": (lambda m: m.update(k5=-0.01), "k5=-0.01: only OPENCV distortion"),  # top level: every frame has it
+    "k6": (lambda m: m["frames"][0].update(k6=0.003), "k6=0.003: only OPENCV distortion"),
     "no_extension": (lambda m: [f.update(file_path=f["file_path"][:-4]) for f in m["frames"]],
                      "frame_00001: missing image .*found images/frame_00001.png: give each frame's file name with"),
     "fisheye": (lambda m: m.update(camera_model="OPENCV_FISHEYE"), "OPENCV_FISHEYE not supported.*undistort the"),

@@ -69,6 +69,17 @@ def test_help_shows_what_a_bare_run_uses(capsys):
     assert "both ends included" in text
 
 
+@pytest.mark.parametrize("key", train.RESUME_KEYS)
+def test_resume_names_every_setting_that_differs(key, tmp_path):
+    """--resume refuses a checkpoint trained with another value of any key that shapes weights or data."""
+    cfg = train.Config(out=str(tmp_path))
+    saved = {k: getattr(cfg, k) for k in train.RESUME_KEYS}
+    saved[key] = "something else"
+    with pytest.raises(SystemExit, match=f"{key}: saved 'something else'"):
+        train.check_resume(cfg, {"config": saved})
+    train.check_resume(cfg, {"config": {k: getattr(cfg, k) for k in train.RESUME_KEYS}})  # the same: accepted
+
+
 def test_ranges_include_both_ends():
     assert train.parse_range("8-24") == (8, 24) and train.parse_range("4") == (4, 4)
     assert M.parse_layers("1-2", 4) == [1, 2]
@@ -121,9 +132,8 @@ def train_run(env, out, *extra, nproc=1, wait=True, ok=True, model=None):
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
          "train.py", *args]
     envvars = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if not wait:  # its own process group, so that a kill reaches torchrun's workers too
-        return subprocess.Popen(cmd, cwd=ROOT, env=envvars, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=envvars, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     res = subprocess.run(cmd, cwd=ROOT, env=envvars, capture_output=True, text=True, timeout=300)
     if ok:
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -218,8 +228,9 @@ def test_fsdp2_kill_then_resume_gives_the_same_weights_and_log(env):
         if ckpt.exists() and len(open(cut / "log.jsonl").readlines()) >= 3:
             break
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
+    subprocess.run(["pkill", "-9", "-f", str(cut)])  # torchrun and its workers, whatever their process groups
     proc.wait()
+    time.sleep(1)
     step = checkpoint.read(str(ckpt))["step"]
     assert step < 5, "the run finished before it could be killed"
     train_run(env, cut, *common, "--resume", nproc=2)
