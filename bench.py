@@ -44,7 +44,7 @@ from losses import gasp_losses, pair_targets, total_loss
 
 CONFIGS = {
     "tiny": dict(model={}, frames=4, size=448, r=64, device="cpu"),
-    # Assumption: 2 KV heads (GQA 4:1, as Qwen2.5-VL-7B's 28:4 roughly); d_ff = 2d as in every tiny config.
+    # 2 KV heads (GQA 4:1, as Qwen2.5-VL-7B's 28:4 roughly); d_ff = 2d as in every tiny config.
     "wide": dict(model=dict(layers=8, hidden=512, heads=8, kv_heads=2), frames=8, size=336, r=256, device="cpu"),
 }
 CONFIGS["gpu"] = {**CONFIGS["wide"], "device": "cuda"}
@@ -169,7 +169,7 @@ def sparse_scene(src: str, out: str, size=None, points_per_frame: int = 100, see
     (DL3DV's full resolution) with one PINHOLE camera; transforms.json with the same poses (OpenGL axes).
     3D points: `points_per_frame` random pixel centres of every frame unprojected with its depth, observed
     (keypoint = exact projection, at the model's size) in every frame where the depth test passes, kept if
-    observed twice. Assumption: as many keypoints again with no 3D point, COLMAP's unmatched features.
+    observed twice, and as many keypoints again with no 3D point, as COLMAP's unmatched features.
     Image ids follow frame order; keypoints are shuffled. -> out."""
     scene, rng = data.load_scene(src), np.random.default_rng(seed)
     if scene.source != "depths" or np.ptp(scene.K, 0).any():

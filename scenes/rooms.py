@@ -324,7 +324,7 @@ def render(prims, textures, K, c2w, size, light):
         to_light = np.asarray(light["pos"])[:, None] - X
         dist2 = (to_light ** 2).sum(0)
         lambert = np.maximum((normal * to_light).sum(0) / np.sqrt(dist2), 0)
-        # Assumption: ambient 0.3 plus a point light with 1 / (1 + dist²/9) falloff, no shadows: enough
+        # Demo choice: ambient 0.3 plus a point light with 1 / (1 + dist²/9) falloff, no shadows: enough
         # spatial shading to vary with the light's motion, never a black frame.
         shade = 0.3 + 1.3 * light["intensity"] * lambert / (1 + dist2 / 9.0)
         rgb[sel] = albedo * (shade * light["exposure"])[:, None] * np.asarray(light["tint"])
@@ -452,12 +452,12 @@ def _camera_path(rng, n, segment, look_yaw):
     """c2w (n, 4, 4) OpenCV. Position: back and forth along the segment, c + half·sin(ω k + φ)·u with a peak
     speed of 2-3.5 cm per frame, a small sideways sway and a walking bob. View: yaw around look_yaw
     (±~12°; the path kind, walk / strafe / crab, set look_yaw), pitched down 5-20°, a little roll.
-    Assumption: this speed keeps the median image motion near the training scenes' (2-4 px per frame at
+    Demo choice: this speed keeps the median image motion near the training scenes' (2-4 px per frame at
     448 px), so the held-out set tests generalisation rather than a harder matching problem."""
     c, u, half = segment
     k = np.arange(n)
     w = rng.uniform(0.02, 0.035) / half  # rad per frame
-    # Assumption: start near one end of the track, moving, so even short clips translate.
+    # Demo choice: start near one end of the track, moving, so even short clips translate.
     phase = rng.uniform(-1.0, -0.2) + w * k
     ph = rng.uniform(0, 2 * np.pi, 6)
     side = np.array([-u[1], u[0]])
@@ -526,7 +526,7 @@ def rooms_scene(out_dir, seed, num_frames=48, size=448):
     sizes = {}
     for p in prims:
         sizes[p["tex"]] = _texture_size(p)
-    # Assumption: floors favour tiles and mosaics, every other surface draws any of the five families.
+    # Demo choice: floors favour tiles and mosaics, every other surface draws any of the five families.
     families = [None if i not in sizes else str(rng.choice(["brick", "mosaic", "blotch"] if i == 0 else list(TEXTURES)))
                 for i in range(n_tex)]  # None: an unused index (a room without a notch)
     textures = [_texture(rng, families[i], *sizes[i]) if i in sizes else None for i in range(n_tex)]

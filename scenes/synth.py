@@ -50,7 +50,7 @@ def _texture(rng, h, w, family):
     0 smooth colour noise, 1 stripes, 2 checkers/tiles, 3 procedural "photo-like" patches; then discs and bars.
     Periodic families (1, 2) are modulated by smooth colour noise (and carry discs and bars), so a patch of a
     few tokens does not look like the one a period away."""
-    # Assumption: most energy at 2-6 tokens (about 60-200 px at 448 px, 1 token = 28 px; 1 m is ~160 px at
+    # Demo choice: most energy at 2-6 tokens (about 60-200 px at 448 px, 1 token = 28 px; 1 m is ~160 px at
     # 2.5 m, so ~25-75 texels), little below: finer structure decorrelates under a few pixels of motion and
     # no grid-aligned token could match it.
     yy, xx = np.mgrid[:h, :w].astype(np.float32) + 0.5
@@ -167,7 +167,7 @@ def _camera_path(rng, n, theta0, path):
         eye = np.stack([radius * np.cos(theta), radius * np.sin(theta), height], -1)
         target = wander
     else:
-        # Assumption: heading relative to the inward direction: 90° = sideways (tangent to the ring), less
+        # Demo choice: heading relative to the inward direction: 90° = sideways (tangent to the ring), less
         # = forward-oblique; the view looks inward, turned towards the heading by up to 60°, panning slowly.
         inward = theta0 + np.pi
         heading = inward + rng.choice([-1, 1]) * rng.uniform(np.radians(40), np.radians(100))
@@ -224,7 +224,7 @@ def _lighting(rng, n):
     """Per-frame light direction (n, 3), ambient share, exposure gain (n,), gamma (n,) and colour cast (n, 3):
     smooth and small (gain ±12 %, gamma ±8 %, cast ±4 %, the light turning 0.5-1.5° per frame), so a surface
     stays recognisable across the ±8 frames a sample spans while its brightness does change."""
-    # Assumption: these sizes (a guess): enough that exact colour constancy across frames cannot be relied on,
+    # Demo choice: these sizes (a guess): enough that exact colour constancy across frames cannot be relied on,
     # small enough that colours at a track agree far better than at random point pairs (tests/test_synth.py).
     k = np.arange(n)[:, None]
     ph = rng.uniform(0, 2 * np.pi, 6)
@@ -357,8 +357,8 @@ def synth_scene(out_dir, seed, num_frames=64, size=448):
     transforms.json (under "synthetic": the seed, version, camera path and every object) is written last, so
     its presence marks a complete scene (scenes/layout.py). Deterministic in seed."""
     rng = np.random.default_rng(seed)
-    # Assumption: path kinds cycle with the seed rather than being drawn, so that even the 6 training scenes
-    # of the default set hold two of each.
+    # Demo choice: path kinds cycle with the seed rather than being drawn, so that any few consecutive scenes
+    # hold each kind.
     path = PATHS[seed % len(PATHS)]
     objects, c2w = _scene_geometry(rng, num_frames, path)
     textures = {}  # texture id -> one texture (t texels, s texels, 3) per face, each of its own family
