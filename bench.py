@@ -39,6 +39,7 @@ import data
 import model as M
 import probe
 import train
+from runtime import distributed
 from scenes import layout, synth
 from losses import gasp_losses, pair_targets, total_loss
 
@@ -77,6 +78,9 @@ for spec in PAPER.values():  # 16 frames at 336² (144 tokens each), 640 tracks,
                            grad_ckpt=(False, True)).items():
         spec.setdefault(key, value)
 CONFIGS.update(PAPER)
+# For the tests of bench_sharding: a PAPER-like config at toy widths (not judged, not in the default list).
+CONFIGS["tiny_shard"] = {**PAPER["paper"], "model": dict(layers=2, hidden=128, heads=2, kv_heads=2), "frames": 4,
+                         "size": 112, "r": 16}
 TAU, LAMBDA_C, LAMBDA_D = 0.07, 0.3, 1.0  # the paper's τ and λ
 PARTS = ("capture", "heads", "infonce", "depth", "recompute")
 SAMPLE = dict(num_frames=16, size=(336, 336), lattices=(8, 24))  # the data-loader target: 640 tracks
@@ -590,6 +594,96 @@ def max_frames(steps, models, device: str, start: int = 16, cap: int = 2048) -> 
     return res
 
 
+# ----------------------------------------------------------------------------- DDP and FSDP2: memory per process
+
+def local_mb(tensors) -> float:
+    """MB a process holds of these tensors: a DTensor's local shard, a plain tensor whole."""
+    return sum((t.to_local() if hasattr(t, "to_local") else t).nbytes for t in tensors) / 2**20
+
+
+def shard_worker(name: str, spec: dict, scene_dir: str, out: str):
+    """Under torchrun (--engine ddp | fsdp2, env RANK set): one GASP training step of a PAPER config with full
+    fine-tuning of its LLM (the case FSDP2 is for; LoRA trains ~1-3 % of the weights), measured per process:
+    state_mb = weights + AdamW states held before the step, step_mb = the step's peak above that (activations,
+    gradients, gathered shards), peak_mb = their sum. Rank 0 writes every rank's numbers to `out`."""
+    env = distributed.init(spec["engine"])
+    device = env.device if env.device != "cpu" else "cpu"
+    spec = {**spec, "device": device}
+    amp = torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    stock, tokenizer = build_paper(spec)
+    if spec.get("grad_ckpt_on"):
+        stock.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    gasp = M.GASP(M.freeze_and_lora(stock, 0), r=spec["r"]).to(device).train()
+    for q in gasp.parameters():
+        if q.requires_grad:
+            q.data = q.data.float()  # trained parameters in float32, as train.py
+    proc = M.Processor(stock.config, tokenizer, (spec["size"], spec["size"]))
+    base = data.make_sample(data.load_scene(scene_dir, proc.size), np.random.default_rng(0), spec["frames"],
+                            proc.size, lattices=(8, 24))
+    anchor = int(base["anchor"])
+    inputs = {k: v.to(device) for k, v in proc([base["frames"]], [M.PROMPT], ["yes"]).items()}
+    tmap = proc.token_map(inputs["input_ids"][0], spec["frames"])
+    targets = pair_targets(base, proc.token_px, proc.grid, device=device)
+    inputs = M.answer_logits_only(inputs)
+    model = gasp
+    if env.sharded:
+        distributed.shard(stock, M.llm_layers(stock), gasp.heads, torch.bfloat16, env, max(gasp.layer_ids))
+    elif env.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(gasp, find_unused_parameters=True)
+    opt = torch.optim.AdamW([q for q in gasp.parameters() if q.requires_grad], lr=1e-5)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with amp:
+            out, corr, depth = model(inputs, tmap, anchor, loss=partial(gasp_losses, targets=targets, tau=TAU,
+                                                                        q_offset=anchor))
+            loss = total_loss(out.loss, corr, depth, LAMBDA_C, LAMBDA_D)
+        del out
+        loss.backward()
+        opt.step()
+
+    step()  # the optimizer's states exist from here on
+    opt.zero_grad(set_to_none=True)
+    state = local_mb(gasp.parameters()) + local_mb(t for st in opt.state.values() for t in st.values()
+                                                   if torch.is_tensor(t))
+    step_mb = peak_mb(step, device.split(":")[0])
+    mine = dict(rank=env.rank, state_mb=state, step_mb=step_mb, peak_mb=state + step_mb)
+    gathered = [None] * env.world
+    torch.distributed.all_gather_object(gathered, mine)
+    if env.master:
+        Path(out).write_text(json.dumps(dict(config=name, engine=spec["engine"], world=env.world, ranks=gathered)))
+    torch.distributed.destroy_process_group()
+
+
+def bench_sharding(name: str, spec: dict, scene_dir: str, world: int = 2) -> dict:
+    """Per-process memory of DDP and FSDP2 at `world` processes (gloo on CPU), full fine-tuning, one GASP step of
+    a PAPER config: runs shard_worker under torchrun for each engine."""
+    import socket
+    import subprocess
+    import sys
+    res = {}
+    for engine in distributed.ENGINES:
+        with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            sock.close()
+            out = str(Path(tmp) / "shard.json")
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port",
+                   str(port), __file__, "--configs", name, "--scene", scene_dir, "--shard-worker", engine, "--out", out]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"{engine} worker failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+            ranks = json.loads(Path(out).read_text())["ranks"]
+        for key in ("state_mb", "step_mb", "peak_mb"):
+            res[f"{engine}_{key}"] = max(r[key] for r in ranks)
+        print(f"{name} {engine} x{world}: " + ", ".join(f"rank {r['rank']} {r['peak_mb']:.0f} MB "
+                                                          f"({r['state_mb']:.0f} state + {r['step_mb']:.0f} step)"
+                                                          for r in ranks))
+    res["fsdp2_over_ddp_peak"] = res["fsdp2_peak_mb"] / res["ddp_peak_mb"]
+    return {f"{name}+shard{world}": res}
+
+
 PAPER_TARGETS = [
     ("step_time_ratio", "<= 1.03", lambda v: v <= 1.03, tuple(PAPER)),
     ("peak_memory_ratio", "<= 1.03", lambda v: v <= 1.03, tuple(PAPER)),
@@ -631,7 +725,14 @@ def main():
     p.add_argument("--scene", default="", help="scene folder for the data measures and the batch "
                    "(default: data/synthetic/train/scene_0000, rendered if absent)")
     p.add_argument("--out", default="bench.json", help="where to write the results")
+    p.add_argument("--sharding", action="store_true", help="with paper configs: also the per-process memory of "
+                   "DDP and FSDP2 at 2 processes (full fine-tuning, one GASP step each, under torchrun)")
+    p.add_argument("--shard-worker", choices=distributed.ENGINES, help=argparse.SUPPRESS)  # set by bench_sharding
     args = p.parse_args()
+    if args.shard_worker:  # one torchrun process of bench_sharding, or `torchrun ... bench.py --configs paper_gpu
+        name = args.configs  # --shard-worker fsdp2` on GPUs
+        return shard_worker(name, {**CONFIGS[name], "engine": args.shard_worker, "grad_ckpt_on": True}, args.scene,
+                            args.out)
     if args.repeats < 1:
         raise SystemExit("--repeats must be at least 1")
     names = args.configs.split(",")
@@ -645,16 +746,25 @@ def main():
         synth.ensure_synthetic("data/synthetic")
         scene = "data/synthetic/train/scene_0000"
     results = {}
-    if any(n not in PAPER for n in names):
+    if any("kind" not in CONFIGS[n] for n in names):
         sample_ms = data_measures(scene, args.repeats)
         print("data: " + ", ".join(f"{k} {v:.1f}" for k, v in sample_ms.items()))
     for n in names:
+        if "kind" in CONFIGS[n] and args.sharding:
+            world = torch.cuda.device_count() if CONFIGS[n]["device"] == "cuda" else 2
+            results.update(bench_sharding(n, CONFIGS[n], scene, world))
         if n in PAPER:
             results.update(bench_paper(n, CONFIGS[n], scene, args.repeats))
+        elif "kind" in CONFIGS[n]:
+            continue
         else:
             results[n] = bench_config(n, CONFIGS[n], scene, sample_ms, args.repeats)
-    paper = {n: r for n, r in results.items() if n.split("+")[0] in PAPER}
-    other = {n: r for n, r in results.items() if n not in paper}
+    shard = {n: r for n, r in results.items() if "+shard" in n}
+    paper = {n: r for n, r in results.items() if n.split("+")[0] in PAPER and n not in shard}
+    other = {n: r for n, r in results.items() if n not in paper and n not in shard}
+    for n, r in shard.items():
+        print(f"{n}: peak MB per process, DDP {r['ddp_peak_mb']:.0f} ({r['ddp_state_mb']:.0f} weights + AdamW), "
+              f"FSDP2 {r['fsdp2_peak_mb']:.0f} ({r['fsdp2_state_mb']:.0f}); ratio {r['fsdp2_over_ddp_peak']:.2f}")
     if paper:
         extra = PAPER_EXTRA + (("sft_max_frames", "gasp_max_frames") if "paper_gpu" in names else ())
         print(report_table(paper, PAPER_TARGETS, extra))

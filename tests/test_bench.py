@@ -65,3 +65,13 @@ def test_report_table_judges_each_target_on_the_configs_it_applies_to():
     slow = bench.report_table({"paper": {"step_time_ratio": 1.01}, "paper+ckpt": {"step_time_ratio": 1.05}},
                               targets, extra=())
     assert slow.splitlines()[1].split()[-1] == "NO"
+
+
+@pytest.mark.slow
+def test_fsdp2_holds_half_the_weights_and_optimizer_states_of_ddp_per_process(tmp_path):
+    """bench.bench_sharding at 2 processes (gloo): each FSDP2 process holds half of what a DDP process holds of the
+    weights and AdamW states (full fine-tuning), and both steps ran on every rank."""
+    src, _ = analytic.depths_scene(tmp_path / "scene", n=6, size=(112, 112))
+    res = bench.bench_sharding("tiny_shard", bench.CONFIGS["tiny_shard"], str(src))["tiny_shard+shard2"]
+    assert res["fsdp2_state_mb"] == pytest.approx(res["ddp_state_mb"] / 2, rel=0.05)
+    assert res["ddp_step_mb"] > 0 and res["fsdp2_step_mb"] > 0 and res["fsdp2_peak_mb"] < res["ddp_peak_mb"]
