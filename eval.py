@@ -513,7 +513,8 @@ def heatmap_pairs(pairs: list[str], manifest: Path | None) -> list[tuple[str, Pa
 
 
 def heatmap(pairs: list[tuple[str, Path, Path]], allow_partial: bool = False) -> tuple[list, list, list, str]:
-    """(models, benchmark titles, changes, the markdown table): changes[m][b] = tuned - base overall score in points, None where no pair.
+    """(models, benchmark titles, changes, the markdown table): changes[m][b] = tuned - base overall score in
+    points, None where no pair.
     Refused: base and tuned of different benchmarks or item sets, a model scored twice on a benchmark, and
     unless allow_partial a summary of a partial run."""
     models, benches, cells = [], [], {}
@@ -553,8 +554,9 @@ def main(argv=None):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS), help="which benchmark")
     common.add_argument("--data", required=True, type=Path, help="the benchmark folder as released: VSI-Bench "
-                        "test.jsonl + video folders; All-Angles data.json + images; BLINK <Subtask>/val-*.parquet; MMSI "
-                        "MMSI_Bench.parquet; SpaceVista bench_all_clean_corrected.json + frame folders")
+                        "test.jsonl + video folders; All-Angles data.json + images; BLINK <Subtask>/val-*.parquet; "
+                        "MMSI MMSI_Bench.parquet; STI-Bench qa.parquet + video/; SpaceVista "
+                        "bench_all_clean_corrected.json + frame folders")
     common.add_argument("--categories", nargs="+", help="only these categories (question types / subtasks)")
     r = sub.add_parser("run", parents=[common], help="generate answers, write JSONL as it goes, print the summary")
     r.add_argument("--model", required=True, help="checkpoint folder or HF id (train.py's export/, or a training checkpoint.pt) that model.load reads")
@@ -568,8 +570,8 @@ def main(argv=None):
     r.add_argument("--limit", type=positive, help="at most this many items per category (quick runs)")
     r.add_argument("--frames", type=positive, default=32, help="VSI-Bench frames per video (official: 32)")
     r.add_argument("--max-new-tokens", type=positive,
-                   help="default: the official 16 / 2048 / 1024 / 2048 / 8196 (VSI / AA / BLINK / MMSI / "
-                        "SpaceVista)")
+                   help="default: the official 16 / 2048 / 1024 / 2048 / 512 / 8196 (VSI / AA / BLINK / "
+                        "MMSI / STI / SpaceVista)")
     r.add_argument("--frame-size", type=positive, help="--inputs train-size only: the square side in px "
                    "(default: model.py's)")
     r.add_argument("--device", help="torch device (default: cuda if available, else cpu)")

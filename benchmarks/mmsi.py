@@ -25,7 +25,8 @@ TITLE = "MMSI-Bench"
 # Assumption: the official harness is VLMEvalKit, where the generation length is each model wrapper's own
 # (2048 for Qwen2-VL / Qwen2.5-VL); lmms-eval's mmsi_bench yaml says 2048 too.
 MAX_NEW_TOKENS = 2048
-POST_PROMPT = "\nAnswer with the option's letter from the given choices directly. Enclose the option's letter within ``."
+POST_PROMPT = ("\nAnswer with the option's letter from the given choices directly. Enclose the option's letter "
+               "within ``.")
 # The 11 question types as the parquet spells them (en dashes), in the paper's order.
 COLUMNS = [("Positional Relationship (Cam.–Cam.)", "Cam.-Cam."), ("Positional Relationship (Obj.–Obj.)", "Obj.-Obj."),
            ("Positional Relationship (Reg.–Reg.)", "Reg.-Reg."), ("Positional Relationship (Cam.–Obj.)", "Cam.-Obj."),

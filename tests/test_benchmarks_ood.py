@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import eval as E
-from benchmarks import media, mmsi, scoring, spacevista
+from benchmarks import media, mmsi, scoring, spacevista, stibench
 from figures import heatmap as H
 
 CAM, MOT = "Positional Relationship (Cam.–Cam.)", "Motion (Cam.)"
@@ -198,6 +198,51 @@ def test_spacevista_official_aggregation(tmp_path, capsys):
     assert s["original_types"]["TYPE_0"]["count"] == 3
 
 
+# ----------------------------------------------------------------------------- STI-Bench
+
+DIM, SPEED = "Dimensional Measurement", "Speed & Acceleration"
+# ID, Video, Task, Answer, prediction, its official score (opensource_test.py: the extracted text's last character)
+STI_ROWS = [
+    (0, "scene0001.mp4", DIM, "B", "The answer is B", 1.0),  # no pattern: the stripped text, its last letter B
+    (1, "scene0001.mp4", DIM, "A", "B, not A", 1.0),  # last character A
+    (2, "scene0001.mp4", DIM, "C", "(c) 3 m", 1.0),  # "(A)" pattern, any case
+    (3, "camera_front.mp4", SPEED, "D", "Answer: d", 1.0),
+    (4, "camera_front.mp4", SPEED, "A", "A is correct, B is not", 1.0),  # "A is correct" before the last letter
+    (5, "123456.mp4", SPEED, "B", "none of them", 0.0),  # last character m
+    (6, "123456.mp4", SPEED, "E", "", 0.0),  # empty: wrong (an IndexError upstream)
+]
+
+
+def sti_root(tmp_path):
+    """qa.parquet + video/<name>/ frame folders (benchmarks/media.py reads a folder of frames as the video)."""
+    root = tmp_path / "STI-Bench"
+    for name in {r[1] for r in STI_ROWS}:
+        (root / "video" / name.removesuffix(".mp4")).mkdir(parents=True)
+        for i in range(4):
+            (root / "video" / name.removesuffix(".mp4") / f"{i:05d}.png").write_bytes(png(40 * i))
+    cands = [json.dumps(dict(A="1 m", B="2 m", C="3 m", D="4 m", E="5 m"))] * len(STI_ROWS)  # a JSON string
+    pq.write_table(pa.table(dict(ID=[r[0] for r in STI_ROWS], Video=[r[1] for r in STI_ROWS],
+                                 time_start=[0.5] * len(STI_ROWS), time_end=[2.0] * len(STI_ROWS),
+                                 Question=[f"How far {r[0]}?" for r in STI_ROWS], Candidates=cands,
+                                 Answer=[r[3] for r in STI_ROWS], Task=[r[2] for r in STI_ROWS],
+                                 Scene=[None] * len(STI_ROWS))), root / "qa.parquet")
+    return root
+
+
+def test_sti_prompt_and_official_scores(tmp_path, capsys):
+    root = sti_root(tmp_path)
+    items = {it["id"]: it for it in stibench.load(root)}
+    assert items[0]["prompt"] == ("From 0.5 s to 2.0 s. How far 0?\n(A) 1 m\n(B) 2 m\n(C) 3 m\n(D) 4 m\n(E) 5 m\n"
+                                  "Please output only the option letter!")
+    assert [items[k]["scene"] for k in (0, 3, 5)] == ["indoor", "outdoor", "desktop"]  # scene_type of the file
+    assert len(media.visuals(items[0], 4)) == 4
+    preds = write_preds(tmp_path / "sti.jsonl", {r[0]: r[4] for r in STI_ROWS})
+    s = json.loads(cli(capsys, "score", "--benchmark", "stibench", "--data", root, "--predictions", preds).out)
+    assert s["categories"] == pytest.approx({DIM: 100.0, SPEED: 50.0})
+    assert s["overall"] == pytest.approx(500 / 7)  # 5 of 7 items, not the mean of the tasks (75)
+    assert s["scenes"] == pytest.approx({"indoor": 100.0, "outdoor": 100.0, "desktop": 0.0})
+
+
 # ----------------------------------------------------------------------------- resume and coverage
 
 def fake_model(answers, fail_after=None):
@@ -217,14 +262,18 @@ def fake_model(answers, fail_after=None):
             raise KeyboardInterrupt
         return torch.cat([input_ids, torch.ones(len(input_ids), 1, dtype=torch.long)], 1)
 
-    return SimpleNamespace(device="cpu", generate=generate, config=SimpleNamespace(model_type="fake")), Processor(), calls
+    vlm = SimpleNamespace(device="cpu", generate=generate, config=SimpleNamespace(model_type="fake"))
+    return vlm, Processor(), calls
 
 
-@pytest.mark.parametrize("bench", ["mmsi", "spacevista"])
+@pytest.mark.parametrize("bench", ["mmsi", "stibench", "spacevista"])
 def test_resume_and_coverage(tmp_path, capsys, bench):
-    rows, root = (MMSI_ROWS, mmsi_root(tmp_path)) if bench == "mmsi" else (SV_ROWS, spacevista_root(tmp_path))
-    load = mmsi.load if bench == "mmsi" else spacevista.load
+    rows, root, load = dict(mmsi=(MMSI_ROWS, mmsi_root, mmsi.load), stibench=(STI_ROWS, sti_root, stibench.load),
+                            spacevista=(SV_ROWS, spacevista_root, spacevista.load))[bench]
+    root = root(tmp_path)
     items = load(root)
+    if bench == "stibench":  # (ID, Video, Task, Answer, prediction, score) -> (ID, Task, Answer, prediction, score)
+        rows = [(r[0], *r[2:]) for r in rows]
     answers = {it["prompt"]: r[3] for it, r in zip(items, rows)}
     out = tmp_path / f"{bench}.jsonl"
     vlm, proc, calls = fake_model(answers, fail_after=1)
