@@ -6,7 +6,8 @@ official answer extraction and aggregation.
     annotations}; frame paths relative to the release folder. 16 frames at np.linspace(0, n-1, 16, dtype=int)
     (all of them when n <= 16). Points and boxes of `image_point_text` / `image_bbox_text` entries are drawn on
     their frames at full resolution as the official harness draws them (red-blue-green-yellow, filled circles,
-    box outlines); the prompt is the question, a blank line and the answer-type suffix;
+    box outlines, dual boxes placed by image path); the prompt is the question, a blank line and the answer-type
+    suffix;
   * scorer: the answer's <answer>...</answer> content (else the whole text), then by the type the answer has
     (classify_answer_type: a letter A-E -> mc, a float -> numerical, else text): mc = exact match of the
     leading letter A-D (fuzzy_matching), numerical = MRA over θ ∈ {0.50, 0.55, ..., 0.95} of
@@ -106,11 +107,11 @@ def frames(entry: dict, base: Path, where: str) -> dict:
     paths = videos[0] if isinstance(videos, list) and videos and isinstance(videos[0], list) else None
     if not paths:
         raise ValueError(f"{where}: `videos` is not [[frame paths, ...]] (as released)")
+    marks = annotations(entry, [str(p) for p in paths], where)
     paths = [str(p if Path(p).is_absolute() else base / p) for p in paths]
     n = len(paths)
     sampled = list(range(n)) if n <= FRAMES else np.linspace(0, n - 1, FRAMES, dtype=int).tolist()
     images, names = [paths[i] for i in sampled], [paths[i] for i in sampled]
-    marks = annotations(entry, where)
     for k, orig in enumerate(sampled):
         # render_annotations: a mark on an unsampled frame goes to the nearest sampled one (the first on a tie)
         mine = [m for m in marks if min(sampled, key=lambda s: abs(s - m["frame"])) == orig]
@@ -120,8 +121,9 @@ def frames(entry: dict, base: Path, where: str) -> dict:
     return dict(images=images, image_names=names)
 
 
-def annotations(entry: dict, where: str) -> list[dict]:
-    """evaluate_api.py build_annotation_list for points and boxes: [{type, frame, color, coords}]."""
+def annotations(entry: dict, paths: list[str], where: str) -> list[dict]:
+    """evaluate_api.py build_annotation_list for points and boxes (`paths`: the entry's frames as released):
+    [{type, frame, color, coords}]."""
     kind, ann = str(entry["input_type"]).lower(), entry.get("annotations") or {}
     if "mask" in kind:  # Deviation: masks are pickled arrays (np.load(allow_pickle=True)); not unpickled here
         raise ValueError(f"{where}: a {entry['input_type']} entry; its mask overlay (a pickled array) is not drawn "
@@ -132,10 +134,29 @@ def annotations(entry: dict, where: str) -> list[dict]:
             for i, a in enumerate(ann.get(key) or []):
                 out.append(dict(type=typ, frame=a.get("image_index", 0), coords=a["coords"],
                                 color=a.get("color") or COLOR_ORDER[i % len(COLOR_ORDER)]))
-    if ann.get("dual_bbox") and "bbox" in kind:
-        raise ValueError(f"{where}: a dual_bbox annotation (boxes placed by image path) is not drawn here; score its "
-                         "answers with eval.py score, or leave such entries out of the data file")
+    dual = ann.get("dual_bbox")
+    if dual and "bbox" in kind:  # the source box red, the target boxes blue, green, yellow, red, ...
+        if dual.get("source_bbox"):
+            out.append(dict(type="bbox", frame=frame_of(dual.get("source_image"), paths), coords=dual["source_bbox"],
+                            color="red"))
+        for j, box in enumerate(dual.get("target_bboxes") or []):
+            out.append(dict(type="bbox", frame=frame_of(dual.get("target_image"), paths), coords=box,
+                            color=COLOR_ORDER[(j + 1) % len(COLOR_ORDER)]))
     return out
+
+
+def frame_of(image_path, paths: list[str]) -> int:
+    """evaluate_api.py _find_frame_index: the frame a path names: the same path, else with images_8/ and images/
+    swapped, else the first of the same file name, else frame 0."""
+    if not image_path:
+        return 0
+    swapped = [image_path.replace(a, b) for a, b in (("/images_8/", "/images/"), ("/images/", "/images_8/"))
+               if a in image_path]
+    for p in [image_path] + swapped:
+        if p in paths:
+            return paths.index(p)
+    names = [Path(p).name for p in paths]
+    return names.index(Path(image_path).name) if Path(image_path).name in names else 0
 
 
 def draw(path: str, marks: list[dict], name: str) -> bytes:
@@ -158,7 +179,8 @@ def draw(path: str, marks: list[dict], name: str) -> bytes:
             x1, x2, y1, y2 = min(x1, x2), max(x1, x2), min(y1, y2), max(y1, y2)
             x1, x2 = (max(0.0, min(v, w - 1)) for v in (x1, x2))
             y1, y2 = (max(0.0, min(v, h - 1)) for v in (y1, y2))
-            d.rectangle((x1, y1, x2, y2), outline=rgb, width=max(2, int(0.004 * min(w, h))))
+            if x2 > 0 and y2 > 0:  # a box left or above the frame clips to its edge and is skipped there
+                d.rectangle((x1, y1, x2, y2), outline=rgb, width=max(2, int(0.004 * min(w, h))))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()

@@ -177,6 +177,20 @@ def test_spacevista_frames_and_marks(tmp_path):
     assert tuple(box[2][20, 5]) == (20, 20, 20) and tuple(box[4][20, 5]) == (50, 50, 50)
 
 
+def test_spacevista_dual_boxes_are_placed_by_image_path(tmp_path):
+    dual = dict(id=50, input_type="image_bbox_text", question="Q?", answer="A",
+                videos=[[f"frames/s1/{i:05d}.png" for i in range(FRAMES)]],
+                metadata=dict(category="Indoor", scale="m", original_type="T"),
+                annotations=dict(dual_bbox=dict(source_image="frames/s1/00005.png", source_bbox=[5, 5, 40, 30],
+                                                target_image="elsewhere/00010.png",  # found by its file name
+                                                target_bboxes=[[10, 10, 30, 20]])))
+    item = spacevista.load(spacevista_root(tmp_path, [dual]))[-1]
+    frames = [np.asarray(f) for f in media.visuals(item, 32)]
+    assert tuple(frames[4][20, 5]) == (255, 0, 0)  # frame 5 is the 5th sampled: the source box, red
+    assert tuple(frames[8][15, 10]) == (0, 128, 255)  # frame 10 is the 9th: the first target box, blue
+    assert tuple(frames[0][20, 5]) == (0, 0, 0)
+
+
 def test_spacevista_mask_entries_are_refused_for_run_not_for_score(tmp_path):
     mask = dict(id=99, input_type="image_mask_text", question="Q?", answer="A", videos=[["frames/s1/00000.png"]],
                 metadata=dict(category="Indoor", scale="m", original_type="T"),
