@@ -9,7 +9,8 @@ answers as each benchmark's official code does, and print the paper's table.
   * score  one scorer for `run` and `score`: coverage (items scored / items in the benchmark, per category,
            printed and stored in <stem>.summary.json); duplicate ids, a partial or a truncated file refused
            unless --allow-partial;
-  * table  a markdown table in the paper's layout, one row per predictions file.
+  * table  a markdown table in the paper's layout, one row per predictions file;
+  * heatmap  the generalisation figure from score files of base and fine-tuned models (tuned - base, in points).
 The model is fed as each official harness feeds it (`--inputs official`, OfficialInputs): Qwen2/2.5-VL images
 aspect-kept by smart_resize within the harness's min/max pixels, VSI-Bench in Qwen VIDEO mode (2 frames per token
 group); LLaVA-NeXT-Video images through the LLaVA-NeXT anyres path, video frames resized on the short edge and
@@ -469,13 +470,93 @@ def write_summary(predictions: Path, summary: dict) -> Path:
     return path
 
 
+def read_score(path: Path) -> dict:
+    """A summary that `eval.py score` (or `run`) wrote: <stem>.summary.json itself, or the predictions JSONL whose
+    summary sits beside it."""
+    summary = path.with_name(path.stem + ".summary.json") if path.suffix == ".jsonl" else path
+    if not summary.exists():
+        raise FileNotFoundError(f"{path}: no {summary.name} beside it; score it first: python eval.py score "
+                                f"--benchmark ... --data ... --predictions {path}")
+    try:
+        s = json.loads(read_text(summary))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{summary}: not JSON ({e}); pass a summary written by eval.py score") from None
+    if not isinstance(s, dict) or not {"benchmark", "overall", "coverage"} <= set(s):
+        raise ValueError(f"{summary}: not a summary of eval.py score (no benchmark, overall and coverage); "
+                         "run eval.py score on its predictions file")
+    if s["benchmark"] not in BENCHMARKS:
+        raise ValueError(f"{summary}: unknown benchmark {s['benchmark']!r}")
+    return s
+
+
+def heatmap_pairs(pairs: list[str], manifest: Path | None) -> list[tuple[str, Path, Path]]:
+    """(model, base file, tuned file) from `--pair MODEL=BASE:TUNED` arguments and a CSV manifest with the
+    columns model,base,tuned (paths relative to the manifest's folder)."""
+    out = []
+    for text in pairs:
+        name, _, files = text.partition("=")
+        parts = files.split(":")
+        if not name or len(parts) != 2 or not all(parts):
+            raise ValueError(f"--pair {text!r}: write MODEL=BASE:TUNED, e.g. SpaceR=vsi_base.summary.json:"
+                             "vsi_spacer.summary.json")
+        out.append((name, Path(parts[0]), Path(parts[1])))
+    if manifest:
+        import csv
+        rows = list(csv.DictReader(read_text(manifest).splitlines()))
+        if not rows or not {"model", "base", "tuned"} <= set(rows[0]):
+            raise ValueError(f"{manifest}: a CSV with the header model,base,tuned and one line per fine-tuned model "
+                             "and benchmark")
+        out += [(r["model"], manifest.parent / r["base"], manifest.parent / r["tuned"]) for r in rows]
+    if not out:
+        raise ValueError("no scores: give --pair MODEL=BASE:TUNED (once per model and benchmark) or --manifest")
+    return out
+
+
+def heatmap(pairs: list[tuple[str, Path, Path]], allow_partial: bool = False) -> tuple[list, list, list, str]:
+    """(models, benchmark titles, changes, the markdown table): changes[m][b] = tuned - base overall score in
+    points, None where no pair.
+    Refused: base and tuned of different benchmarks or item sets, a model scored twice on a benchmark, and
+    unless allow_partial a summary of a partial run."""
+    models, benches, cells = [], [], {}
+    for name, base_file, tuned_file in pairs:
+        base, tuned = read_score(base_file), read_score(tuned_file)
+        if base["benchmark"] != tuned["benchmark"]:
+            raise ValueError(f"{name}: base {base_file} is {base['benchmark']}, tuned {tuned_file} is "
+                             f"{tuned['benchmark']}; pair the two scores of one benchmark")
+        for f, s in ((base_file, base), (tuned_file, tuned)):
+            cov = s["coverage"]
+            if cov["scored"] < cov["total"] and not allow_partial:
+                raise ValueError(f"{f}: scores {cov['scored']} of {cov['total']} items (a partial run); finish it "
+                                 "with eval.py run, or pass --allow-partial")
+        totals = [{c: n for c, (_, n) in s["coverage"]["categories"].items()} for s in (base, tuned)]
+        if totals[0] != totals[1]:
+            raise ValueError(f"{name}: {base_file} and {tuned_file} were scored on different items "
+                             f"({totals[0]} vs {totals[1]}); score both with the same --data and --categories")
+        key = (name, base["benchmark"])
+        if key in cells:
+            raise ValueError(f"{name} has two {base['benchmark']} pairs; give one per model and benchmark")
+        models += [name] if name not in models else []
+        benches += [base["benchmark"]] if base["benchmark"] not in benches else []
+        cells[key] = (base["overall"], tuned["overall"])
+    changes = [[cells[m, b][1] - cells[m, b][0] if (m, b) in cells else None for b in benches] for m in models]
+    table = ["Change relative to the base model, in points (tuned - base overall, 0-100 scale; base -> tuned):", "",
+             "| Model | " + " | ".join(BENCHMARKS[b].title for b in benches) + " |", "|---" * (len(benches) + 1) + "|"]
+    for m in models:
+        table.append(f"| {m} | " + " | ".join(f"{cells[m, b][1] - cells[m, b][0]:+.1f} ({cells[m, b][0]:.1f} -> "
+                                             f"{cells[m, b][1]:.1f})" if (m, b) in cells else "–"
+                                             for b in benches) + " |")
+    return models, [BENCHMARKS[b].title for b in benches], changes, "\n".join(table)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="eval.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS), help="which benchmark")
     common.add_argument("--data", required=True, type=Path, help="the benchmark folder as released: VSI-Bench "
-                        "test.jsonl + video folders; All-Angles data.json + images; BLINK <Subtask>/val-*.parquet")
+                        "test.jsonl + video folders; All-Angles data.json + images; BLINK <Subtask>/val-*.parquet; "
+                        "MMSI MMSI_Bench.parquet; STI-Bench qa.parquet + video/; SpaceVista "
+                        "bench_all_clean_corrected.json + frame folders")
     common.add_argument("--categories", nargs="+", help="only these categories (question types / subtasks)")
     r = sub.add_parser("run", parents=[common], help="generate answers, write JSONL as it goes, print the summary")
     r.add_argument("--model", required=True, help="checkpoint folder or HF id (train.py's export/, or a training checkpoint.pt) that model.load reads")
@@ -489,7 +570,8 @@ def main(argv=None):
     r.add_argument("--limit", type=positive, help="at most this many items per category (quick runs)")
     r.add_argument("--frames", type=positive, default=32, help="VSI-Bench frames per video (official: 32)")
     r.add_argument("--max-new-tokens", type=positive,
-                   help="default: the official 16 / 2048 / 1024 (VSI / AA / BLINK)")
+                   help="default: the official 16 / 2048 / 1024 / 2048 / 512 / 8196 (VSI / AA / BLINK / "
+                        "MMSI / STI / SpaceVista)")
     r.add_argument("--frame-size", type=positive, help="--inputs train-size only: the square side in px "
                    "(default: model.py's)")
     r.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -500,11 +582,36 @@ def main(argv=None):
     s.add_argument("--predictions", required=True, type=Path, help="JSONL of {\"id\": ..., \"prediction\": ...}")
     t = sub.add_parser("table", parents=[common], help="markdown table, one row per predictions file")
     t.add_argument("--predictions", required=True, type=Path, nargs="+", help="one JSONL per checkpoint")
+    h = sub.add_parser("heatmap", help="the generalisation figure: each fine-tuned model's change relative to its "
+                       "base, per benchmark (PNG + printed table)", formatter_class=argparse.RawTextHelpFormatter,
+                       description="Rows = fine-tuned models, columns = benchmarks, cell = tuned - base overall score "
+                       "in points (0-100 scale).\nScores are the <stem>.summary.json files that eval.py score writes "
+                       "(or their predictions .jsonl, whose summary\nsits beside it); the benchmark is read from each "
+                       "file. Example:\n  python eval.py heatmap --out gen.png \\\n"
+                       "    --pair SpaceR=vsi_qwen.summary.json:vsi_spacer.summary.json \\\n"
+                       "    --pair SpaceR=mmsi_qwen.summary.json:mmsi_spacer.summary.json")
+    h.add_argument("--pair", action="append", default=[], metavar="MODEL=BASE:TUNED",
+                   help="one fine-tuned model on one benchmark: its base's and its own score file (repeat)")
+    h.add_argument("--manifest", type=Path, help="CSV with the header model,base,tuned, one line per pair (paths "
+                   "relative to the CSV), instead of or beside --pair")
+    h.add_argument("--out", type=Path, default=Path("heatmap.png"), help="the figure (PNG); default heatmap.png")
+    h.add_argument("--title", default="Change relative to the base model (points, tuned - base)")
+    h.add_argument("--allow-partial", action="store_true", help="accept summaries of partial runs")
     for q in (s, t):
         q.add_argument("--allow-partial", action="store_true", help="score a file that lacks items, has a "
                        "truncated last line, non-prediction lines or non-string predictions (counted in the "
                        "coverage or scored wrong, not refused)")
     args = p.parse_args(argv)
+    if args.cmd == "heatmap":
+        from figures.heatmap import heatmap as draw_heatmap
+        try:
+            models, benches, changes, table = heatmap(heatmap_pairs(args.pair, args.manifest), args.allow_partial)
+            draw_heatmap(models, benches, changes, args.title).save(args.out)
+        except (ValueError, OSError) as e:
+            sys.exit(f"eval.py heatmap: error: {e}")
+        print(table)
+        print(f"eval.py heatmap: wrote {args.out}", file=sys.stderr)
+        return
     try:
         items = BENCHMARKS[args.benchmark].load(args.data, media=args.cmd == "run")
         dup = [k for k, n in Counter(str(it["id"]) for it in items).items() if n > 1]

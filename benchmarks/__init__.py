@@ -1,14 +1,16 @@
-"""The benchmarks of GASP Table 1, each read from its released files and scored as its official code does.
+"""The benchmarks of GASP Table 1 and of its generalisation figure, each read from its released files and scored
+as its official code does.
 
 One file a benchmark (reader, official answer extraction, aggregation rule, pinned reference to that code):
-vsibench.py, allangles.py, blink.py. What they share: common.py (optional packages, required fields, UTF-8 text,
-item fingerprints), media.py (frames and images, named errors), scoring.py (predictions files, coverage, the
-summary, the markdown table). eval.py runs the model on them; `BENCHMARKS` below is what it knows of each.
+vsibench.py, allangles.py, blink.py (Table 1); mmsi.py, stibench.py, spacevista.py (the out-of-domain benchmarks
+of the generalisation figure). What they share: common.py (optional packages, required fields, UTF-8 text, item
+fingerprints), media.py (frames and images, named errors), scoring.py (predictions files, coverage, the summary,
+the markdown table). eval.py runs the model on them; `BENCHMARKS` below is what it knows of each.
 """
 from dataclasses import dataclass
 from typing import Callable
 
-from benchmarks import allangles, blink, vsibench
+from benchmarks import allangles, blink, mmsi, spacevista, stibench, vsibench
 
 
 @dataclass(frozen=True)
@@ -25,4 +27,4 @@ class Benchmark:
 
 BENCHMARKS = {m.__name__.split(".")[-1]: Benchmark(m.__name__.split(".")[-1], m.TITLE, m.load, m.score, m.aggregate,
                                                     m.COLUMNS, m.SUBTYPES, m.MAX_NEW_TOKENS)
-              for m in (vsibench, allangles, blink)}
+              for m in (vsibench, allangles, blink, mmsi, stibench, spacevista)}
