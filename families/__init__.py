@@ -3,10 +3,10 @@ one input builder (Processor) that reads them for training, the probe and evalua
 
 A family says how frames become LLM tokens and where GASP reads them:
   * layout: "images" (every frame one image, `<|vision_start|><|image_pad|>*n<|vision_end|>` each: Qwen3-VL) or
-    "video" (all frames one run: `<|video_pad|>` for Qwen2-VL / Qwen2.5-VL, `<video>` for LLaVA), and the
-    placeholder token the stock processor expands; patches: Qwen's patchified pixels with a (t, h, w) grid;
-  * the placeholders: the config attributes naming the image and video token ids (the tokens themselves are
-    looked up in the checkpoint's tokenizer);
+    "video" (all frames one run: `<|video_pad|>` for Qwen2-VL / Qwen2.5-VL, `<video>` for LLaVA) in training;
+    patches: Qwen's patchified pixels with a (t, h, w) grid;
+  * the placeholders the stock processor expands: the config attributes naming the image and video token ids
+    (image_token_id / video_token_index ...); the tokens themselves are looked up in the checkpoint's tokenizer;
   * newline: placeholder positions after the last frame's grid that carry no frame token (LLaVA-OneVision
     appends one `image_newline` to a video): the token map skips them;
   * official: per benchmark, the Feed its official harness uses (video or image mode, resize rule, pixel
@@ -35,14 +35,14 @@ Adding a family: one Family entry in registry.py's FAMILIES (and its test in tes
 Qwen2-VL and Qwen2.5-VL take the frames as one video in which every frame is repeated to fill a temporal
 patch (t = 2): every token belongs to one frame (the stock video path merges two different frames into one
 token), and the frames get the M-RoPE ids of a video: spatial ids shared by all frames, the temporal id one
-step a frame. Assumption (ours): this is the paper's multi-frame setting (video input, as on VSI-Bench).
+step a frame. Assumption: this is the paper's multi-frame setting (video input, as on VSI-Bench).
 As an image list every frame would shift all three ids by max(h, w) + 2, so a point's true match in a frame
 7 steps back sat 126 positions away on every rotary axis (measured on the embedded default: native Q-K PCK@2
 0.76 as images, 0.85 when the same q and k were compared before M-RoPE, 0.84 as a video). Qwen3-VL places
 every frame of a video like an image (its own ids after the previous frame's, with timestamp text between),
 so it keeps the image list. Qwen3-VL's DeepStack adds vision features to the first LLM layers' visual
 positions; the heads stay one per LLM layer.
-LLaVA-OneVision takes frames as a video, not an image list. Assumption (ours): the video path is how
+LLaVA-OneVision takes frames as a video, not an image list. Assumption: the video path is how
 the model was trained on video (LLaVA-Video-178K), it gives each frame one regular grid (2x2-pooled SigLIP
 patches, 196 tokens at 384 px) with a single newline after the last frame; the image path tiles every
 frame with anyres (a base view plus crops, a newline per row, 729+ tokens each), several grids per frame.

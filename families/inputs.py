@@ -146,14 +146,18 @@ class Processor:
         return str(self.folder) if self.folder is not None else f"the {self.kind} tokenizer"
 
     def _placeholder(self) -> str:
-        """The text of the placeholder token the config names for this mode; refused if the tokenizer cannot
-        write it (no such token, or a token whose text does not tokenize back to it)."""
+        """The text of the placeholder token the config names for this mode; refused where the tokenizer cannot
+        write it: no such token, or an ordinary piece of text (the stock processors expand a token of its own)."""
         mode, attr = self.medium, getattr(self.family, f"{self.medium}_token")
         tok, tid = self.tokenizer, self.vis_id
         text = tok.convert_ids_to_tokens(tid) if isinstance(tid, int) and 0 <= tid < len(tok) else None
-        if text is None or tok(text, add_special_tokens=False)["input_ids"] != [tid]:
-            what = "has no token in the tokenizer" if text is None else f"is {text!r}, which text does not tokenize to"
-            raise ValueError(f"{self._where()}: config.{attr} = {tid} {what}, so nothing can write the {mode} "
+        own = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}  # tokens the tokenizer writes by itself
+        if text is None or text not in tok.get_added_vocab() or tid in own or \
+                tok(text, add_special_tokens=False)["input_ids"] != [tid]:
+            what = "has no token in the tokenizer" if text is None else \
+                f"is {text!r} in the tokenizer, the tokenizer's own BOS / EOS / pad token" if tid in own else \
+                f"is {text!r} in the tokenizer, a piece of ordinary text, not a token of its own"
+            raise ValueError(f"{self._where()}: config.{attr} = {tid} {what}, so no text can hold the {mode} "
                              f"placeholder; use a checkpoint whose tokenizer has the {mode} token its config names "
                              f"(as the stock {self.family.name} ones), or set {attr} in config.json to that token's id")
         return text
@@ -166,10 +170,11 @@ class Processor:
             self._wrong_placeholders(found, 1)
 
     def _wrong_placeholders(self, found: int, want: int):
-        mode = self.medium
+        mode, attr = self.medium, getattr(self.family, f"{self.medium}_token")
         branch = f" (it has no {mode} branch)" if found == 0 else ""
         raise ValueError(f"{self._where()}: the conversation text ({self.template_origin}) holds {found} {mode} "
-                         f"placeholder(s) {self.placeholder!r} for {want} {mode}(s){branch}; fix the tokenizer's chat "
+                         f"placeholder(s) {self.placeholder!r} (config.{attr} = {self.vis_id}) for {want} "
+                         f"{mode}(s){branch}; fix the tokenizer's chat "
                          f"template: a {mode} branch writing {self.placeholder!r} once per {mode} (chat_template.jinja, "
                          f"or chat_template in tokenizer_config.json), and no {self.placeholder!r} in the prompt")
 
