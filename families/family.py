@@ -24,7 +24,7 @@ class Feed:
     pixels: tuple[int, int] | None = None  # (min, max) pixels per image or frame for "smart"
     merge_frames: bool = False  # Qwen video: consecutive frames share a temporal patch (else each is repeated)
     linear_rope: bool = False  # thinking-in-space: linear RoPE scaling so that the frames fit the context
-    harness: str = "model.py's training inputs"  # the code this mode follows (run log)
+    harness: str = "training inputs (fixed squares)"  # the code this mode follows (run log)
 
 
 @dataclass(frozen=True)

@@ -123,13 +123,11 @@ class Processor:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         # The chat template: the tokenizer's, else the checkpoint's processor template (llava-hf ships it in
         # chat_template.json), else the family's documented one.
-        for self.template, self.template_origin in (
-                (tokenizer.chat_template, "chat template"),
-                (read_file(folder, "chat_template.jinja"), "chat_template.jinja"),
-                (json.loads(read_file(folder, "chat_template.json") or "{}").get("chat_template"), "chat_template.json"),
-                (fam.template, "no chat template in the tokenizer: the family's documented template text")):
-            if self.template:
-                break
+        self.template, self.template_origin = next((text, origin) for text, origin in (
+            (tokenizer.chat_template, "chat template"),
+            (read_file(folder, "chat_template.jinja"), "chat_template.jinja"),
+            (json.loads(read_file(folder, "chat_template.json") or "{}").get("chat_template"), "chat_template.json"),
+            (fam.template, "no chat template in the tokenizer: the family's documented template text")) if text)
         mean, std = fam.mean_std
         pre = json.loads(read_file(folder, "preprocessor_config.json") or "{}")
         self.mean, self.std = pre.get("image_mean", mean), pre.get("image_std", std)
