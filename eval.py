@@ -11,11 +11,11 @@ answers as each benchmark's official code does, and print the paper's table.
            unless --allow-partial;
   * table  a markdown table in the paper's layout, one row per predictions file;
   * heatmap  the generalisation figure from score files of base and fine-tuned models (tuned - base, in points).
-The model is fed as each official harness feeds it (`--inputs official`, OfficialInputs): Qwen2/2.5-VL images
+The model is fed as each official harness feeds it (`--inputs official`, families.Processor): Qwen2/2.5-VL images
 aspect-kept by smart_resize within the harness's min/max pixels, VSI-Bench in Qwen VIDEO mode (2 frames per token
 group); LLaVA-NeXT-Video images through the LLaVA-NeXT anyres path, video frames resized on the short edge and
 centre-cropped, linear RoPE scaling as thinking-in-space sets it; LLaVA-OneVision VSI-Bench video; the
-conversation from the tokenizer's chat template. `--inputs train-size` feeds model.py's training inputs instead
+conversation from the tokenizer's chat template. `--inputs train-size` feeds the training inputs instead
 (fixed squares), to probe what training saw.
 The readers, official answer extraction and aggregation live in benchmarks/ (one file a benchmark, each with its
 pinned reference): VSI-Bench mean per question type with Rel. Dir. = mean of easy/medium/hard; All-Angles micro
@@ -56,17 +56,13 @@ from benchmarks import BENCHMARKS
 from benchmarks.common import item_hash, read_text, require
 from benchmarks.media import check_media, video_file, visuals
 from benchmarks.scoring import markdown_table, read_predictions, score_file, score_item, select
-from families import family
+from families import Processor
 from runtime import checkpoint
 
 # ----------------------------------------------------------------------------- inputs as the harnesses build them
 
-QWEN_KINDS = ("qwen2_vl", "qwen2_5_vl")
-OFFICIAL_KINDS = QWEN_KINDS + ("llava_next_video", "llava_onevision")
-# (min_pixels, max_pixels) the official harnesses give Qwen2/2.5-VL; smart_resize keeps the aspect ratio within them.
-QWEN_PIXELS = {"vsibench": (256 * 28 * 28, 602112),  # video, per frame (thinking-in-space / lmms-eval qwen2_5_vl)
-               "allangles": (1280 * 28 * 28, 16384 * 28 * 28),  # All-Angles VLMEvalKit fork, vlmeval/config.py
-               "blink": (256 * 28 * 28, 1605632)}  # lmms-eval qwen2_5_vl defaults
+# What differs per family (mode, resize rule, pixel bounds, placeholders) is data in its families/ entry; the one
+# Processor builds both the official and the train-size inputs. What is left here changes the model itself.
 # thinking-in-space llava_vid: least_token_number = frames * tokens per frame + 1000 text tokens
 LLAVA_TEXT_BUDGET = 1000
 
@@ -91,184 +87,6 @@ def set_linear_rope(vlm, factor: int) -> str:
     return f"rope: {old} -> {tc.rope_parameters} (thinking-in-space: ceil((frames*tokens + 1000) / context))"
 
 
-class OfficialInputs:
-    """Frames / images + prompt -> the stock model's inputs as the official harness builds them.
-
-      Qwen2/2.5-VL   images: the stock Qwen2VLImageProcessorPil with the harness's min/max pixels (aspect kept,
-                     sides multiples of 28), one <|vision_start|><|image_pad|><|vision_end|> per image;
-                     VSI-Bench: VIDEO mode, the frames resized by the same smart_resize rule and patchified in
-                     groups of temporal_patch_size (2) frames -> pixel_values_videos + video_grid_thw (t, h, w),
-                     one <|video_pad|> block of t*h*w / merge^2 tokens (the Qwen2-VL video processor's rule,
-                     rebuilt here because that processor needs torchvision);
-      LLaVA-NeXT-Video  images: the stock LLaVA-NeXT image path (LlavaNextProcessor + LlavaNextImageProcessorPil:
-                     anyres tiles, image_sizes, <image> expanded to its feature count); VSI-Bench frames: the
-                     checkpoint's video preprocessing (shortest edge -> crop size, centre crop, CLIP normalisation,
-                     CLIPImageProcessorPil per frame), (crop / patch / pool stride)^2 <video> tokens per frame;
-      LLaVA-OneVision   VSI-Bench only: frames squashed to the SigLIP size (SiglipImageProcessorPil), 2x2 bilinear
-                     pooling, ceil(side / patch / 2)^2 tokens per frame + one newline token per video.
-    The conversation text comes from the tokenizer's chat template (media first, then the prompt); a tokenizer
-    without one gets the family's documented template text, and the run log says so.
-    Calling it returns (batch for generate(), one `inputs` record per item)."""
-
-    def __init__(self, config, tokenizer, benchmark: str):
-        self.kind, self.config, self.tok, self.benchmark = config.model_type, config, tokenizer, benchmark
-        if self.kind not in OFFICIAL_KINDS:
-            raise ValueError(f"--inputs official has no harness settings for model type {self.kind!r} (known: "
-                             f"{', '.join(OFFICIAL_KINDS)}); run it with --inputs train-size")
-        self.video = benchmark == "vsibench"
-        v = config.vision_config
-        if self.kind in QWEN_KINDS:
-            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-            self.min_px, self.max_px = QWEN_PIXELS[benchmark]
-            self.patch, self.merge, self.temporal = v.patch_size, v.spatial_merge_size, v.temporal_patch_size
-            self.image_processor = Qwen2VLImageProcessorPil(
-                min_pixels=self.min_px, max_pixels=self.max_px, patch_size=self.patch, merge_size=self.merge,
-                temporal_patch_size=self.temporal)
-            self.pad = {"image": config.image_token_id, "video": config.video_token_id}
-        elif self.kind == "llava_onevision":
-            if not self.video:
-                raise ValueError("--inputs official builds LLaVA-OneVision inputs for VSI-Bench (video) only: its "
-                                 "anyres_max_9 image processor is not rebuilt here; use --inputs train-size")
-            from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
-            # thinking-in-space llava_onevision: each frame through the SigLIP image processor (squashed to
-            # S x S, mean = std = 0.5), 2x2 bilinear pooling -> ceil(27 / 2)^2 = 196 tokens per 384 px frame,
-            # one newline token after the last frame.
-            self.side, self.patch, self.newline = v.image_size, v.patch_size, 1
-            self.frame_processor = SiglipImageProcessorPil(size={"height": self.side, "width": self.side})
-            self.frame_tokens = math.ceil(self.side // self.patch / 2) ** 2
-            self.pad = {"image": config.image_token_index, "video": config.video_token_index}
-        else:
-            from transformers import LlavaNextProcessor
-            from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-            from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-            # Assumption: crop size = the CLIP input size (336 for llava-hf/LLaVA-NeXT-Video-7B-hf, whose
-            # processor config says shortest_edge 336, crop 336); one CLS token the "default" strategy drops.
-            self.side, self.patch = v.image_size, v.patch_size
-            odd = [p for p in config.image_grid_pinpoints if p[0] % self.side or p[1] % self.side]
-            if odd and not self.video:  # the processor would cut other tiles than the model unpacks
-                raise ValueError(f"config image_grid_pinpoints {odd} are not multiples of the vision tower's "
-                                 f"image_size {self.side}; anyres tiles would not line up: fix the model's config.json")
-            size, crop = {"shortest_edge": self.side}, {"height": self.side, "width": self.side}
-            self.frame_processor = CLIPImageProcessorPil(size=size, crop_size=crop)
-            self.llava_next = LlavaNextProcessor(
-                image_processor=LlavaNextImageProcessorPil(size=size, crop_size=crop,
-                                                           image_grid_pinpoints=config.image_grid_pinpoints),
-                tokenizer=tokenizer, patch_size=self.patch, num_additional_image_tokens=1,
-                vision_feature_select_strategy=config.vision_feature_select_strategy)
-            self.frame_tokens = (self.side // self.patch // config.spatial_pool_stride) ** 2  # 144 at 336 px
-            self.newline = 0
-            self.pad = {"image": config.image_token_index, "video": config.video_token_index}
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.template = "chat template" if getattr(tokenizer, "chat_template", None) else \
-            "no chat template in the tokenizer: the family's documented template text"
-
-    def describe(self) -> str:
-        if self.kind in QWEN_KINDS:
-            mode = "video, frames in groups of %d" % self.temporal if self.video else "images"
-            return f"{self.kind}: {mode}, {self.min_px}..{self.max_px} px (smart_resize), {self.template}"
-        crop = "squashed" if self.kind == "llava_onevision" else "crop"
-        mode = f"video, {self.side}px {crop}, {self.frame_tokens} tokens/frame" if self.video else \
-            f"images, anyres tiles of {self.side}px"
-        return f"{self.kind}: {mode}, {self.template}"
-
-    def text(self, n_images: int, prompt: str) -> str:
-        """The conversation up to the assistant turn, one placeholder per image (or one for the video)."""
-        media = [{"type": "video"}] if self.video else [{"type": "image"}] * n_images
-        turn = {"role": "user", "content": media + [{"type": "text", "text": prompt}]}
-        # A tokenizer without a chat template gets its family's documented one (families.py, as model.Processor).
-        template = None if getattr(self.tok, "chat_template", None) else family(self.config).template
-        return self.tok.apply_chat_template([turn], chat_template=template, tokenize=False, add_generation_prompt=True)
-
-    def tokenize(self, text: str) -> list[int]:
-        bos = self.tok.bos_token  # as ProcessorMixin.apply_chat_template: no second BOS if the template wrote one
-        return self.tok(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
-
-    def check_placeholders(self, ids: list[int], key: str, n: int):
-        found = ids.count(self.pad[key])
-        if found != n:
-            raise ValueError(f"the conversation text ({self.template}) holds {found} {key} placeholder(s) for {n} "
-                             f"{key}(s); fix the tokenizer's chat template")
-
-    def qwen_video(self, frames) -> tuple[torch.Tensor, list[int]]:
-        """(F, H, W, 3) uint8 -> patches (t*h*w, 3*temporal*patch^2) and grid [t, h, w] in patches."""
-        import torch.nn.functional as nnf
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-        x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()  # (F, 3, H, W)
-        H, W = smart_resize(x.shape[2], x.shape[3], self.patch * self.merge, self.min_px, self.max_px)
-        # Assumption: qwen-vl-utils' resize (torchvision bicubic, antialias, on uint8: rounded back to 0..255)
-        x = nnf.interpolate(x, size=(H, W), mode="bicubic", antialias=True, align_corners=False).round().clamp(0, 255)
-        if pad := -len(x) % self.temporal:  # an odd frame count repeats the last frame
-            x = torch.cat([x, x[-1:].expand(pad, -1, -1, -1)])
-        ip = self.image_processor
-        mean, std = torch.tensor(ip.image_mean)[:, None, None], torch.tensor(ip.image_std)[:, None, None]
-        x = (x / 255 - mean) / std
-        t, h, w, m, p = len(x) // self.temporal, H // self.patch, W // self.patch, self.merge, self.patch
-        x = x.view(t, self.temporal, 3, h // m, m, p, w // m, m, p)  # (t, tp, C, h/m, m, p, w/m, m, p)
-        x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (t, h/m, w/m, m, m, C, tp, p, p): merge groups contiguous
-        return x.reshape(t * h * w, 3 * self.temporal * p * p), [t, h, w]
-
-    def __call__(self, visuals_batch: list, prompts: list[str], fps_batch=None):
-        """fps_batch: per video, the frame rate of the sampled frames (None: unknown)."""
-        seqs, records, extra = [], [], {"pixel_values": [], "grid": [], "image_sizes": [], "second_per_grid_ts": []}
-        for vis, prompt, fps in zip(visuals_batch, prompts, fps_batch or [None] * len(prompts)):
-            ids = self.tokenize(self.text(len(vis), prompt))
-            record = dict(mode="video" if self.video else "images", frames=len(vis))
-            if self.kind in QWEN_KINDS:
-                if self.video:
-                    pixels, grid = self.qwen_video(vis)
-                    grids = [grid]
-                else:
-                    out = self.image_processor(images=vis, return_tensors="pt")
-                    pixels, grids = out["pixel_values"], out["image_grid_thw"].tolist()
-                if self.video and self.kind == "qwen2_5_vl":  # M-RoPE time: tokens_per_second * seconds per group
-                    record["second_per_grid"] = self.temporal / fps if fps else 1.0
-                    extra["second_per_grid_ts"].append(record["second_per_grid"])
-                key = "video" if self.video else "image"
-                self.check_placeholders(ids, key, len(grids))
-                counts = iter([t * h * w // self.merge ** 2 for t, h, w in grids])
-                ids = [j for i in ids for j in ([i] * next(counts) if i == self.pad[key] else [i])]
-                extra["pixel_values"].append(pixels)
-                extra["grid"] += grids
-            elif self.video:
-                frames = self.frame_processor(images=list(vis), return_tensors="pt")["pixel_values"]  # (F, 3, S, S)
-                n = self.frame_tokens * len(vis) + self.newline
-                self.check_placeholders(ids, "video", 1)
-                ids = [j for i in ids for j in ([i] * n if i == self.pad["video"] else [i])]
-                extra["pixel_values"].append(frames)
-                grids = [[len(vis), self.side // self.patch, self.side // self.patch]]
-            else:
-                from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
-                text, bos = self.text(len(vis), prompt), self.tok.bos_token  # the stock processor expands <image>
-                out = self.llava_next(images=vis, text=[text], return_tensors="pt",
-                                      add_special_tokens=not (bos and text.startswith(bos)))
-                ids = out["input_ids"][0].tolist()
-                extra["pixel_values"] += list(out["pixel_values"])  # (tiles, 3, S, S) per image, tiles zero-padded
-                extra["image_sizes"].append(out["image_sizes"])
-                grids = [[image_size_to_num_patches(s.tolist(), self.config.image_grid_pinpoints, self.side),
-                          self.side // self.patch, self.side // self.patch] for s in out["image_sizes"]]
-            seqs.append(ids)
-            records.append(dict(record, grids=grids, tokens=sum(i in self.pad.values() for i in ids)))
-        S = max(map(len, seqs))
-        batch = {"input_ids": torch.tensor([[self.pad_id] * (S - len(s)) + s for s in seqs]),  # left padding
-                 "attention_mask": torch.tensor([[0] * (S - len(s)) + [1] * len(s) for s in seqs])}
-        if self.kind in QWEN_KINDS:
-            key = "video" if self.video else "image"
-            batch["pixel_values_videos" if self.video else "pixel_values"] = torch.cat(extra["pixel_values"])
-            batch[f"{key}_grid_thw"] = torch.tensor(extra["grid"])
-            if extra["second_per_grid_ts"]:
-                batch["second_per_grid_ts"] = torch.tensor(extra["second_per_grid_ts"])
-            ids = batch["input_ids"]  # M-RoPE reads the modality of each position: 1 image, 2 video
-            batch["mm_token_type_ids"] = (ids == self.pad["image"]).int() + 2 * (ids == self.pad["video"]).int()
-        elif self.video:
-            batch["pixel_values_videos"] = torch.stack(extra["pixel_values"])  # (B, F, 3, S, S)
-        else:
-            tiles = max(len(p) for p in extra["pixel_values"])
-            batch["pixel_values"] = torch.stack([torch.cat([p, p.new_zeros(tiles - len(p), *p.shape[1:])])
-                                                 for p in extra["pixel_values"]])  # (images, tiles, 3, S, S)
-            batch["image_sizes"] = torch.cat(extra["image_sizes"])
-        return batch, records
-
-
 # ----------------------------------------------------------------------------- generation
 
 def sampled_fps(base: str, n_frames: int):
@@ -284,37 +102,10 @@ def sampled_fps(base: str, n_frames: int):
     return n_frames / total * float(fps) if total and fps else None
 
 
-def train_size_inputs(processor, config):
-    """`--inputs train-size`: model.py's training Processor (every frame / image one fixed square, VSI-Bench
-    frames in the family's training layout: one video of repeated frames for Qwen2-VL / Qwen2.5-VL, a list of
-    images for Qwen3-VL, video frames for LLaVA), to probe the inputs training saw.
-    Returns build(visuals, prompts, fps) -> (batch, records) like OfficialInputs."""
-    vis_ids = {getattr(config, k, None) for k in ("image_token_id", "video_token_id", "image_token_index",
-                                                   "video_token_index")} - {None}
-
-    def build(visuals_batch, prompts, fps_batch=None):
-        batch = processor(visuals_batch, prompts)
-        grids, videos, records = batch.get("image_grid_thw"), batch.get("video_grid_thw"), []
-        grids = iter(grids.tolist()) if grids is not None else None
-        for i, (row, vis) in enumerate(zip(batch["input_ids"], visuals_batch)):
-            if grids is not None:
-                mode, g = "images", [next(grids) for _ in vis]
-            elif videos is not None:  # Qwen2-VL / Qwen2.5-VL: one (frames, h, w) grid an item
-                mode, g = "video", [videos[i].tolist()]
-            elif "pixel_values_videos" in batch:
-                p = config.vision_config.patch_size
-                mode, g = "video", [[len(vis), *(s // p for s in batch["pixel_values_videos"].shape[-2:])]]
-            else:
-                mode, g = "images", []
-            records.append(dict(mode=mode, frames=len(vis), grids=g, tokens=sum(int(i) in vis_ids for i in row)))
-        return batch, records
-    return build
-
-
 def generate(vlm, tokenizer, build, items: list[dict], batch_size: int, max_new_tokens: int, n_frames: int = 32,
              context: int | None = None):
     """Greedy answers, yielded as (item, text, inputs record). `build(visuals, prompts, fps)` -> (batch, records)
-    makes the model inputs (OfficialInputs or train_size_inputs). Batches hold items with equal numbers of
+    makes the model inputs (families.Processor.build). Batches hold items with equal numbers of
     images (LLaVA's tensors need that). A prompt plus answer longer than `context` positions is marked in its
     record (`over_context`: the prompt length), as nothing else would show it."""
     for _, group in itertools.groupby(items, key=lambda it: len(it.get("images", ()))):
@@ -420,16 +211,14 @@ def run_benchmark(benchmark: str, items: list[dict], out: Path, vlm_loader, batc
     vlm, processor = vlm_loader()
     text_config = getattr(vlm.config, "text_config", vlm.config)
     context = getattr(text_config, "max_position_embeddings", None)
-    if inputs == "official":
-        build = OfficialInputs(vlm.config, processor.tokenizer, benchmark)
-        settings["harness"] = build.describe()
-        if build.kind == "llava_next_video" and build.video:
-            factor = rope_factor(n_frames, build.frame_tokens, context)
+    if inputs == "official":  # the same Processor class, fed as the benchmark's harness feeds this family
+        processor = Processor(vlm.config, processor.tokenizer, folder=processor.folder, benchmark=benchmark)
+        if processor.feed.linear_rope:
+            factor = rope_factor(n_frames, processor.frame_tokens, context)
             settings["rope"] = set_linear_rope(vlm, factor)
             context *= max(factor, 1)
-    else:
-        build = train_size_inputs(processor, vlm.config)
-        settings["harness"] = "train-size: model.py's training Processor"
+    settings["harness"] = f"{inputs}: {processor.describe()}"
+    build = processor.build
     for k in ("harness", "rope"):
         if k in settings:
             print(f"eval.py run: {settings[k]}", file=sys.stderr)

@@ -5,12 +5,10 @@
         over an earlier frame's, with the q and k the attention function receives
 
 What lives here:
-  * `Processor`: frames + text -> model inputs. The prompt goes through the tokenizer's chat template and the
-    visual placeholders are expanded as the stock processor does; frames are resized to whole tokens and
-    patchified with the pillow image processor (no torchvision). The per-family layout (image list or video,
-    pooling, trailing newline, token pitch) lives in families.py (Qwen2-VL, Qwen2.5-VL, Qwen3-VL,
-    LLaVA-NeXT-Video, LLaVA-OneVision);
-  * the per-frame visual-token map: sequence positions of every frame's (h, w) token grid;
+  * `Processor` (from families/inputs.py, the one input builder of training, the probe and evaluation):
+    frames + text -> model inputs, with the per-family layout (image list or video, pooling, trailing newline,
+    token pitch) read from families/ (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-NeXT-Video, LLaVA-OneVision),
+    and its per-frame visual-token map: sequence positions of every frame's (h, w) token grid;
   * `GASP`: wraps the stock model without changing its forward; forward hooks on each supervised layer's
     q_proj / k_proj (q_norm / k_norm where the family has them; input_layernorm for head_input="hidden") read
     the visual tokens' q and k in the one training forward pass and run that layer's head and loss at once
@@ -19,7 +17,7 @@ What lives here:
     applied by the model), read through a function registered with transformers' AttentionInterface (G8);
   * freezing, LoRA through peft, and `export`: the bare VLM (heads dropped, LoRA merged) saved in the base
     model's dtype with the base model's processor files copied unchanged, loadable with the stock classes;
-  * `build_tiny`, `tiny_config`, `build_tokenizer` (from families.py): random-init tiny models of the real
+  * `build_tiny`, `tiny_config`, `build_tokenizer` (from families/): random-init tiny models of the real
     classes with stock processor files, for tests and the embedded default.
 
 Run: no entry point; `python -m pytest tests/test_model.py -q`.
@@ -29,18 +27,16 @@ GASP arXiv 2605.30231; transformers' AttentionInterface (huggingface.co/docs/tra
 
 import importlib
 import json
-import os
-import shutil
 from contextlib import contextmanager, nullcontext
 
-import numpy as np
 import torch
 import torch.nn as nn
 import transformers
-from PIL import Image
 from torch.utils.checkpoint import checkpoint
 
-from families import SUPPORTED, build_tiny, build_tokenizer, family, tiny_config  # noqa: F401 (this module's API)
+# The input builder and the tiny models live in families/; re-exported here as this module's API.
+from families import (PROCESSOR_FILES, SUPPORTED, Processor, answer_logits_only, build_tiny,  # noqa: F401
+                      build_tokenizer, check_supported, family, frame_size, read_file, tiny_config, token_px)
 from heads import CorrespondenceHeads
 import runtime.checkpoint
 
@@ -48,198 +44,6 @@ import runtime.checkpoint
 # H query heads, d_h head size, S sequence length, B batch.
 
 PROMPT = "These are frames of a video."  # the short generic prompt of geometry samples (no answer, no L_LM)
-# What export() copies unchanged from the base model's folder, next to the saved weights.
-PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json",
-                   "chat_template.json", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
-                   "generation_config.json")
-
-
-def check_supported(config) -> str:
-    family(config)  # one clear error naming the supported families
-    return config.model_type
-
-
-def token_px(config) -> float:
-    """Pixels per LLM visual token along each axis (an int where the pitch is whole)."""
-    px = family(config).token_px(config)
-    return int(px) if float(px).is_integer() else px
-
-
-def frame_size(config, target: int = 448) -> tuple[int, int]:
-    """(H, W) of the frames to feed so that every token covers whole pixels: Qwen takes any multiple of its
-    token pitch (28 or 32 px; target rounded), LLaVA its vision tower's input size."""
-    return family(config).frame_size(config, target)
-
-
-class Processor:
-    """Frames + prompt (+ answer) -> input dict of the stock model, with labels on answer tokens only.
-
-    The prompt goes through the checkpoint's own chat template (the tokenizer's, else the processor's
-    chat_template.jinja / .json, else the family's default) and
-    the visual placeholders are expanded to the token grid as the stock processor does; the frames are
-    resized here to `size` (whole tokens) and normalised as the checkpoint's preprocessor_config.json says.
-    `source`: the checkpoint folder or id the processor files came from (export() copies them unchanged)."""
-
-    def __init__(self, config, tokenizer, size: tuple[int, int] | None = None, source: str | None = None):
-        self.config, self.tokenizer, self.source = config, tokenizer, source
-        self.kind, self.family = check_supported(config), family(config)
-        self.size = tuple(size or frame_size(config))
-        self.token_px = token_px(config)
-        self.grid = self.family.grid(config, self.size)  # (h, w) tokens per frame
-        if self.family.patches and (self.size[0] % self.token_px or self.size[1] % self.token_px):
-            raise ValueError(f"frame size {self.size}: {self.kind} needs multiples of {self.token_px} px "
-                             f"(model.frame_size gives one)")
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.vis_id = getattr(config, self.family.placeholder_id)
-        # The chat template: the tokenizer's, else the checkpoint's processor template (llava-hf ships it in
-        # chat_template.json), else the family's default.
-        self.template = (tokenizer.chat_template or _read(source, "chat_template.jinja")
-                         or json.loads(_read(source, "chat_template.json") or "{}").get("chat_template")
-                         or self.family.template)
-        mean, std = self.family.mean_std
-        pre = json.loads(_read(source, "preprocessor_config.json") or "{}")
-        self.mean, self.std = pre.get("image_mean", mean), pre.get("image_std", std)
-        if self.family.patches:
-            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-            v = config.vision_config
-            self.image_processor = Qwen2VLImageProcessorPil(  # frames already at `size`: patchify only
-                do_resize=False, patch_size=v.patch_size, merge_size=v.spatial_merge_size,
-                temporal_patch_size=v.temporal_patch_size, image_mean=self.mean, image_std=self.std)
-
-    def resize(self, frame) -> np.ndarray:
-        img = frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame))
-        img = img.convert("RGB")
-        if img.size != (self.size[1], self.size[0]):
-            img = img.resize((self.size[1], self.size[0]), Image.BICUBIC)
-        return np.asarray(img)
-
-    def _conversation(self, num_frames: int, prompt: str, answer: str | None) -> tuple[list[int], list[int]]:
-        """Token ids and labels (-100 outside the answer) of one conversation."""
-        fam, tok = self.family, self.tokenizer
-        visual = [{"type": "image"}] * num_frames if fam.layout == "images" else [{"type": "video"}]
-        messages = [{"role": "user", "content": visual + [{"type": "text", "text": prompt}]}]
-        kw = dict(tokenize=False, chat_template=self.template)
-        text = tok.apply_chat_template(messages, add_generation_prompt=True, **kw)  # ready for generate()
-        start = len(text)  # where the labels start (nothing labelled without an answer)
-        if answer is not None:
-            # The training text is the conversation with the answer turn as the template writes it (which need
-            # not extend the generation prompt: LLaVA-OneVision's writes "assistant \n" vs "assistant\n").
-            mark = "\ue000"  # a private-use character standing in for the answer, to find where it starts
-            text = tok.apply_chat_template(messages + [{"role": "assistant", "content": [
-                {"type": "text", "text": mark}]}], **kw)
-            if text.count(mark) != 1:
-                raise ValueError(f"{self.kind} chat template: cannot find the answer in the assistant turn")
-            start, text = text.index(mark), text.replace(mark, answer)
-        # The stock processors' rule: each placeholder becomes one placeholder token per visual token (one image
-        # per frame, or all frames of the video, plus the family's trailing newline), then the whole text is
-        # tokenized at once (tokenizing piece by piece would add a '▁' after <video> with SentencePiece).
-        n = self.grid[0] * self.grid[1] * (1 if fam.layout == "images" else num_frames) + fam.newline
-        grow = (n - 1) * len(fam.placeholder) * text[:start].count(fam.placeholder)  # the answer's shift
-        text, start = text.replace(fam.placeholder, fam.placeholder * n), start + grow
-        enc = tok(text, return_offsets_mapping=True)
-        ids = enc["input_ids"]
-        labels = [i if end > start else -100 for i, (_, end) in zip(ids, enc["offset_mapping"])]  # answer tokens
-        if answer is not None and tok.eos_token_id not in labels:
-            # Assumption: the answer ends with EOS (L_LM teaches the model to stop) where the template has none.
-            ids, labels = ids + [tok.eos_token_id], labels + [tok.eos_token_id]
-        return ids, labels
-
-    def __call__(self, frames, prompts, answers=None) -> dict:
-        """frames: list (batch) of frame lists/arrays (F, H, W, 3) uint8; prompts: list of str.
-        answers=None: left-padded, ends with the assistant prefix, ready for generate().
-        answers given: right-padded with labels = answer tokens, -100 elsewhere."""
-        seqs, labels, pixels, grids = [], [], [], []
-        for i, (clip, prompt) in enumerate(zip(frames, prompts)):
-            clip = [self.resize(f) for f in clip]
-            ids, lab = self._conversation(len(clip), prompt, None if answers is None else answers[i])
-            seqs.append(ids)
-            labels.append(lab)
-            if not self.family.patches:  # LLaVA: the frames as they are, the model pools its own patches
-                x = torch.from_numpy(np.stack(clip)).permute(0, 3, 1, 2).float() / 255  # (F, 3, H, W)
-                pixels.append((x - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None])
-            else:
-                out = self.image_processor(images=clip, return_tensors="pt")  # each frame repeated to t = 2
-                pixels.append(out["pixel_values"])  # (F * patches, C * t * p * p)
-                grid = out["image_grid_thw"]  # (F, 3), rows (1, H/p, W/p)
-                # A video of the frames, each repeated to fill a temporal patch: its patches are the images'
-                # patches in order, its grid (F, H/p, W/p), so every token still belongs to one frame.
-                grids.append(grid if self.family.layout == "images" else torch.tensor([[len(clip), *grid[0, 1:]]]))
-        S = max(len(s) for s in seqs)
-        left = answers is None
-        pad = lambda s, v: ([v] * (S - len(s)) + s) if left else (s + [v] * (S - len(s)))  # noqa: E731
-        batch = {"input_ids": torch.tensor([pad(s, self.pad_id) for s in seqs]),
-                 "attention_mask": torch.tensor([pad([1] * len(s), 0) for s in seqs])}
-        if answers is not None:
-            batch["labels"] = torch.tensor([pad(lab, -100) for lab in labels])
-        if not self.family.patches:
-            if len({p.shape for p in pixels}) > 1:
-                raise ValueError(f"{self.kind} batches need the same number of frames per item")
-            batch["pixel_values_videos"] = torch.stack(pixels)  # (B, F, 3, H, W)
-        elif self.family.layout == "images":
-            batch["pixel_values"] = torch.cat(pixels)
-            batch["image_grid_thw"] = torch.cat(grids)  # (B * F, 3)
-            batch["mm_token_type_ids"] = (batch["input_ids"] == self.vis_id).int()  # 1 = image
-        else:
-            batch["pixel_values_videos"] = torch.cat(pixels)
-            batch["video_grid_thw"] = torch.cat(grids)  # (B, 3)
-            batch["mm_token_type_ids"] = 2 * (batch["input_ids"] == self.vis_id).int()  # 2 = video
-            if self.family.seconds_per_frame is not None:
-                batch["second_per_grid_ts"] = torch.tensor([self.family.seconds_per_frame] * len(seqs))
-        return batch
-
-    def token_map(self, input_ids: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """(F, h, w) sequence positions of each frame's visual tokens in one sequence (S,)."""
-        pos = (input_ids == self.vis_id).nonzero().flatten()
-        h, w = self.grid
-        n = num_frames * h * w
-        if pos.numel() != n + self.family.newline:
-            raise ValueError(f"expected {num_frames}x{h}x{w} visual tokens (+{self.family.newline} newline), "
-                             f"found {pos.numel()}")
-        return pos[:n].view(num_frames, h, w)  # frame-major, row-major; a trailing newline is skipped
-
-    def save_pretrained(self, path: str):
-        """The processor files next to a checkpoint: the source's own files, copied byte for byte; without a
-        source folder, the tokenizer (with its chat template) and the family's stock image processor."""
-        folder = _folder(self.source)
-        if folder is not None:
-            for name in PROCESSOR_FILES:
-                if os.path.exists(os.path.join(folder, name)):
-                    shutil.copyfile(os.path.join(folder, name), os.path.join(path, name))
-            return
-        self.tokenizer.chat_template = self.tokenizer.chat_template or self.template
-        self.tokenizer.save_pretrained(path)
-        self.family.image_processor(self.config).save_pretrained(path)
-
-
-def answer_logits_only(inputs: dict) -> dict:
-    """inputs with labels -> the same L_LM from the answer's logits alone: labels cut to the positions from the one
-    before the first supervised token on, and logits_to_keep as many (the stock loss shifts by one inside that
-    window). Spares the (S, vocab) logits no label reads: 2339 x 152064 x 4 B = 1.4 GB for 16 frames of a
-    Qwen2.5-VL-7B sample, held until backward ends."""
-    labels = inputs["labels"]
-    supervised = (labels != -100).any(0).nonzero()
-    if not len(supervised):
-        raise ValueError("answer_logits_only: no label is supervised (every label is -100)")
-    keep = labels.shape[1] - int(supervised[0]) + 1
-    return {**inputs, "labels": labels[:, -keep:], "logits_to_keep": keep}
-
-
-def _folder(source: str | None) -> str | None:
-    """The local folder of a checkpoint given as a folder or a cached hub id (None: no source)."""
-    if source is None or os.path.isdir(source):
-        return source
-    from huggingface_hub import snapshot_download
-    return snapshot_download(source, local_files_only=True)
-
-
-def _read(source: str | None, name: str) -> str | None:
-    """The text of file `name` in the checkpoint folder `source`; None where there is none."""
-    folder = _folder(source)
-    if folder is None or not os.path.exists(os.path.join(folder, name)):
-        return None
-    with open(os.path.join(folder, name)) as f:
-        return f.read()
 
 
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
@@ -254,7 +58,7 @@ def _stock(path: str, device, dtype, size, attn_implementation):
     vlm = transformers.AutoModelForImageTextToText.from_pretrained(
         path, dtype=dtype, attn_implementation=attn_implementation)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    return vlm.to(device).eval(), Processor(vlm.config, tokenizer, size, source=path)
+    return vlm.to(device).eval(), Processor(vlm.config, tokenizer, size, folder=path)
 
 
 def build(model: str, device="cpu", dtype: str = "float32", attn_implementation: str | None = None, size: int = 448,
@@ -523,10 +327,10 @@ def bare_vlm(model: nn.Module) -> nn.Module:
 
 def export(model: nn.Module, processor: Processor, out_dir: str) -> str:
     """Save a stock checkpoint: heads dropped, LoRA merged, weights in the base model's dtype (config.json of
-    processor.source; the model's own dtype without a source), and the base model's processor, tokenizer,
+    processor.folder; the model's own dtype without a folder), and the base model's processor, tokenizer,
     chat-template and generation files copied unchanged, so the stock Auto* classes load it as they load the base."""
     vlm = bare_vlm(model)
-    base = json.loads(_read(processor.source, "config.json") or "{}")
+    base = json.loads(read_file(processor.folder, "config.json") or "{}")
     name = base.get("dtype") or base.get("torch_dtype") or base.get("text_config", {}).get("dtype")
     dtype = getattr(torch, name) if isinstance(name, str) else vlm.dtype
     kept = {}  # the trained values stay untouched in memory: cast copies for the save, restored after

@@ -15,6 +15,7 @@ from PIL import Image
 
 import eval as E
 from benchmarks import BENCHMARKS, allangles, blink, media, scoring, vsibench
+from families import Processor
 
 MCA_Q = ("If I am standing by the refrigerator and facing the washer, is the stove to my left, right, or back? "
          "An object is to my back if I would have to turn at least 135 degrees in order to face it.")
@@ -362,10 +363,14 @@ def fake_model(answers, fail_after=None):
     class Processor:
         tokenizer = SimpleNamespace(batch_decode=lambda ids, skip_special_tokens: [f" {answers[p]}\n" for p in batch])
 
-        def __call__(self, frames, prompts):
+        def build(self, frames, prompts, fps_batch=None):
             calls.append([len(f) for f in frames])
             batch[:] = prompts
-            return {"input_ids": torch.zeros(len(prompts), 2, dtype=torch.long)}
+            return ({"input_ids": torch.zeros(len(prompts), 2, dtype=torch.long)},
+                    [dict(mode="images", frames=len(f), grids=[], tokens=0) for f in frames])
+
+        def describe(self):
+            return "fake"
 
     def generate(input_ids, **kw):
         if fail_after is not None and len(calls) > fail_after:
@@ -457,7 +462,7 @@ def rgb(h=480, w=640, seed=0):
 
 
 def visual_ids(batch, builder):
-    return sum(int((batch["input_ids"] == i).sum()) for i in builder.pad.values())
+    return sum(int((batch["input_ids"] == i).sum()) for i in builder.token_ids.values())
 
 
 # smart_resize by hand (Qwen2-VL image processor docstring: sides multiples of 28, aspect kept, pixels in bounds):
@@ -472,8 +477,8 @@ def visual_ids(batch, builder):
     ("blink", [Image.fromarray(rgb(8, 8))], [[1, 32, 32]], 16 * 16)])
 def test_qwen_official_grids(tiny, kind, bench, visual, grids, tokens):
     vlm, tok, _ = tiny(kind)
-    b = E.OfficialInputs(vlm.config, tok, bench)
-    batch, (record,) = b([visual], ["How many chairs?"], [None])
+    b = Processor(vlm.config, tok, benchmark=bench)
+    batch, (record,) = b.build([visual], ["How many chairs?"], [None])
     assert record["grids"] == grids and record["tokens"] == tokens == visual_ids(batch, b)
     assert record["mode"] == ("video" if bench == "vsibench" else "images") and record["frames"] == len(visual)
     key = "video" if bench == "vsibench" else "image"
@@ -492,7 +497,7 @@ def test_qwen_video_patches_follow_the_processor_rule(tiny):
     image over the temporal patch); an odd frame count repeats the last frame (the video processor's rule)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     vlm, tok, _ = tiny("qwen2_5_vl")
-    b = E.OfficialInputs(vlm.config, tok, "vsibench")
+    b = Processor(vlm.config, tok, benchmark="vsibench")
     b.min_px, b.max_px = 56 * 56, 10 ** 7  # 84x112 stays as it is
     frame = rgb(84, 112)
     patches, grid = b.qwen_video([frame, frame])
@@ -513,15 +518,15 @@ def test_llava_official_inputs(tiny):
     config = copy.deepcopy(vlm.config)
     config.vision_config.image_size = 336
     config.image_grid_pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]  # the 7B's
-    b = E.OfficialInputs(config, tok, "allangles")
-    batch, (record,) = b([[Image.fromarray(rgb())] * 2], ["Which view?"])
+    b = Processor(config, tok, benchmark="allangles")
+    batch, (record,) = b.build([[Image.fromarray(rgb())] * 2], ["Which view?"])
     assert record == dict(mode="images", frames=2, grids=[[5, 24, 24]] * 2, tokens=2 * 2340)
     assert visual_ids(batch, b) == 2 * 2340 and batch["image_sizes"].tolist() == [[480, 640]] * 2
     assert batch["pixel_values"].shape == (2, 5, 3, 336, 336)
-    v = E.OfficialInputs(config, tok, "vsibench")
+    v = Processor(config, tok, benchmark="vsibench")
     frame = np.full((480, 640, 3), 255, np.uint8)
     frame[:, :100] = 0  # edge at x=100: resized x 70, minus the crop's 56 -> 14 (a squash would put it at 52)
-    batch, (record,) = v([[frame] * 32], ["How many chairs?"])
+    batch, (record,) = v.build([[frame] * 32], ["How many chairs?"])
     assert record == dict(mode="video", frames=32, grids=[[32, 24, 24]], tokens=32 * 144)
     x = batch["pixel_values_videos"]
     assert x.shape == (1, 32, 3, 336, 336) and x[0, 0, 0, 168, 5] < 0 < x[0, 0, 0, 168, 25]
@@ -547,7 +552,7 @@ def test_chat_template_and_fallback(tiny):
     import copy
     tok = copy.deepcopy(tok)
     tok.chat_template = None
-    b = E.OfficialInputs(vlm.config, tok, "blink")
+    b = Processor(vlm.config, tok, benchmark="blink")
     assert "no chat template" in b.describe()
     assert b.text(2, "Q?") == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
                                "<|vision_start|><|image_pad|><|vision_end|><|vision_start|><|image_pad|><|vision_end|>"
@@ -556,17 +561,17 @@ def test_chat_template_and_fallback(tiny):
                          "<|vision_start|><|image_pad|><|vision_end|>{% elif c.type == 'video' %}<|vision_start|>"
                          "<|video_pad|><|vision_end|>{% else %}{{ c.text }}{% endif %}{% endfor %}{% endfor %}"
                          "{% if add_generation_prompt %}<assistant>{% endif %}")
-    b = E.OfficialInputs(vlm.config, tok, "vsibench")
-    assert b.template == "chat template"
+    b = Processor(vlm.config, tok, benchmark="vsibench")
+    assert b.template_origin == "chat template"
     assert b.text(3, "Q?") == "<user><|vision_start|><|video_pad|><|vision_end|>Q?<assistant>"  # one video
     tok.chat_template = "{% for m in messages %}{{ m.content[-1].text }}{% endfor %}"  # drops the media
     with pytest.raises(ValueError, match="holds 0 video placeholder.*fix the tokenizer's chat template"):
-        E.OfficialInputs(vlm.config, tok, "vsibench")([[rgb(56, 56)] * 2], ["Q?"])
+        Processor(vlm.config, tok, benchmark="vsibench").build([[rgb(56, 56)] * 2], ["Q?"])
 
 
 def test_unknown_family_is_named():
     with pytest.raises(ValueError, match="no harness settings for model type 'idefics3'.*--inputs train-size"):
-        E.OfficialInputs(SimpleNamespace(model_type="idefics3"), None, "blink")
+        Processor(SimpleNamespace(model_type="idefics3"), None, benchmark="blink")
 
 
 # ----------------------------------------------------------------------------- BLINK second pass, score refusals
@@ -695,15 +700,15 @@ def test_llava_onevision_video_inputs(tiny):
     vlm, tok, _ = tiny("llava_onevision")
     config = copy.deepcopy(vlm.config)
     config.vision_config.image_size = 384
-    b = E.OfficialInputs(config, tok, "vsibench")
+    b = Processor(config, tok, benchmark="vsibench")
     frame = np.full((480, 640, 3), 255, np.uint8)
     frame[:, :100] = 0  # edge at x=100 -> 60 after the squash to 384 (a centre crop would put it at 13)
-    batch, (record,) = b([[frame] * 32], ["How many chairs?"])
+    batch, (record,) = b.build([[frame] * 32], ["How many chairs?"])
     assert record == dict(mode="video", frames=32, grids=[[32, 27, 27]], tokens=32 * 196 + 1)
     x = batch["pixel_values_videos"]
     assert x.shape == (1, 32, 3, 384, 384) and x[0, 0, 0, 192, 50] < 0 < x[0, 0, 0, 192, 70]
     with pytest.raises(ValueError, match="LLaVA-OneVision inputs for VSI-Bench .video. only.*train-size"):
-        E.OfficialInputs(config, tok, "blink")
+        Processor(config, tok, benchmark="blink")
 
 
 @pytest.mark.slow

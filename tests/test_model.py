@@ -14,7 +14,7 @@ import transformers
 from PIL import Image
 
 import model as M
-from losses import gasp_losses, native_loss, pair_targets, total_loss
+from losses import attention_loss, gasp_losses, pair_targets, total_loss
 
 KINDS = list(M.SUPPORTED)
 
@@ -30,7 +30,7 @@ def tiny(tmp_path_factory):
 
 def _load(tiny, kind, **kw):
     """The tiny model at 224 px (8x8 or 7x7 tokens per frame): fast tests."""
-    return M.load(tiny[kind], size=(224, 224), **kw)
+    return M.load(tiny[kind], size=(224, 224), **kw)[:2]
 
 
 def _inputs(proc, F=3, seed=0, answer="A"):
@@ -142,7 +142,7 @@ def test_export_is_a_stock_checkpoint_with_same_logits_dtype_and_processor_files
     and the stock (pillow) image processor takes any image size."""
     base, out = str(tmp_path / "base"), str(tmp_path / "export")
     M.build_tiny(base, kind, heads=4, kv_heads=2, dtype=torch.bfloat16)
-    vlm, proc = M.load(base, size=(224, 224))
+    vlm, proc, _, _ = M.load(base, size=(224, 224))
     assert vlm.dtype == torch.float32  # trained in fp32
     stock_params = sum(p.numel() for p in vlm.parameters())
     train = M.freeze_and_lora(vlm, lora_rank=4)
@@ -394,7 +394,7 @@ def test_processor_template_of_the_checkpoint_when_the_tokenizer_has_none(tmp_pa
     template = M.family("llava_next_video").template.replace("upper() + ': '", "upper() + ':: '")
     with open(os.path.join(base, "chat_template.json"), "w") as f:
         json.dump({"chat_template": template}, f)
-    vlm, proc = M.load(base)
+    vlm, proc, _, _ = M.load(base)
     assert not proc.tokenizer.chat_template and proc.template == template
     ids = proc([np.zeros((1, 224, 224, 3), np.uint8)], ["Hi"])["input_ids"][0]
     assert proc.tokenizer.decode(ids).replace(" ", "").startswith("<s>USER::<video>")
@@ -428,15 +428,15 @@ def test_qwen_frames_keep_their_own_grid_and_video_position_ids(tiny, kind):
 
 
 @pytest.mark.parametrize("kind", ["qwen2_5_vl", "llava_onevision"])
-def test_native_loss_reads_what_the_attention_receives(tiny, kind):
-    """--lambda-n: GASP.forward's L_native of every layer equals native_loss on the q and k the probe reads (the
+def test_attention_loss_reads_what_the_attention_receives(tiny, kind):
+    """--lambda-attn: GASP.forward's L_attn of every layer equals attention_loss on the q and k the probe reads (the
     attention function's own, rotary applied, GQA keys repeated), and its gradient reaches q_proj and k_proj."""
     vlm, proc = _load(tiny, kind)
     gasp = M.GASP(M.freeze_and_lora(vlm.train()), r=16)
     _, inp, tmap = _inputs(proc, answer=None)
     t = pair_targets(_sample(proc), proc.token_px, proc.grid)
-    nat = partial(native_loss, targets=t, grid=proc.grid, q_offset=1)
-    _, corr, _, got = gasp(inp, tmap, anchor=1, loss=partial(gasp_losses, targets=t, q_offset=1), native=nat)
+    nat = partial(attention_loss, targets=t, grid=proc.grid, q_offset=1)
+    _, corr, _, got = gasp(inp, tmap, anchor=1, loss=partial(gasp_losses, targets=t, q_offset=1), attention=nat)
     want = {}
 
     def read(l, q, k):  # (F, T, H, d_h) each
@@ -473,3 +473,71 @@ def test_answer_logits_only_gives_the_full_loss_and_gradients(tiny, kind):
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="no label is supervised"):
         M.answer_logits_only({**inp, "labels": torch.full_like(inp["labels"], -100)})
+
+
+def _copy_with_config(src: str, dst, **change) -> str:
+    """A copy of checkpoint folder src with config.json fields changed."""
+    import shutil
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps(dict(config, **change)))
+    return str(dst)
+
+
+def test_placeholders_come_from_the_checkpoint_and_unusable_ones_are_named_at_load(tiny, tmp_path):
+    """The placeholder is the token the checkpoint's config names, looked up in its own tokenizer; a config whose
+    video token the tokenizer lacks, or names an ordinary text piece or another special token, is a one-line error
+    at load time naming the folder, what is missing and the fix (not a mismatch inside the model's forward)."""
+    base = tiny["llava_next_video"]
+    tok = transformers.AutoTokenizer.from_pretrained(base)
+    _, proc = _load(tiny, "llava_next_video")
+    assert proc.placeholder == "<video>" == tok.convert_ids_to_tokens(proc.vis_id)
+    ordinary = next(i for t, i in sorted(tok.get_vocab().items()) if t not in tok.get_added_vocab())
+    cases = [(dict(video_token_index=len(tok) + 7), "has no token in the tokenizer"),
+             (dict(video_token_index=ordinary), "a piece of ordinary text"),
+             (dict(video_token_index=tok.bos_token_id), "the tokenizer's own BOS"),
+             (dict(video_token_index=tok.convert_tokens_to_ids("<image>")), "holds 0 video placeholder.*'<image>'.*"
+                                                                            "no video branch.*fix the tokenizer's chat template")]
+    for n, (change, message) in enumerate(cases):
+        path = _copy_with_config(base, tmp_path / f"case{n}", **change)
+        with pytest.raises(ValueError, match=message) as err:
+            M.load(path)
+        assert str(err.value).startswith(path) and "\n" not in str(err.value)
+        assert "video_token_index" in str(err.value) and ("config.json" in str(err.value) or n == 3)
+    # A placeholder that is another added token, written by the chat template, is taken as the checkpoint says.
+    path = _copy_with_config(base, tmp_path / "renamed", video_token_index=tok.convert_tokens_to_ids("<image>"))
+    template = (tmp_path / "renamed" / "chat_template.jinja").read_text()
+    (tmp_path / "renamed" / "chat_template.jinja").write_text(template.replace("<video>", "<image>"))
+    cfg = transformers.AutoConfig.from_pretrained(path)
+    proc = M.Processor(cfg, transformers.AutoTokenizer.from_pretrained(path), folder=path)
+    assert proc.placeholder == "<image>"
+    frames = np.zeros((2, *proc.size, 3), np.uint8)
+    assert proc.token_map(proc([frames], ["Q?"])["input_ids"][0], 2).shape == (2, *proc.grid)
+
+
+@pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen3_vl"])
+def test_a_chat_template_without_the_frames_branch_is_named_at_load(tiny, tmp_path, kind):
+    """A fine-tuned Qwen checkpoint whose chat template keeps only the image branch cannot write the video that
+    Qwen2.5-VL's frames are (and one keeping only the video branch, Qwen3-VL's images): refused by model.load,
+    naming the folder and the fix. Official image inputs (BLINK) of the image-only Qwen2.5-VL template still work."""
+    import shutil
+    keep, drop = ("image", "video") if kind == "qwen2_5_vl" else ("video", "image")
+    path = tmp_path / kind
+    shutil.copytree(tiny[kind], path)
+    template = (path / "chat_template.jinja").read_text()
+    branch = f"{{% elif c['type'] == '{drop}' %}}<|vision_start|><|{drop}_pad|><|vision_end|>"
+    if drop == "image":
+        branch = branch.replace("{% elif", "{% if", 1)
+        template = template.replace(branch, "{% if False %}")
+    else:
+        template = template.replace(branch, "")
+    assert f"<|{drop}_pad|>" not in template
+    (path / "chat_template.jinja").write_text(template)
+    with pytest.raises(ValueError, match=f"holds 0 {drop} placeholder.*no {drop} branch.*chat_template.jinja") as err:
+        M.load(str(path))
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+    if kind == "qwen2_5_vl":
+        cfg = transformers.AutoConfig.from_pretrained(path)
+        blink = M.Processor(cfg, transformers.AutoTokenizer.from_pretrained(path), folder=str(path), benchmark="blink")
+        batch, (record,) = blink.build([[np.zeros((56, 56, 3), np.uint8)]], ["Q?"])
+        assert record["mode"] == "images" and record["tokens"] == int((batch["mm_token_type_ids"] == 1).sum()) > 0
