@@ -49,6 +49,11 @@ PROMPT = "These are frames of a video."  # the short generic prompt of geometry 
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 
+def as_dtype(dtype) -> torch.dtype:
+    """'bfloat16' or torch.bfloat16 -> torch.bfloat16."""
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
 def _stock(path: str, device, dtype, size, attn_implementation):
     """A stock checkpoint (HF id or folder, read offline if cached) -> (model in eval mode, Processor)."""
     config = transformers.AutoConfig.from_pretrained(path)
@@ -69,7 +74,7 @@ def build(model: str, device="cpu", dtype: str = "float32", attn_implementation:
     Frozen weights in `dtype`; trained parameters in float32 (mixed precision: autocast in the loop).
     size: the frame side wanted, rounded to whole tokens (frame_size)."""
     config = transformers.AutoConfig.from_pretrained(model)
-    vlm, proc = _stock(model, "cpu", getattr(torch, dtype), frame_size(config, size), attn_implementation)
+    vlm, proc = _stock(model, "cpu", as_dtype(dtype), frame_size(config, size), attn_implementation)
     layer_ids = parse_layers(layers, len(llm_layers(vlm)))
     if grad_ckpt:
         vlm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -93,10 +98,11 @@ def load(path: str, device="cpu", dtype: str | None = None, attn_implementation:
     size: (H, W) of the frames (None: the family's default, or the run's training size). Eval mode."""
     file = runtime.checkpoint.find(path)
     if file is None:
-        vlm, proc = _stock(path, device, getattr(torch, dtype or "float32"), size, attn_implementation)
+        vlm, proc = _stock(path, device, as_dtype(dtype or "float32"), size, attn_implementation)
         return vlm, proc, None, {"model": path}
     ckpt = runtime.checkpoint.read(file)
-    saved = dict(ckpt["config"], dtype=dtype or ckpt["config"]["dtype"],
+    dtype = str(as_dtype(dtype)).removeprefix("torch.") if dtype else ckpt["config"]["dtype"]
+    saved = dict(ckpt["config"], dtype=dtype,
                  attn_implementation=attn_implementation or ckpt["config"].get("attn_implementation"))
     has_heads = any(n.startswith("heads.") for n in ckpt["weights"])
     vlm, proc, net = build(saved["model"], device, saved["dtype"], saved["attn_implementation"], saved["size"],

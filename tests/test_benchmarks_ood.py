@@ -266,10 +266,14 @@ def fake_model(answers, fail_after=None):
     class Processor:
         tokenizer = SimpleNamespace(batch_decode=lambda ids, skip_special_tokens: [f" {answers[p]}\n" for p in batch])
 
-        def __call__(self, frames, prompts):
+        def build(self, frames, prompts, fps_batch=None):
             calls.append([len(f) for f in frames])
             batch[:] = prompts
-            return {"input_ids": torch.zeros(len(prompts), 2, dtype=torch.long)}
+            return ({"input_ids": torch.zeros(len(prompts), 2, dtype=torch.long)},
+                    [dict(mode="images", frames=len(f), grids=[], tokens=0) for f in frames])
+
+        def describe(self):
+            return "fake"
 
     def generate(input_ids, **kw):
         if fail_after is not None and len(calls) > fail_after:
