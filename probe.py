@@ -495,8 +495,9 @@ def video_figure(res: dict, blocks: list[Image.Image]) -> Image.Image:
     notes = ["Any video, no ground truth: where does each LLM layer's own attention go from points on the last frame?",
              "native Q-K (G8): softmax(q.k / sqrt(d)) of the last frame's tokens over one earlier frame's tokens, "
              "rotary applied, averaged",
-             "over attention heads; its argmax is the predicted match, the argmax's attention its confidence (mean "
-             "over the queries; uniform = 1/tokens).",
+             "over attention heads; its argmax is the predicted match, the argmax's attention its confidence ('conf': "
+             "mean over the queries,",
+             "and its multiple of the uniform attention 1/tokens: 1x = no preference for any token).",
              f"Video: {res['video']}, {F} frames sampled uniformly (frame 0 first; frame {F - 1}, the last, holds "
              f"the queries); prompt '{res['prompt']}'.",
              "Each block, top: red = the queries' attention summed over each earlier frame, a ring per query at "

@@ -158,15 +158,15 @@ def video_block(frames: list[np.ndarray], points: np.ndarray, attention: np.ndar
         rings = [(matches[b, j], query_color(j)) for j in range(len(points))]
         img.paste(attention_tile(frames[b], side, attention[b], rings, r), (x0, ya))
         d.text((x0, ya - title_h), f"frame {b}: attention", fill="black", font=SMALL)
-        d.text((x0, ya - title_h + 13), f"confidence {confidence[b].mean():.3f} (uniform {1 / (h * w):.3f})",
-               fill=GREY, font=SMALL)
+        conf = confidence[b].mean()  # and its multiple of the uniform attention 1 / (h w): 1x, no preference
+        d.text((x0, ya - title_h + 13), f"conf {conf:.3f}, {conf * h * w:.1f}x unif.", fill=GREY, font=SMALL)
         img.paste(flow_tile(flows[b], side), (x0, yb))
         d.text((x0, yb - title_h), f"flow {F - 1} -> {b}", fill="black", font=SMALL)
         d.text((x0, yb - title_h + 13), "argmax per token", fill=GREY, font=SMALL)
     kx = gap + (F - 1) * (side + gap)  # the flow key under the queries' frame
     disc = colour_wheel(max(h, w), side=min(side, 110))
     img.paste(disc, (kx + (side - disc.width) // 2, yb))
-    d.text((kx, yb - title_h), "flow key: hue = direction", fill="black", font=SMALL)
+    d.text((kx, yb - title_h), "flow key: direction", fill="black", font=SMALL)
     d.text((kx, yb - title_h + 13), f"rim {max(h, w)} tokens, white 0", fill=GREY, font=SMALL)
     return img
 
