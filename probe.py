@@ -26,8 +26,12 @@ Run:
         --model runs/gasp/export --out runs/compare               # side by side: stock, baseline, GASP, export
     python probe.py --model runs/gasp --no-rotary --out runs/prerope   # diagnostic: q/k before M-RoPE
     python probe.py --model runs/gasp --sharpen 16 --out runs/sharp    # diagnostic: the same q/k, logits x16
+    python probe.py --video clip.mp4 --model runs/gasp --points 320,240 --layers all --out runs/video   # any video
 Outputs probe.json (every number, settings, model and data), probe.png (panels a-d) and a printed table;
 docs/probe.md says how to read the figure and what each key of probe.json means. The drawing is in figures/.
+--video (no ground truth, so no metrics): video.png (per model and layer the query points' attention over every
+earlier frame, argmax ringed, and the patch flow of argmax matches: the paper's visualisation panels (a)/(b)) and
+video.json (each query's argmax match and confidence per model, layer and frame).
 References: GASP arXiv 2605.30231; DiffTrack (arXiv 2506.17220) for Q-K matching and confidence.
 """
 
@@ -44,7 +48,7 @@ from tqdm import tqdm
 import data
 from figures import charts, correspondence
 import model as M
-from scenes import synth
+from scenes import frames as frames_io, synth
 
 # Notation: F frames, T = h*w tokens per frame (the token grid), H attention heads, d = attn_dim (the attention
 # head size), N tracks, L layers, r embedding size of the GASP head.
@@ -342,6 +346,168 @@ def pck_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- any video, no ground truth
+
+class UsageError(ValueError):
+    """A flag of the video probe that cannot be honoured (main turns it into a usage error naming the flag)."""
+
+
+def query_points(specs: list[str] | None, width: int, height: int) -> np.ndarray:
+    """--points 'X,Y' ... in pixels of the last frame -> (n, 2) float; None: a 3x3 lattice at the centres of the
+    frame's thirds. A point outside the frame (0 <= X < width, 0 <= Y < height) or not 'X,Y' is a UsageError."""
+    if not specs:
+        return np.array([[width * (i + 0.5) / 3, height * (j + 0.5) / 3] for j in range(3) for i in range(3)])
+    pts = []
+    for spec in specs:
+        try:
+            x, y = (float(v) for v in spec.split(","))
+        except ValueError:
+            raise UsageError(f"--points {spec!r}: not X,Y (pixels of the last frame, e.g. --points 120,80)") from None
+        if not (0 <= x < width and 0 <= y < height):
+            raise UsageError(f"--points {spec}: outside the last frame ({width}x{height} px: 0 <= X < {width}, "
+                             f"0 <= Y < {height})")
+        pts.append((x, y))
+    return np.array(pts)
+
+
+def video_layers(spec: str | None, n_layers: int) -> list[int]:
+    """--layers: None -> the first, middle and last layer; else model.parse_layers' spec ('all', 'A-B', 'a,b')."""
+    if spec is None:
+        return sorted({0, n_layers // 2, n_layers - 1})
+    try:
+        return M.parse_layers(spec, n_layers)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def frames_that_fit(vlm, proc, prompt: str) -> int:
+    """How many frames fit in the model's context: (max_position_embeddings - the tokens besides the frames) //
+    tokens per frame, the other tokens (chat template, prompt, LLaVA-OneVision's newline) counted on a one-frame
+    input. Assumption: the text config's max_position_embeddings is the context (M-RoPE's ids grow more slowly
+    than the sequence, so this is the safe side)."""
+    T = proc.grid[0] * proc.grid[1]
+    other = proc([[np.zeros((*proc.size, 3), np.uint8)]], [prompt])["input_ids"].shape[1] - T
+    return (M.text_config(vlm).max_position_embeddings - other) // T
+
+
+@torch.no_grad()
+def video_attention(vlm, proc, frames: list[np.ndarray], query_tokens: np.ndarray, layers: list[int],
+                    device="cpu") -> dict[int, dict]:
+    """G8 on a video, the last frame a = F-1 querying every earlier frame b: per layer,
+        P_b = mean over attention heads of softmax_j(q_a,i · k_b,j / √attn_dim)   (T, T), rotary applied,
+    read exactly where the attention receives q and k (model.native_qk), the frames placed as the family's
+    training input places them (the processor). Returns {layer: {"attention": (F-1, n, T) the queries' rows of
+    P_b, "pred": (F-1, T) argmax token of every last-frame token, "conf": (F-1, T) its attention}}, float32 CPU.
+    query_tokens (n,): token indices (y * w + x) of the query points in the last frame."""
+    inputs = {k: v.to(device) for k, v in proc([frames], [M.PROMPT]).items()}
+    tmap = proc.token_map(inputs["input_ids"][0], len(frames))
+    a, qi = len(frames) - 1, torch.as_tensor(query_tokens)
+    out = {}
+
+    def on_layer(l, q, k):  # q, k (F, T, H, d) float32
+        rows, pred, conf = [], [], []
+        for b in range(a):  # one (H, T, T) at a time
+            P = torch.softmax(torch.einsum("thd,shd->hts", q[a], k[b]) / q.shape[-1] ** 0.5, -1).mean(0)  # (T, T)
+            c, i = P.max(-1)
+            rows.append(P[qi.to(P.device)].cpu())
+            pred.append(i.cpu())
+            conf.append(c.cpu())
+        out[l] = {"attention": torch.stack(rows), "pred": torch.stack(pred), "conf": torch.stack(conf)}
+
+    M.native_qk(vlm, inputs, tmap, on_layer, layers=layers)
+    return out
+
+
+def video_probe(video: str, models: list[str], names: list[str], points: list[str] | None, layers: str | None,
+                num_frames: int, size: int | None, out: str, device="cpu", dtype="float32",
+                attn_implementation: str | None = None) -> dict:
+    """Every model's chosen layers on `num_frames` frames sampled uniformly from `video` (an mp4 or a folder of
+    frames): writes out/video.json (each query's argmax match and confidence per model, layer and earlier frame,
+    in tokens and in the video's pixels) and out/video.png (the figure); returns the json's content.
+    Each model sees the frames at its own processor's size (`size`: the side wanted instead, whole tokens as
+    model.frame_size rounds it); points are in pixels of the last frame as read. UsageError for what the flags
+    cannot give: an unreadable video or model, a point outside the frame, more frames than the context holds."""
+    clip, pts, results, blocks = None, None, {}, []
+    for m, (name, path) in enumerate(zip(names, models)):
+        try:
+            vlm, proc, _, cfg = M.load(path, device, dtype, attn_implementation)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--model {path}: {e}") from None
+        if size is not None:  # the model's own processor settings, at the side asked for
+            proc = M.Processor(vlm.config, proc.tokenizer, M.frame_size(vlm.config, size), proc.source)
+        fit = frames_that_fit(vlm, proc, M.PROMPT)
+        if num_frames > fit:
+            raise UsageError(f"--frames {num_frames}: too long for the context of {path} (max_position_embeddings "
+                             f"{M.text_config(vlm).max_position_embeddings}, {proc.grid[0] * proc.grid[1]} tokens "
+                             f"a frame at {proc.size[0]}x{proc.size[1]} px, plus the prompt): at most {fit} frames "
+                             f"fit; use --frames {fit} or fewer")
+        if clip is None:  # decoded once the first model has said how many frames it can take
+            try:
+                clip = frames_io.read_clip(video, num_frames)
+            except (OSError, ValueError, ImportError) as e:
+                raise UsageError(f"--video {video}: {e}") from None
+            pts = query_points(points, clip[-1].shape[1], clip[-1].shape[0])
+        ids = video_layers(layers, len(M.llm_layers(vlm)))
+        (h, w), px, F = proc.grid, proc.token_px, len(clip)
+        q_xy = pts * [proc.size[1] / clip[-1].shape[1], proc.size[0] / clip[-1].shape[0]]  # in the model's px
+        q_tok = np.minimum((q_xy / px).astype(int), [w - 1, h - 1])  # (n, 2) token (x, y) of each query
+        qi = q_tok[:, 1] * w + q_tok[:, 0]  # (n,) token index
+        got = video_attention(vlm, proc, clip, qi, ids, device)
+        tok_xy = np.stack([np.arange(h * w) % w, np.arange(h * w) // w], -1)  # (T, 2) token (x, y)
+        back = [np.array([f.shape[1] / proc.size[1], f.shape[0] / proc.size[0]]) for f in clip]  # model -> video px
+        per_layer = {}
+        for l in ids:
+            pred, conf = got[l]["pred"].numpy(), got[l]["conf"].numpy()  # (F-1, T)
+            match = tok_xy[pred[:, qi]]  # (F-1, n, 2) each query's argmax token in each earlier frame
+            centre = (match + 0.5) * px  # (F-1, n, 2) its centre in the model's px
+            per_layer[str(l)] = [{"point": pts[j].tolist(), "token": q_tok[j].tolist(), "matches": [
+                {"frame": b, "token": match[b, j].tolist(), "px": (centre[b, j] * back[b]).round(1).tolist(),
+                 "confidence": float(conf[b, qi[j]])} for b in range(F - 1)]} for j in range(len(pts))]
+            flows = (tok_xy[pred] - tok_xy).reshape(F - 1, h, w, 2)  # every last-frame token to its argmax
+            heat = got[l]["attention"].sum(1).view(F - 1, h, w).numpy()  # the queries' attention, summed
+            blocks.append(correspondence.video_block([proc.resize(f) for f in clip], q_xy, heat, centre,
+                                                     conf[:, qi], flows, l, name, charts.model_color(m),
+                                                     video_width(F)))
+        results[name] = {"model": path, "config": cfg, "size": list(proc.size), "grid": [h, w], "token_px": px,
+                         "frames_that_fit": fit, "dtype": dtype, "attn_implementation": attn_implementation,
+                         "layers": per_layer}
+        del vlm  # one model in memory at a time
+        if str(device).startswith("cuda"):
+            torch.cuda.empty_cache()
+    res = {"video": video, "frames": len(clip), "frame_size": list(clip[-1].shape[:2]), "prompt": M.PROMPT,
+           "points": pts.tolist(), "models": results}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "video.json"), "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    video_figure(res, blocks).save(os.path.join(out, "video.png"))
+    return res
+
+
+def video_width(num_frames: int) -> int:
+    """The video figure's width: the probe figure's, wider where more than 8 frames would make tiles small."""
+    return max(charts.FIG_W, 10 + num_frames * 120)
+
+
+def video_figure(res: dict, blocks: list[Image.Image]) -> Image.Image:
+    """A header saying what is drawn, the query points' legend and flow key, then one block per model and layer
+    (figures/correspondence.video_block)."""
+    F, width = res["frames"], video_width(res["frames"])
+    notes = ["Any video, no ground truth: where does each LLM layer's own attention go from points on the last frame?",
+             "native Q-K (G8): softmax(q.k / sqrt(d)) of the last frame's tokens over one earlier frame's tokens, "
+             "rotary applied, averaged",
+             "over attention heads; its argmax is the predicted match, the argmax's attention its confidence ('conf': "
+             "mean over the queries,",
+             "and its multiple of the uniform attention 1/tokens: 1x = no preference for any token).",
+             f"Video: {res['video']}, {F} frames sampled uniformly (frame 0 first; frame {F - 1}, the last, holds "
+             f"the queries); prompt '{res['prompt']}'.",
+             "Each block, top: red = the queries' attention summed over each earlier frame, a ring per query at "
+             "its argmax; bottom: every",
+             f"last-frame token's argmax as patch flow frame {F - 1} -> that frame, coloured by the key below. "
+             "One swatch colour per model."]
+    return charts.stack([charts.notes(notes, width), correspondence.video_legend(np.array(res["points"]), width)]
+                        + blocks)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", help="stock model (HF id or folder, an export too) or training "
@@ -353,8 +519,8 @@ def main():
                    "(default: %(default)s, rendered if absent)")
     p.add_argument("--out", default="runs/probe", help="output folder for probe.json and probe.png "
                    "(default: %(default)s)")
-    p.add_argument("--frames", type=int, default=8, help="consecutive frames per sample, at least 2 "
-                   "(default: %(default)s)")
+    p.add_argument("--frames", type=int, default=8, help="consecutive frames per sample, at least 2; with --video: "
+                   "frames sampled uniformly from the video (default: %(default)s)")
     p.add_argument("--limit", type=int, default=8, help="number of samples (default: %(default)s; "
                    "the paper: 200 sequences)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -369,7 +535,19 @@ def main():
                    "(what M-RoPE costs the cross-frame match; G8 itself applies it)")
     p.add_argument("--sharpen", type=float, default=1.0, help="diagnostic: multiply the native attention's logits "
                    "q.k/sqrt(d) by this (> 1: a sharper softmax of the same q and k, as a confidence check; G8 is 1)")
+    p.add_argument("--video", help="any video without ground truth instead of --scenes: an mp4 (needs PyAV) or a "
+                   "folder of frames; writes --out/video.png and video.json (each query's argmax match per layer)")
+    p.add_argument("--points", nargs="+", metavar="X,Y", help="--video: query points in pixels of the last frame "
+                   "used (default: a 3x3 lattice)")
+    p.add_argument("--layers", help="--video: LLM layers to draw, 'all', 'A-B' or 'a,b,c' (default: the first, "
+                   "middle and last)")
+    p.add_argument("--size", type=int, help="--video: frame side in px instead of the model's own, rounded to whole "
+                   "tokens (LLaVA: fixed by its vision tower)")
     args = p.parse_args()
+    if not args.video and (args.points or args.layers or args.size):
+        p.error("--points, --layers and --size belong to --video")
+    if args.video and (args.no_rotary or args.sharpen != 1.0):
+        p.error("--no-rotary and --sharpen belong to the scene probe, not --video")
     if args.name and not args.model:
         p.error(f"--name given {len(args.name)} time(s) without --model: give one --model per --name")
     if args.name and len(args.name) != len(args.model):
@@ -383,6 +561,14 @@ def main():
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     models = args.model or [M.build_tiny("runs/tiny-qwen2_5_vl")]
     names = args.name or default_names(models)
+    if args.video:
+        try:
+            video_probe(args.video, models, names, args.points, args.layers, args.frames, args.size, args.out,
+                        args.device, dtype, args.attn_implementation)
+        except UsageError as e:
+            p.error(str(e))
+        print(f"wrote {args.out}/video.json and {args.out}/video.png")
+        return
     if args.scenes == "data/synthetic/val":
         synth.ensure_synthetic("data/synthetic")
     os.makedirs(args.out, exist_ok=True)

@@ -439,3 +439,130 @@ def test_model_load_reads_a_stock_folder(tmp_path):
     vlm, proc, gasp, cfg = M.load(path, dtype="bfloat16")
     assert gasp is None and cfg == {"model": path} and len(M.llm_layers(vlm)) == 2
     assert next(vlm.parameters()).dtype == torch.bfloat16
+
+
+# ----------------------------------------------------------------------------- any video, no ground truth
+
+VIDEO_KINDS = ("qwen2_5_vl", "llava_onevision")  # a patchified video with M-RoPE; a pooled video with a newline
+
+
+@pytest.fixture(scope="module")
+def video_env(tmp_path_factory):
+    """A rendered scene's frames as a folder and as an mp4, and two families' tiny models (2 layers)."""
+    tmp = tmp_path_factory.mktemp("video")
+    synth.synth_scene(tmp / "scene", seed=1, num_frames=6, size=112)
+    env = {"folder": str(tmp / "scene" / "images"), "tmp": tmp,
+           **{k: M.build_tiny(str(tmp / k), k, layers=2, hidden=64) for k in VIDEO_KINDS}}
+    try:
+        import av
+    except ImportError:
+        return env
+    with av.open(str(tmp / "scene.mp4"), "w") as c:
+        stream = c.add_stream("mpeg4", rate=6)
+        stream.width, stream.height, stream.pix_fmt = 112, 112, "yuv420p"
+        for f in sorted(os.listdir(env["folder"])):
+            frame = av.VideoFrame.from_ndarray(np.asarray(Image.open(os.path.join(env["folder"], f))), format="rgb24")
+            c.mux(stream.encode(frame))
+        c.mux(stream.encode())
+    return {**env, "mp4": str(tmp / "scene.mp4")}
+
+
+def _video(monkeypatch, out, *argv):
+    """probe.main on --video; returns video.json."""
+    monkeypatch.setattr(sys, "argv", ["probe.py", *argv, "--out", str(out), "--device", "cpu"])
+    probe.main()
+    with open(os.path.join(out, "video.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("source", ["folder", "mp4"])
+@pytest.mark.parametrize("kind", VIDEO_KINDS)
+def test_video_figure_is_drawn_from_a_folder_and_an_mp4(video_env, monkeypatch, tmp_path, kind, source):
+    if source == "mp4":
+        pytest.importorskip("av")
+    res = _video(monkeypatch, tmp_path, "--video", video_env[source], "--model", video_env[kind], "--frames", "3",
+                 "--points", "20,30", "100,100", "--layers", "all", "--size", "112")
+    run = res["models"][os.path.basename(video_env[kind])]
+    assert res["frames"] == 3 and res["frame_size"] == [112, 112] and res["points"] == [[20, 30], [100, 100]]
+    assert sorted(run["layers"]) == ["0", "1"] and len(run["layers"]["1"]) == 2  # every layer, both queries
+    h, w = run["grid"]
+    for query in run["layers"]["1"]:
+        assert [m["frame"] for m in query["matches"]] == [0, 1]  # every earlier frame
+        for m in query["matches"]:
+            assert 0 <= m["token"][0] < w and 0 <= m["token"][1] < h and 1 / (h * w) <= m["confidence"] <= 1
+            assert m["px"] == pytest.approx([(t + 0.5) * run["token_px"] * 112 / run["size"][0] for t in m["token"]],
+                                            abs=0.05)
+    assert run["layers"]["0"][0]["token"] == [int(20 * run["size"][0] / 112 // run["token_px"]),
+                                              int(30 * run["size"][0] / 112 // run["token_px"])]
+    img = Image.open(tmp_path / "video.png")
+    assert img.width == charts.FIG_W
+    assert _has(img, charts.model_color(0)) and _has(img, correspondence.HEAT, 100)  # swatch, attention
+    for j in range(2):  # each query's ring colour
+        assert _has(img, correspondence.query_color(j), 100)
+
+
+@pytest.mark.parametrize("kind", VIDEO_KINDS)
+def test_video_argmax_is_the_argmax_of_the_models_eager_attention(video_env, monkeypatch, tmp_path, kind):
+    """video.json's match of every query on every earlier frame is the argmax of what the model itself computes:
+    its eager attention weights (output_attentions) of the query's token in the last frame, restricted to the
+    earlier frame's tokens, renormalised and averaged over attention heads; the confidence is that maximum."""
+    res = _video(monkeypatch, tmp_path, "--video", video_env["folder"], "--model", video_env[kind], "--frames", "4",
+                 "--layers", "1", "--attn-implementation", "eager")
+    run = next(iter(res["models"].values()))
+    vlm, proc, _, _ = M.load(video_env[kind], attn_implementation="eager")
+    clip = probe.frames_io.read_clip(video_env["folder"], 4)
+    inputs = proc([clip], [M.PROMPT])
+    tmap = proc.token_map(inputs["input_ids"][0], 4)
+    with torch.no_grad():
+        attn = vlm(**inputs, output_attentions=True).attentions[1][0]  # (H, S, S)
+    h, w = proc.grid
+    assert run["size"] == list(proc.size) and len(run["layers"]["1"]) == 9  # the default 3x3 lattice
+    for query in run["layers"]["1"]:
+        x, y = query["token"]
+        for m in query["matches"]:
+            P = attn[:, tmap[3, y, x], tmap[m["frame"]].flatten()]  # (H, T): the earlier frame's keys
+            P = (P / P.sum(-1, keepdim=True)).mean(0)
+            assert m["token"] == [int(P.argmax()) % w, int(P.argmax()) // w]
+            assert m["confidence"] == pytest.approx(float(P.max()), abs=1e-5)
+
+
+def test_video_too_long_for_the_context_names_the_frames_that_fit(video_env, monkeypatch, capsys, tmp_path):
+    """A context of max_position_embeddings = the other tokens + 2.5 frames: --frames 3 is refused naming 2, which
+    runs, and 3 frames would need more positions than the context has."""
+    import shutil
+    folder = tmp_path / "short"
+    shutil.copytree(video_env["qwen2_5_vl"], folder)
+    _, proc, _, _ = M.load(str(folder), size=(112, 112))
+    T = proc.grid[0] * proc.grid[1]
+    other = proc([[np.zeros((112, 112, 3), np.uint8)]], [M.PROMPT])["input_ids"].shape[1] - T
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["text_config"]["max_position_embeddings"] = other + 2 * T + T // 2
+    (folder / "config.json").write_text(json.dumps(cfg))
+    base = ["--video", video_env["folder"], "--model", str(folder), "--size", "112"]
+    with pytest.raises(SystemExit) as e:
+        _video(monkeypatch, tmp_path / "out", *base, "--frames", "3")
+    assert e.value.code == 2 and "at most 2 frames fit" in capsys.readouterr().err
+    assert _video(monkeypatch, tmp_path / "out", *base, "--frames", "2")["models"]["short"]["frames_that_fit"] == 2
+    three = proc([np.zeros((3, 112, 112, 3), np.uint8)], [M.PROMPT])["input_ids"].shape[1]
+    assert three > cfg["text_config"]["max_position_embeddings"] >= three - T
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--points", "112,10"], "--points 112,10: outside the last frame (112x112 px"),
+    (["--points", "5,-1"], "--points 5,-1: outside the last frame"),
+    (["--points", "5"], "--points '5': not X,Y"),
+    (["--layers", "7"], "out of range; the model has layers 0..1"),
+    (["--sharpen", "2"], "belong to the scene probe"),
+])
+def test_video_misuse_is_a_usage_error(video_env, monkeypatch, capsys, tmp_path, argv, message):
+    with pytest.raises(SystemExit) as e:
+        _video(monkeypatch, tmp_path, "--video", video_env["folder"], "--model", video_env["qwen2_5_vl"],
+               "--size", "112", *argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_video_flags_need_video(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["probe.py", "--points", "1,1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        probe.main()
+    assert e.value.code == 2 and "--points, --layers and --size belong to --video" in capsys.readouterr().err
