@@ -26,6 +26,8 @@ Run:
         --model runs/gasp/export --out runs/compare               # side by side: stock, baseline, GASP, export
     python probe.py --model runs/gasp --no-rotary --out runs/prerope   # diagnostic: q/k before M-RoPE
     python probe.py --model runs/gasp --sharpen 16 --out runs/sharp    # diagnostic: the same q/k, logits x16
+    torchrun --nproc_per_node 8 probe.py --model runs/gasp --scenes /data/dl3dv_val --limit 200   # samples split
+    python probe.py --model Qwen/Qwen2.5-VL-72B-Instruct --device-map auto --scenes /data/dl3dv_val   # > one GPU
 Outputs probe.json (every number, settings, model and data), probe.png (panels a-d) and a printed table;
 docs/probe.md says how to read the figure and what each key of probe.json means. The drawing is in figures/.
 References: GASP arXiv 2605.30231; DiffTrack (arXiv 2506.17220) for Q-K matching and confidence.
