@@ -29,7 +29,11 @@ Run (a checkpoint is any folder model.load reads, e.g. train.py's export):
   python eval.py run   --benchmark blink --data BLINK --model runs/gasp/export --out blink.jsonl --limit 5
   python eval.py score --benchmark vsibench --data VSI-Bench --predictions vsi_gasp.jsonl   # JSON summary
   python eval.py table --benchmark vsibench --data VSI-Bench --predictions vsi_base.jsonl vsi_gasp.jsonl
-One process per GPU (split the work with --categories); there is nothing to gain from torchrun here.
+Every GPU (one model copy each; the file is the one a single process writes, resumable with any process count),
+and a model larger than one GPU spread over the GPUs of a node:
+  torchrun --nproc_per_node 8 eval.py run --benchmark vsibench --data VSI-Bench --model runs/gasp/export --out vsi.jsonl
+  python eval.py run --benchmark vsibench --data VSI-Bench --model Qwen/Qwen2.5-VL-72B-Instruct --device-map auto \\
+                     --out vsi_72b.jsonl
 
 References (the official harness settings the inputs follow, pinned):
   VSI-Bench   github.com/vision-x-nyu/thinking-in-space @51e089c, lmms_eval/models/llava_vid.py,
@@ -40,6 +44,7 @@ References (the official harness settings the inputs follow, pinned):
 """
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import json
@@ -57,7 +62,7 @@ from benchmarks.common import item_hash, read_text, require
 from benchmarks.media import check_media, video_file, visuals
 from benchmarks.scoring import markdown_table, read_predictions, score_file, score_item, select
 from families import Processor
-from runtime import checkpoint
+from runtime import checkpoint, distributed
 
 # ----------------------------------------------------------------------------- inputs as the harnesses build them
 
@@ -102,31 +107,39 @@ def sampled_fps(base: str, n_frames: int):
     return n_frames / total * float(fps) if total and fps else None
 
 
+def batches(items: list[dict], batch_size: int) -> list[list[dict]]:
+    """`items` in order, cut into batches of at most `batch_size` items with equal numbers of images (LLaVA's
+    tensors need that)."""
+    out = []
+    for _, group in itertools.groupby(items, key=lambda it: len(it.get("images", ()))):
+        group = list(group)
+        out += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+    return out
+
+
 def generate(vlm, tokenizer, build, items: list[dict], batch_size: int, max_new_tokens: int, n_frames: int = 32,
              context: int | None = None):
     """Greedy answers, yielded as (item, text, inputs record). `build(visuals, prompts, fps)` -> (batch, records)
-    makes the model inputs (families.Processor.build). Batches hold items with equal numbers of
-    images (LLaVA's tensors need that). A prompt plus answer longer than `context` positions is marked in its
-    record (`over_context`: the prompt length), as nothing else would show it."""
-    for _, group in itertools.groupby(items, key=lambda it: len(it.get("images", ()))):
-        group = list(group)
-        for i in range(0, len(group), batch_size):
-            batch = group[i:i + batch_size]
-            frames = [visuals(it, n_frames) for it in batch]  # first: a broken video is named with its item
-            fps = [sampled_fps(it["video"], n_frames) if "video" in it else None for it in batch]
-            inputs, records = build(frames, [it["prompt"] for it in batch], fps)
-            for record, mask in zip(records, inputs.get("attention_mask", [None] * len(records))):
-                if context and mask is not None and int(mask.sum()) + max_new_tokens > context:
-                    record["over_context"] = int(mask.sum())
-            inputs = {k: v.to(vlm.device) for k, v in inputs.items()}
-            if "pixel_values" in inputs or "pixel_values_videos" in inputs:
-                key = "pixel_values" if "pixel_values" in inputs else "pixel_values_videos"
-                inputs[key] = inputs[key].to(vlm.dtype)
-            with torch.inference_mode():  # plain greedy: overrides sampling / repetition_penalty in generation_config
-                ids = vlm.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                   repetition_penalty=1.0, temperature=None, top_p=None, top_k=None)
-            texts = tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            yield from zip(batch, texts, records)
+    makes the model inputs (families.Processor.build); items are batched by `batches`. A prompt plus
+    answer longer than `context` positions is marked in its record (`over_context`: the prompt length), as nothing
+    else would show it."""
+    for batch in batches(items, batch_size):
+        frames = [visuals(it, n_frames) for it in batch]  # first: a broken video is named with its item
+        fps = [sampled_fps(it["video"], n_frames) if "video" in it else None for it in batch]
+        inputs, records = build(frames, [it["prompt"] for it in batch], fps)
+        for record, mask in zip(records, inputs.get("attention_mask", [None] * len(records))):
+            if context and mask is not None and int(mask.sum()) + max_new_tokens > context:
+                record["over_context"] = int(mask.sum())
+        # vlm.device: its first parameter's; under a device map accelerate's hooks carry the inputs on from there
+        inputs = {k: v.to(vlm.device) for k, v in inputs.items()}
+        if "pixel_values" in inputs or "pixel_values_videos" in inputs:
+            key = "pixel_values" if "pixel_values" in inputs else "pixel_values_videos"
+            inputs[key] = inputs[key].to(vlm.dtype)
+        with torch.inference_mode():  # plain greedy: overrides sampling / repetition_penalty in generation_config
+            ids = vlm.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                               repetition_penalty=1.0, temperature=None, top_p=None, top_k=None)
+        texts = tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        yield from zip(batch, texts, records)
 
 
 # What a resume must match: the weights (by content), every setting that changes the inputs or the answers.
@@ -192,22 +205,33 @@ def check_resume(out: Path, settings: dict, done: dict, items: list[dict]):
 
 
 def run_benchmark(benchmark: str, items: list[dict], out: Path, vlm_loader, batch_size: int = 1, max_new_tokens=None,
-        n_frames: int = 32, inputs: str = "official", settings: dict | None = None) -> None:
+        n_frames: int = 32, inputs: str = "official", settings: dict | None = None, env: distributed.Env | None = None
+        ) -> None:
     """Append one scored line per item not yet in `out`; the model is loaded only if work remains.
     The resolved settings go to `<out stem>.settings.json`; a resume with other weights, settings or items is
-    refused (check_resume)."""
-    done, report = read_predictions(out) if out.exists() else ({}, dict(benchmarks=set(), item_hashes={}))
-    if report["benchmarks"] - {benchmark}:  # its ids would mark this benchmark's items as done
-        raise ValueError(f"{out} holds {', '.join(sorted(report['benchmarks']))} predictions; use another --out")
-    todo = [it for it in items if str(it["id"]) not in done]
+    refused (check_resume).
+    Data-parallel under torchrun (`env`, runtime.distributed): the batches one process would run go round-robin
+    to the processes, one round (a batch each) at a time; rank 0 alone reads and writes the files, gathers each
+    round's lines and appends them in the one-process order. The file is then the one a single process writes,
+    whatever the process count; a kill loses at most the round under way, and a resume (any process count) skips
+    the items already in the file."""
+    env = env or distributed.Env(False, 0, 1, "cpu")
     settings = dict(settings or {}, benchmark=benchmark, inputs=inputs, frames=n_frames, batch_size=batch_size,
                     max_new_tokens=max_new_tokens or BENCHMARKS[benchmark].max_new_tokens)
-    if done:
-        check_resume(out, settings, report["item_hashes"], items)
+    done = {}
+    if env.master:
+        done, report = read_predictions(out) if out.exists() else ({}, dict(benchmarks=set(), item_hashes={}))
+        if report["benchmarks"] - {benchmark}:  # its ids would mark this benchmark's items as done
+            raise ValueError(f"{out} holds {', '.join(sorted(report['benchmarks']))} predictions; use another --out")
+        if done:
+            check_resume(out, settings, report["item_hashes"], items)
+    done = distributed.broadcast(set(done), env)
+    todo = [it for it in items if str(it["id"]) not in done]
     if not todo:
         return
-    check_media(todo)
     todo.sort(key=lambda it: (len(it.get("images", ())), it.get("video", "")))  # one decode per video
+    rounds = batches(todo, batch_size)  # as one process runs them; round r: batch r * world + rank on each rank
+    check_media([it for batch in rounds[env.rank::env.world] for it in batch])
     vlm, processor = vlm_loader()
     text_config = getattr(vlm.config, "text_config", vlm.config)
     context = getattr(text_config, "max_position_embeddings", None)
@@ -219,26 +243,31 @@ def run_benchmark(benchmark: str, items: list[dict], out: Path, vlm_loader, batc
             context *= max(factor, 1)
     settings["harness"] = f"{inputs}: {processor.describe()}"
     build = processor.build
-    for k in ("harness", "rope"):
-        if k in settings:
-            print(f"eval.py run: {settings[k]}", file=sys.stderr)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    settings_path(out).write_text(json.dumps(settings, indent=2) + "\n")
-    if out.exists() and out.stat().st_size and not (raw := out.read_bytes()).endswith(b"\n"):
-        keep = raw.rfind(b"\n") + 1  # an interrupted write left half a line: drop it (its item is redone)
-        print(f"eval.py run: {out}: dropping a truncated last line ({len(raw) - keep} bytes)", file=sys.stderr)
-        with out.open("r+b") as f:
-            f.truncate(keep)
+    if env.master:
+        for k in ("harness", "rope"):
+            if k in settings:
+                print(f"eval.py run: {settings[k]}", file=sys.stderr)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        settings_path(out).write_text(json.dumps(settings, indent=2) + "\n")
+        if out.exists() and out.stat().st_size and not (raw := out.read_bytes()).endswith(b"\n"):
+            keep = raw.rfind(b"\n") + 1  # an interrupted write left half a line: drop it (its item is redone)
+            print(f"eval.py run: {out}: dropping a truncated last line ({len(raw) - keep} bytes)", file=sys.stderr)
+            with out.open("r+b") as f:
+                f.truncate(keep)
     over = 0
-    with out.open("a", encoding="utf-8") as f, tqdm(total=len(todo), desc=f"{benchmark} -> {out.name}") as bar:
-        for item, text, record in generate(vlm, processor.tokenizer, build, todo, batch_size,
-                                           settings["max_new_tokens"], n_frames, context):
+    writer = out.open("a", encoding="utf-8") if env.master else contextlib.nullcontext()
+    with writer as f, tqdm(total=len(todo), desc=f"{benchmark} -> {out.name}", disable=not env.master) as bar:
+        for r in range(0, len(rounds), env.world):
+            mine = rounds[r + env.rank] if r + env.rank < len(rounds) else []  # the last round may leave ranks idle
             # Assumption: the decoded text is stripped, as lmms-eval's model wrappers do
-            line = dict(score_item(benchmark, item, text.strip()), inputs=record)
-            f.write(json.dumps(line, ensure_ascii=False) + "\n")
-            f.flush()
-            bar.update()
-            over += "over_context" in record
+            lines = [dict(score_item(benchmark, item, text.strip()), inputs=record) for item, text, record in
+                     generate(vlm, processor.tokenizer, build, mine, batch_size, settings["max_new_tokens"], n_frames,
+                              context)]
+            for line in itertools.chain.from_iterable(distributed.gather(lines, env) or []):  # rank 0: rank order
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+                f.flush()
+                bar.update()
+                over += "over_context" in line["inputs"]
     if over:
         print(f"eval.py run: warning: {over} item(s) need more than the model's {context} positions (prompt + "
               f"{settings['max_new_tokens']} new tokens); marked `over_context` in {out}", file=sys.stderr)
@@ -363,7 +392,11 @@ def main(argv=None):
                         "MMSI / STI / SpaceVista)")
     r.add_argument("--frame-size", type=positive, help="--inputs train-size only: the square side in px "
                    "(default: model.py's)")
-    r.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    r.add_argument("--device", help="torch device (default: cuda if available, else cpu; under torchrun each "
+                   "process's cuda:LOCAL_RANK)")
+    r.add_argument("--device-map", choices=["auto"], help="auto: a model larger than one GPU spread over the "
+                   "visible GPUs (transformers' device_map, needs accelerate; a stock model; under torchrun with "
+                   "--nproc_per_node 1)")
     r.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
                    help="model dtype (default: bfloat16 on CUDA, the reporting setting; float32 on CPU)")
     s = sub.add_parser("score", parents=[common], help="re-score a predictions file, print (and store in "
@@ -413,18 +446,25 @@ def main(argv=None):
             if args.frame_size and args.inputs == "official":
                 raise ValueError("--frame-size applies to --inputs train-size only; official inputs take each "
                                  "harness's own sizes")
-            device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            env = distributed.init()  # torchrun: one process per GPU, the items split between them
+            distributed.check_device_map(args.device_map, env)
+            device = distributed.process_device(args.device, env)
             dtype_name = args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
-            load = {"device": device, "dtype": dtype_name}
+            load = {"device": device, "dtype": dtype_name, "device_map": args.device_map}
             if args.frame_size:
                 load["size"] = (args.frame_size, args.frame_size)
-            settings = dict(model=str(args.model), weights_fingerprint=weights_fingerprint(args.model),
-                            dtype=dtype_name, device=str(device), frame_size=args.frame_size)
-            print(f"eval.py run: {args.benchmark}, inputs {args.inputs}, dtype {dtype_name}, batch size "
-                  f"{args.batch_size}, frames {args.frames}", file=sys.stderr)
+            # the fingerprint is read by rank 0 alone, which checks the resume
+            settings = dict(model=str(args.model), weights_fingerprint=weights_fingerprint(args.model) if env.master
+                            else None, dtype=dtype_name, frame_size=args.frame_size, processes=env.world,
+                            device=f"device map {args.device_map}" if args.device_map else str(device))
+            if env.master:
+                print(f"eval.py run: {args.benchmark}, inputs {args.inputs}, dtype {dtype_name}, batch size "
+                      f"{args.batch_size}, frames {args.frames}, {env.world} process(es)", file=sys.stderr)
             run_benchmark(args.benchmark, select(args.benchmark, items, args.categories, args.limit), args.out,
                 lambda: model.load(args.model, **load)[:2], args.batch_size, args.max_new_tokens, args.frames,
-                args.inputs, settings)
+                args.inputs, settings, env)
+            if not env.master:
+                return
             # --limit / --categories make a partial run on purpose: scored as it is, with its coverage
             summary = score_file(args.benchmark, items, args.out, args.categories, allow_partial=True)
             write_summary(args.out, summary)

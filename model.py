@@ -54,16 +54,19 @@ def as_dtype(dtype) -> torch.dtype:
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
-def _stock(path: str, device, dtype, size, attn_implementation):
-    """A stock checkpoint (HF id or folder, read offline if cached) -> (model in eval mode, Processor)."""
+def _stock(path: str, device, dtype, size, attn_implementation, device_map=None):
+    """A stock checkpoint (HF id or folder, read offline if cached) -> (model in eval mode, Processor).
+    device_map "auto": the layers spread over the visible GPUs by accelerate (inference only; `device` unused)."""
     config = transformers.AutoConfig.from_pretrained(path)
     check_supported(config)
     if attn_implementation not in (None, *ATTENTION):
         raise ValueError(f"attn_implementation {attn_implementation!r}: use {', '.join(ATTENTION)}")
+    # device_map needs accelerate; without it from_pretrained raises a ValueError naming `pip install accelerate`
     vlm = transformers.AutoModelForImageTextToText.from_pretrained(
-        path, dtype=dtype, attn_implementation=attn_implementation)
+        path, dtype=dtype, attn_implementation=attn_implementation, device_map=device_map)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    return vlm.to(device).eval(), Processor(vlm.config, tokenizer, size, folder=path)
+    vlm = vlm if device_map is not None else vlm.to(device)
+    return vlm.eval(), Processor(vlm.config, tokenizer, size, folder=path)
 
 
 def build(model: str, device="cpu", dtype: str = "float32", attn_implementation: str | None = None, size: int = 448,
@@ -87,7 +90,8 @@ def build(model: str, device="cpu", dtype: str = "float32", attn_implementation:
     return vlm, proc, net.to(device)
 
 
-def load(path: str, device="cpu", dtype: str | None = None, attn_implementation: str | None = None, size=None):
+def load(path: str, device="cpu", dtype: str | None = None, attn_implementation: str | None = None, size=None,
+         device_map: str | None = None):
     """The one loader of models: a stock model (HF id or folder; train.py's export/ is one) or a training checkpoint
     (checkpoint.pt, or the run folder holding it, any objective, LoRA or not) -> (vlm, processor, gasp, config).
     A checkpoint is rebuilt exactly as training built it (build, with the run's saved settings) with its trained
@@ -95,11 +99,17 @@ def load(path: str, device="cpu", dtype: str | None = None, attn_implementation:
     config the run's settings. A stock model gives gasp None and config {"model": path}.
     dtype: 'bfloat16' | 'float16' | 'float32' (None: float32 for a stock model, the run's own for a checkpoint);
     attn_implementation: sdpa | eager | flash_attention_2 (None: transformers' default, or the run's own);
-    size: (H, W) of the frames (None: the family's default, or the run's training size). Eval mode."""
+    size: (H, W) of the frames (None: the family's default, or the run's training size);
+    device_map: "auto" spreads a stock model too large for one GPU over the visible GPUs (transformers'
+    from_pretrained through accelerate; inference only, `device` unused), None puts it whole on `device`. Eval mode."""
     file = runtime.checkpoint.find(path)
     if file is None:
-        vlm, proc = _stock(path, device, as_dtype(dtype or "float32"), size, attn_implementation)
+        vlm, proc = _stock(path, device, as_dtype(dtype or "float32"), size, attn_implementation, device_map)
         return vlm, proc, None, {"model": path}
+    if device_map is not None:  # build() wraps LoRA and the heads around a model on one device
+        raise ValueError(f"{file}: device_map {device_map!r} loads stock models only (an HF id or folder); a "
+                         "training checkpoint is rebuilt on one device: export it (train.py's export/) or drop "
+                         "--device-map")
     ckpt = runtime.checkpoint.read(file)
     dtype = str(as_dtype(dtype)).removeprefix("torch.") if dtype else ckpt["config"]["dtype"]
     saved = dict(ckpt["config"], dtype=dtype,

@@ -27,6 +27,8 @@ Run:
     python probe.py --model runs/gasp --no-rotary --out runs/prerope   # diagnostic: q/k before M-RoPE
     python probe.py --model runs/gasp --sharpen 16 --out runs/sharp    # diagnostic: the same q/k, logits x16
     python probe.py --video clip.mp4 --model runs/gasp --points 320,240 --layers all --out runs/video   # any video
+    torchrun --nproc_per_node 8 probe.py --model runs/gasp --scenes /data/dl3dv_val --limit 200   # samples split
+    python probe.py --model Qwen/Qwen2.5-VL-72B-Instruct --device-map auto --scenes /data/dl3dv_val   # > one GPU
 Outputs probe.json (every number, settings, model and data), probe.png (panels a-d) and a printed table;
 docs/probe.md says how to read the figure and what each key of probe.json means. The drawing is in figures/.
 --video (no ground truth, so no metrics): video.png (per model and layer the query points' attention over every
@@ -48,6 +50,7 @@ from tqdm import tqdm
 import data
 from figures import charts, correspondence
 import model as M
+from runtime import distributed
 from scenes import frames as frames_io, synth
 
 # Notation: F frames, T = h*w tokens per frame (the token grid), H attention heads, d = attn_dim (the attention
@@ -64,9 +67,9 @@ def match(q: torch.Tensor, k: torch.Tensor, sample: dict, token_px: int, grid, s
     heads are pooled by averaging their distributions, and a track's query is the q of the token holding it in
     the later frame; the paper gives PCK@2patch and the confidence, not these details."""
     h, w = grid
-    tracks = torch.as_tensor(sample["tracks"]).float()  # (F, N, 2)
-    visible = torch.as_tensor(sample["visible"])
-    fidx = torch.as_tensor(sample["frame_index"])
+    tracks = torch.as_tensor(sample["tracks"], device=q.device).float()  # (F, N, 2), on the layer's device
+    visible = torch.as_tensor(sample["visible"], device=q.device)
+    fidx = torch.as_tensor(sample["frame_index"], device=q.device)
     tok = (tracks / token_px).floor().long()  # (F, N, 2) token (x, y) of every track
     tok[..., 0].clamp_(0, w - 1)
     tok[..., 1].clamp_(0, h - 1)
@@ -84,7 +87,7 @@ def match(q: torch.Tensor, k: torch.Tensor, sample: dict, token_px: int, grid, s
         gap = (fidx[a] - fidx[:a])[:, None].expand_as(dist)
         for key, val in (("hit1", dist <= 1), ("hit2", dist <= 2), ("conf", conf), ("gap", gap)):
             out[key].append(val[ok])
-    return {key: torch.cat(v).numpy() if v else np.zeros(0) for key, v in out.items()}
+    return {key: torch.cat(v).cpu().numpy() if v else np.zeros(0) for key, v in out.items()}
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -190,15 +193,22 @@ def default_names(paths: list[str]) -> list[str]:
 
 @torch.no_grad()
 def run_probe(vlm, proc, samples, gasp=None, tau: float = 0.07, device="cpu", desc="probe",
-              rotary: bool = True, sharpen: float = 1.0) -> dict:
+              rotary: bool = True, sharpen: float = 1.0, env: distributed.Env | None = None) -> dict | None:
     """Native Q-K metrics for every layer (and GASP head metrics with temperature tau when gasp is given), pooled
     over samples, plus the grid and the chance PCK. Diagnostics, not G8: rotary=False reads q and k before the
     rotary embedding; sharpen multiplies the attention's logits (a sharper softmax, the same q and k).
-    q/k and embeddings are compared in float32 whatever the model's dtype."""
+    q/k and embeddings are compared in float32 whatever the model's dtype.
+    Data-parallel under torchrun (`env`, runtime.distributed): rank k matches samples k, k + world, ...; rank 0
+    gathers the per-sample records, puts them back in sample order and returns what one process returns (the
+    other ranks return None)."""
+    env = env or distributed.Env(False, 0, 1, "cpu")
     n_layers = len(M.llm_layers(vlm))
-    native = [[] for _ in range(n_layers)]
-    heads = [[] for _ in range(len(gasp.layer_ids))] if gasp is not None else None
-    for sample in tqdm(samples, desc=desc, leave=False):
+    records = {}  # sample index -> (one list of `match` dicts per layer, one per head layer or None)
+    for i in tqdm(range(env.rank, len(samples), env.world), desc=desc, leave=False, disable=not env.master):
+        sample = samples[i]
+        native = [[] for _ in range(n_layers)]
+        heads = [[] for _ in range(len(gasp.layer_ids))] if gasp is not None else None
+        records[i] = (native, heads)
         inputs = {k: v.to(device) for k, v in proc([sample["frames"]], [M.PROMPT]).items()}
         tmap = proc.token_map(inputs["input_ids"][0], len(sample["frames"]))
 
@@ -213,6 +223,13 @@ def run_probe(vlm, proc, samples, gasp=None, tau: float = 0.07, device="cpu", de
                 q = e_q[j].flatten(1, 2)[:, :, None].float()  # (F, T, 1, r): the embedding as one attention head
                 k = e_k[j].flatten(1, 2)[:, :, None].float()
                 heads[j].append(match(q, k, sample, proc.token_px, proc.grid, 1 / tau))
+    parts = distributed.gather(records, env)
+    if parts is None:
+        return None
+    records = {i: rec for part in parts for i, rec in part.items()}
+    records = [records[i] for i in sorted(records)]  # sample order, as one process has them
+    native = [[m for nat, _ in records for m in nat[l]] for l in range(n_layers)]
+    heads = [[m for _, hd in records for m in hd[j]] for j in range(len(gasp.layer_ids))] if gasp is not None else None
     out = {"native": layer_metrics(native), "grid": list(proc.grid),
            "chance_pck1": chance_pck(proc.grid, 1), "chance_pck2": chance_pck(proc.grid, 2)}
     if heads is not None:
@@ -434,7 +451,7 @@ def video_probe(video: str, models: list[str], names: list[str], points: list[st
         except (OSError, ValueError) as e:
             raise UsageError(f"--model {path}: {e}") from None
         if size is not None:  # the model's own processor settings, at the side asked for
-            proc = M.Processor(vlm.config, proc.tokenizer, M.frame_size(vlm.config, size), proc.source)
+            proc = M.Processor(vlm.config, proc.tokenizer, M.frame_size(vlm.config, size), folder=proc.folder)
         fit = frames_that_fit(vlm, proc, M.PROMPT)
         if num_frames > fit:
             raise UsageError(f"--frames {num_frames}: too long for the context of {path} (max_position_embeddings "
@@ -523,8 +540,10 @@ def main():
                    "frames sampled uniformly from the video (default: %(default)s)")
     p.add_argument("--limit", type=int, default=8, help="number of samples (default: %(default)s; "
                    "the paper: 200 sequences)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="torch device (default: cuda if available, else cpu; here %(default)s)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu; under torchrun each "
+                   "process's cuda:LOCAL_RANK, the samples split between the processes)")
+    p.add_argument("--device-map", choices=["auto"], help="auto: a stock model larger than one GPU spread over the "
+                   "visible GPUs (transformers' device_map, needs accelerate; under torchrun with --nproc_per_node 1)")
     p.add_argument("--dtype", choices=DTYPES, help="dtype of the weights (default: bfloat16 on CUDA, float32 on "
                    "CPU); q, k and embeddings are compared in float32 either way")
     p.add_argument("--attn-implementation", choices=ATTN, help="attention kernel passed to from_pretrained, stock "
@@ -558,41 +577,57 @@ def main():
         p.error(f"--sharpen {args.sharpen}: must be a finite number > 0")
     if args.frames < 2 or args.limit < 1:
         p.error(f"--frames {args.frames} --limit {args.limit}: need at least 2 frames and 1 sample")
-    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    models = args.model or [M.build_tiny("runs/tiny-qwen2_5_vl")]
+    env = distributed.init()  # torchrun: one model copy per process, the samples split between them
+    if args.video and env.distributed:
+        p.error("--video draws one clip in one process: run it with python, not torchrun")
+    try:
+        distributed.check_device_map(args.device_map, env)
+        device = distributed.process_device(args.device, env)
+    except ValueError as e:
+        p.error(str(e))
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    models = args.model or ["runs/tiny-qwen2_5_vl"]
+    if env.master:  # files are written by rank 0 alone; the others read them after the barrier
+        if not args.model:
+            M.build_tiny(models[0])
+        if args.scenes == "data/synthetic/val" and not args.video:
+            synth.ensure_synthetic("data/synthetic")
+        os.makedirs(args.out, exist_ok=True)
+    env.barrier()
     names = args.name or default_names(models)
     if args.video:
         try:
             video_probe(args.video, models, names, args.points, args.layers, args.frames, args.size, args.out,
-                        args.device, dtype, args.attn_implementation)
+                        device, dtype, args.attn_implementation)
         except UsageError as e:
             p.error(str(e))
         print(f"wrote {args.out}/video.json and {args.out}/video.png")
         return
-    if args.scenes == "data/synthetic/val":
-        synth.ensure_synthetic("data/synthetic")
-    os.makedirs(args.out, exist_ok=True)
     results, extra = {}, []
     for m, (name, path) in enumerate(zip(names, models)):
         try:
-            vlm, proc, gasp, cfg = M.load(path, args.device, dtype, args.attn_implementation)
+            vlm, proc, gasp, cfg = M.load(path, device, dtype, args.attn_implementation, device_map=args.device_map)
         except (OSError, ValueError) as e:  # missing or broken files, an unknown id, misfitting weights
             p.error(f"--model {path}: {e}")
+        where = str(vlm.device) if args.device_map else device  # a device map: inputs go to its first layers'
         tau = cfg.get("tau") if gasp is not None else None  # the run's own τ: the heads were trained with it
         try:
             samples = probe_samples(args.scenes, proc.size, args.frames, args.limit, args.seed)
         except (OSError, ValueError) as e:
             p.error(f"--scenes {args.scenes}: {e}")
-        results[name] = run_probe(vlm, proc, samples, gasp, tau, args.device, f"probe {name}", not args.no_rotary,
-                                  args.sharpen)
-        results[name].update(model=path, config=cfg, scenes=args.scenes, frames=args.frames, samples=len(samples),
-                             rotary=not args.no_rotary, sharpen=args.sharpen, dtype=dtype,
-                             attn_implementation=args.attn_implementation)
-        extra.append(correspondence_figure(vlm, proc, samples[0], results[name]["native"]["peak_layer"], args.device,
-                                           name, charts.model_color(m)))
+        results[name] = run_probe(vlm, proc, samples, gasp, tau, where, f"probe {name}", not args.no_rotary,
+                                  args.sharpen, env)
+        if env.master:  # the other ranks have no result: rank 0 gathered their samples
+            results[name].update(model=path, config=cfg, scenes=args.scenes, frames=args.frames,
+                                 samples=len(samples), rotary=not args.no_rotary, sharpen=args.sharpen, dtype=dtype,
+                                 attn_implementation=args.attn_implementation)
+            extra.append(correspondence_figure(vlm, proc, samples[0], results[name]["native"]["peak_layer"], where,
+                                               name, charts.model_color(m)))
         del vlm, gasp  # one model in memory at a time
-        if args.device.startswith("cuda"):
+        if where.startswith("cuda"):
             torch.cuda.empty_cache()
+    if not env.master:
+        return
     with open(os.path.join(args.out, "probe.json"), "w") as f:
         json.dump(results, f, indent=1, default=str)
     figure(results, extra).save(os.path.join(args.out, "probe.png"))

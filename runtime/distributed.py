@@ -56,6 +56,46 @@ def init(engine: str = "ddp") -> Env:
     return Env(True, dist.get_rank(), dist.get_world_size(), device, engine)
 
 
+def process_device(requested: str | None, env: Env) -> str:
+    """This process's device for inference: `requested` (a --device flag) or init()'s default in a single process;
+    under torchrun the LOCAL_RANK device init() chose, which a --device of another type contradicts."""
+    if not env.distributed:
+        return requested or env.device
+    if requested and requested.split(":")[0] != env.device.split(":")[0]:
+        raise ValueError(f"--device {requested} under torchrun: each process takes its device from LOCAL_RANK "
+                         f"({env.device} here); drop --device")
+    return env.device
+
+
+def check_device_map(device_map: str | None, env: Env):
+    """--device-map auto spreads one model over every GPU its process sees, so two processes of a node would
+    share their GPUs: under torchrun it takes one process per node (a model larger than one GPU, on many nodes)."""
+    if device_map and env.distributed and int(os.environ.get("LOCAL_WORLD_SIZE", env.world)) > 1:
+        raise ValueError(f"--device-map {device_map} spreads one model over all GPUs of its node, but torchrun "
+                         f"started {os.environ.get('LOCAL_WORLD_SIZE', env.world)} processes per node: use "
+                         "--nproc_per_node 1 with it, or one model copy per GPU without --device-map")
+
+
+def gather(obj, env: Env) -> list | None:
+    """Every rank's `obj` (any picklable Python object) on rank 0, in rank order; None on the other ranks; [obj] in
+    a single process. How the data-parallel eval and probe bring their results to the one writer."""
+    if not env.distributed:
+        return [obj]
+    out = [None] * env.world if env.master else None
+    dist.gather_object(obj, out, dst=0)  # NCCL: through the current device, which init() set
+    return out
+
+
+def broadcast(obj, env: Env):
+    """Rank 0's `obj` on every rank: what rank 0 alone read (the files it writes), so no other rank opens them and
+    nothing assumes the ranks share a file system."""
+    if not env.distributed:
+        return obj
+    box = [obj if env.master else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def vision_blocks(vlm: nn.Module) -> list[nn.Module]:
     """The blocks of the vision tower: the longest ModuleList inside it (Qwen `visual.blocks`, CLIP / SigLIP
     `encoder.layers`). transformers' _no_split_modules cannot say it: LLaVA's lists no vision block."""

@@ -3,6 +3,11 @@ written in each benchmark's released format. The end-to-end run with a tiny rand
 
 import io
 import json
+import os
+import re
+import socket
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import av
@@ -16,6 +21,8 @@ from PIL import Image
 import eval as E
 from benchmarks import BENCHMARKS, allangles, blink, media, scoring, vsibench
 from families import Processor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MCA_Q = ("If I am standing by the refrigerator and facing the washer, is the stove to my left, right, or back? "
          "An object is to my back if I would have to turn at least 135 degrees in order to face it.")
@@ -1097,3 +1104,51 @@ def test_resume_after_retraining_in_place_is_refused(tmp_path, capsys):
                        r"' now '[0-9a-f]+'\); use another --out, or delete"):
         cli(capsys, *run, "counting", "manipulation")
     assert len(out.read_text().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- data-parallel runs (torchrun, gloo)
+
+def launch(nproc: int, *argv, ok: bool = True) -> subprocess.CompletedProcess:
+    """`python eval.py ...` (nproc 1) or `torchrun --nproc_per_node nproc eval.py ...` on the CPU (gloo)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    head = [sys.executable] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port)]
+    res = subprocess.run([*head, "eval.py", *map(str, argv)], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=300)
+    assert (res.returncode == 0) == ok, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_one_process_file_and_resume_it(tmp_path):
+    """torchrun --nproc_per_node 2: the predictions file is byte for byte the one process's (same lines, same
+    order), a partial file (a torn last line too) is resumed under 2 processes into that same file, and a broken
+    item on one rank ends both ranks with its message, writing nothing."""
+    import model
+    ckpt, root = model.build_tiny(str(tmp_path / "tiny")), aa_root(tmp_path)
+    # 5 items, batches [0, 1], [2] (2 views), [3, 4] (3 views): round 1 gives each rank a batch, round 2 rank 0 alone
+    run = ("run", "--benchmark", "allangles", "--data", root, "--model", ckpt, "--batch-size", 2,
+           "--max-new-tokens", 3, "--frame-size", 112, "--inputs", "train-size")
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    launch(1, *run, "--out", one)
+    res = launch(2, *run, "--out", two)
+    assert two.read_bytes() == one.read_bytes() and len(one.read_text().splitlines()) == 5
+    assert json.loads(res.stdout) == json.loads(launch(1, "score", "--benchmark", "allangles", "--data", root,
+                                                       "--predictions", one).stdout)  # rank 0 alone prints it
+    settings = [json.loads(E.settings_path(f).read_text()) for f in (one, two)]
+    assert [s.pop("processes") for s in settings] == [1, 2] and settings[0] == settings[1]
+
+    resumed = tmp_path / "resumed.jsonl"  # killed after the first round: batch [0, 1] in, half a line of [2]
+    resumed.write_text("".join(one.read_text().splitlines(keepends=True)[:2]) + '{"id": 2, "predic')
+    E.settings_path(resumed).write_text(E.settings_path(one).read_text())
+    res = launch(2, *run, "--out", resumed)
+    assert resumed.read_bytes() == one.read_bytes()
+    assert "dropping a truncated last line" in res.stderr
+
+    (root / "0001_fencing" / "cam01" / "00002.jpg").unlink()  # item 2: rank 1's batch of round 1
+    broken = tmp_path / "broken.jsonl"
+    res = launch(2, *run, "--out", broken, ok=False)
+    assert re.search(r"item 2: image \S*cam01/00002.jpg not found", res.stdout + res.stderr)
+    assert not broken.exists() or broken.read_text() == ""

@@ -566,3 +566,41 @@ def test_video_flags_need_video(monkeypatch, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         probe.main()
     assert e.value.code == 2 and "--points, --layers and --size belong to --video" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- data parallel, device map
+
+@pytest.mark.slow
+def test_two_processes_write_the_one_process_probe_json(runs, tmp_path):
+    """torchrun --nproc_per_node 2: each rank matches its samples, rank 0 pools them in sample order, so probe.json
+    (the native Q-K and the GASP heads' numbers, of a stock model and a checkpoint) is the one process's."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["--model", runs["tiny"], "--model", runs["corr"], "--scenes", runs["scenes"], "--frames", "3",
+            "--limit", "3"]  # samples 0, 2 on rank 0, sample 1 on rank 1
+    got = {}
+    for nproc, head in ((1, [sys.executable]), (2, [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                                                   "2", "--master_port", str(port)])):
+        out = tmp_path / f"probe{nproc}"
+        res = subprocess.run([*head, "probe.py", *args, "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        got[nproc] = json.loads((out / "probe.json").read_text())
+        assert (out / "probe.png").exists() and res.stdout.count("wrote ") == 1  # rank 0 alone writes and prints
+    assert got[1]["corr"]["heads"]["n"][0] > 0 and got[1]["corr"]["samples"] == 3
+    assert got[2] == got[1]
+
+
+def test_device_map_auto_probes_as_one_device(tiny_probe, tmp_path):
+    """model.load(device_map="auto") (accelerate's placement; on this CPU host: everything on the CPU) probes as
+    the model loaded whole; a training checkpoint is refused, naming the file and the fix."""
+    vlm, proc, samples, base = tiny_probe
+    path = M.build_tiny(str(tmp_path / "tiny"), layers=2, hidden=64)  # the fixture's model: same seed, same weights
+    mapped, proc, _, _ = M.load(path, size=(112, 112), device_map="auto")
+    assert probe.run_probe(mapped, proc, samples, device=str(mapped.device))["native"] == base["native"]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="checkpoint.pt: device_map 'auto' loads stock models only.*export it"):
+        M.load(str(tmp_path / "run"), device_map="auto")
