@@ -1,0 +1,47 @@
+"""The README's guess table and the code's `Assumption:` / `Deviation:` markers match both ways: every marker's place
+(file and enclosing function or class, or the file for a module-level marker) has a row, and every row points at a
+place that carries a marker. Also: the README stays a page a reader finishes."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def marker_places() -> set[str]:
+    places = set()
+    for f in sorted(ROOT.rglob("*.py")):
+        rel = f.relative_to(ROOT).as_posix()
+        if rel.startswith(("tests/", ".")) or "/." in rel:
+            continue
+        src = f.read_text(encoding="utf-8")
+        spans = []
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                spans.append((node.lineno, node.end_lineno, node.name))
+            if isinstance(node, ast.ClassDef):
+                spans += [(m.lineno, m.end_lineno, f"{node.name}.{m.name}") for m in node.body
+                          if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        for i, line in enumerate(src.split("\n"), 1):
+            if re.search(r"\b(Assumption|Deviation):", line):
+                inner = [s for s in spans if s[0] <= i <= s[1]]
+                places.add(f"{rel}:{min(inner, key=lambda s: s[1] - s[0])[2]}" if inner else rel)
+    return places
+
+
+def table_places() -> set[str]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## What we had to guess", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.split("\n") if line.startswith("| `")]
+    return {re.match(r"\| `([^`]+)`", row).group(1) for row in rows}
+
+
+def test_every_marker_has_a_row_and_every_row_a_marker():
+    markers, rows = marker_places(), table_places()
+    assert not markers - rows, f"markers without a row in the README's guess table: {sorted(markers - rows)}"
+    assert not rows - markers, f"rows naming a place with no Assumption:/Deviation: marker: {sorted(rows - markers)}"
+
+
+def test_readme_is_a_page_a_reader_finishes():
+    assert len((ROOT / "README.md").read_text(encoding="utf-8").split("\n")) <= 250
