@@ -53,7 +53,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 

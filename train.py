@@ -11,14 +11,16 @@ Run:
     python train.py --model Qwen/Qwen2.5-VL-7B-Instruct --data /data/dl3dv --sft-data llava_video_178k.json \\
         --lora-rank 128 --grad-ckpt                   # one GPU
     torchrun --nproc_per_node=8 train.py --model Qwen/Qwen2.5-VL-7B-Instruct --data /data/dl3dv \\
-        --sft-data llava_video_178k.json --lora-rank 128 --grad-ckpt --accum 16 --steps 10000
+        --sft-data llava_video_178k.json --lora-rank 128 --grad-ckpt --accum 16 --steps 10000     # DDP
+    torchrun --nproc_per_node=8 train.py ... --engine fsdp2     # full fine-tuning: FSDP2 shards the model
 Systems by flag: --objective sft (Baseline: L_LM only) | vqa (+DL3DV VQA: tracks as marked-point
 multiple-choice questions, L_LM only) | corr (L_corr only, λ_d = 0) | full (GASP); --layers for the
 injection-layer ablation; --lora-rank for the rank ablation. Ranges (--frames, --layers) are written
 A-B and include both ends.
 Outputs in --out: config.json (every resolved setting), log.jsonl (one record per logged step),
-checkpoint.pt (resumable, written atomically; its format is `save_checkpoint`, read back by
-`load_checkpoint`, which probe.py uses), probe.json, export/ (a stock checkpoint, heads dropped).
+checkpoint.pt (runtime/checkpoint.py: written atomically, read by `--resume` and by model.load, so probe.py and
+eval.py take it), probe.json, export/ (a stock checkpoint, heads dropped). SIGTERM / SIGINT save the step in
+progress and exit 128 + signal; the same command with --resume continues.
 References: GASP arXiv 2605.30231; nanoGPT train.py (github.com/karpathy/nanoGPT) for the layout.
 """
 
@@ -36,7 +38,6 @@ from functools import partial
 import numpy as np
 import torch
 import torch.distributed as dist
-import transformers
 from PIL import Image, ImageDraw
 from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -10,13 +10,12 @@ Reference (pinned): github.com/Chenyu-Wang567/All-Angles-Bench @0e1d210, VLMEval
 (build_prompt, mcq_vanilla_eval, report_acc), vlmeval/utils/matching_util.py (can_infer); Qwen2VLChat's
 max_new_tokens 2048.
 """
-import json
 import string
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import need, read_text
+from benchmarks.common import need, read_json_list
 
 TITLE = "All-Angles Bench"
 MAX_NEW_TOKENS = 2048  # Qwen2VLChat's default in the fork
@@ -32,12 +31,7 @@ def load(root: Path, media: bool = True) -> list[dict]:
     path, root = (root, root.parent) if root.is_file() else (root / "data.json", root)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found; download ch-chenyu/All-Angles-Bench into {root}")
-    try:
-        rows = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not JSON ({e}); download ch-chenyu/All-Angles-Bench again") from None
-    if not isinstance(rows, list):
-        raise ValueError(f"{path}: a JSON {type(rows).__name__}, not the released list of questions")
+    rows = read_json_list(path, "download ch-chenyu/All-Angles-Bench again")
     items = []
     for i, r in enumerate(rows):
         where = f"{path} entry {i}"

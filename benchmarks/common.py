@@ -40,6 +40,18 @@ def read_text(path: Path) -> str:
                          f"re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
 
 
+def read_json_list(path: Path, fix: str, what: str = "questions") -> list:
+    """A released JSON file holding a list (of questions or entries) -> that list; a file that is not JSON, or holds
+    something else, is a ValueError naming it and `fix`."""
+    try:
+        rows = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e}); {fix}") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: a JSON {type(rows).__name__}, not the released list of {what}")
+    return rows
+
+
 def item_hash(item: dict) -> str:
     """A fingerprint of what an item asks and expects (prompt and answer): a resume reuses an answer only for
     the same question."""

@@ -23,14 +23,13 @@ abs_dist_norm, mean_relative_accuracy), eval/evaluate_api.py (classify_answer_ty
 render_annotations, --num_frames 16, --max_tokens 8196).
 """
 import io
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from benchmarks.common import need, read_text
+from benchmarks.common import need, read_json_list
 
 TITLE = "SpaceVista-Bench"
 MAX_NEW_TOKENS = 8196  # evaluate_api.py --max_tokens
@@ -75,12 +74,7 @@ def load(root: Path, media: bool = True) -> list[dict]:
         raise FileNotFoundError(f"{root}: no bench_all_clean_corrected.json; download SpaceVista/SpaceVista-Bench "
                                 "into this folder (or pass the JSON file)")
     base = path.parent
-    try:
-        rows = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not JSON ({e}); use the released file") from None
-    if not isinstance(rows, list):
-        raise ValueError(f"{path}: a JSON {type(rows).__name__}, not the released list of entries")
+    rows = read_json_list(path, "use the released file", "entries")
     items = []
     for i, r in enumerate(rows):
         where = f"{path} entry {i}"

@@ -18,6 +18,7 @@ c2w_cv = c2w_gl · diag(1, -1, -1, 1); the same product converts back.
 References: DL3DV-10K (github.com/DL3DV-10K/Dataset); nerfstudio data conventions
 (docs.nerf.studio/quickstart/data_conventions.html).
 """
+import argparse
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -143,3 +144,21 @@ def make_scenes(root, render, n_scenes, seed, num_frames, size, stamp, version, 
         jobs.append((out, seed + k, num_frames, size))
     render_scenes(render, jobs, desc)
     return root
+
+
+def generator_main(argv, description: str, make, scenes: int, frames: int, seed: int):
+    """A generator's command line: --out, --scenes, --frames, --size, --seed -> make(out, scenes, seed, frames,
+    size), the signature of synth.make_synthetic and rooms.make_rooms."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", required=True, help="folder to write scene_0000, scene_0001, ... into")
+    p.add_argument("--scenes", type=int, default=scenes, help="number of scenes")
+    p.add_argument("--frames", type=int, default=frames, help="frames per scene")
+    p.add_argument("--size", type=int, default=448, help="image height = width in pixels (images_2/ is half)")
+    p.add_argument("--seed", type=int, default=seed, help="seed of the first scene (scene k uses seed + k)")
+    args = p.parse_args(argv)
+    for flag in ("scenes", "frames", "size"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} must be positive, got {getattr(args, flag)}")
+    if args.size < 2:
+        p.error(f"--size must be at least 2 (images_2/ holds half-size frames), got {args.size}")
+    make(args.out, args.scenes, args.seed, args.frames, args.size)

@@ -26,12 +26,11 @@ References:
   Ray-primitive intersection: Pharr, Jakob, Humphreys, "Physically Based Rendering", 4th ed., ch. 6
     (https://pbr-book.org/4ed/Shapes)
 """
-import argparse
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from scenes.layout import make_scenes, write_scene  # the file format only: no scene code is shared with synth.py
+from scenes.layout import generator_main, make_scenes, write_scene  # the file format only: no scene code is shared with synth.py
 
 ROOMS_VERSION = 1  # bump when the renderer changes, so stale scenes are re-rendered
 TPM = 64.0  # texels per metre of every texture
@@ -561,22 +560,9 @@ def ensure_rooms(root="data/rooms", n=2, size=448, frames=48):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Render validation scenes from a second, independent generator "
-                                            "(L-shaped rooms, spheres, cylinders, ramps, five texture families, "
-                                            "lighting changes, translating cameras) in DL3DV layout "
-                                            "(images/, images_2/, depths/, transforms.json).")
-    p.add_argument("--out", required=True, help="folder to write scene_0000, scene_0001, ... into")
-    p.add_argument("--scenes", type=int, default=2, help="number of scenes")
-    p.add_argument("--frames", type=int, default=48, help="frames per scene")
-    p.add_argument("--size", type=int, default=448, help="image height = width in pixels (images_2/ is half)")
-    p.add_argument("--seed", type=int, default=20_000, help="seed of the first scene (scene k uses seed + k)")
-    args = p.parse_args(argv)
-    for flag in ("scenes", "frames", "size"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag} must be positive, got {getattr(args, flag)}")
-    if args.size < 2:
-        p.error(f"--size must be at least 2 (images_2/ holds half-size frames), got {args.size}")
-    make_rooms(args.out, args.scenes, args.seed, args.frames, args.size)
+    generator_main(argv, "Render validation scenes from a second, independent generator (L-shaped rooms, spheres, "
+                   "cylinders, ramps, five texture families, lighting changes, translating cameras) in DL3DV layout "
+                   "(images/, images_2/, depths/, transforms.json).", make_rooms, scenes=2, frames=48, seed=20_000)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ References:
   DL3DV-10K layout: https://github.com/DL3DV-10K/Dataset
   nerfstudio conventions: https://docs.nerf.studio/quickstart/data_conventions.html
 """
-import argparse
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from scenes.layout import make_scenes, write_scene
+from scenes.layout import generator_main, make_scenes, write_scene
 
 EPS = 1e-6  # m; smallest accepted ray parameter and depth
 
@@ -401,18 +400,8 @@ def ensure_synthetic(root="data/synthetic", n_train=24, n_val=4, size=448, frame
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Render synthetic scenes in DL3DV layout "
-                                            "(images/, images_2/, depths/, transforms.json).")
-    p.add_argument("--out", required=True, help="folder to write scene_0000, scene_0001, ... into")
-    p.add_argument("--scenes", type=int, default=8, help="number of scenes")
-    p.add_argument("--frames", type=int, default=64, help="frames per scene")
-    p.add_argument("--size", type=int, default=448, help="image height = width in pixels (images_2/ is half)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first scene (scene k uses seed + k)")
-    args = p.parse_args(argv)
-    for flag in ("scenes", "frames", "size"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag} must be positive, got {getattr(args, flag)}")
-    make_synthetic(args.out, args.scenes, args.seed, args.frames, args.size)
+    generator_main(argv, "Render synthetic scenes in DL3DV layout (images/, images_2/, depths/, transforms.json).",
+                   make_synthetic, scenes=8, frames=64, seed=0)
 
 
 if __name__ == "__main__":

@@ -4,17 +4,16 @@ loop; and the generalisation heatmap drawn from score files."""
 
 import io
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from PIL import Image
 
 import eval as E
-from benchmarks import media, mmsi, scoring, spacevista, stibench
+from benchmarks import BENCHMARKS, media, mmsi, scoring, spacevista, stibench
+from test_eval import fake_model  # the stand-in model of eval.py run
 from figures import heatmap as H
 
 CAM, MOT = "Positional Relationship (Cam.–Cam.)", "Motion (Cam.)"
@@ -259,31 +258,6 @@ def test_sti_prompt_and_official_scores(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- resume and coverage
 
-def fake_model(answers, fail_after=None):
-    """A stand-in (vlm, processor) answering `answers[prompt]`; raises KeyboardInterrupt after `fail_after` calls."""
-    calls, batch = [], []
-
-    class Processor:
-        tokenizer = SimpleNamespace(batch_decode=lambda ids, skip_special_tokens: [f" {answers[p]}\n" for p in batch])
-
-        def build(self, frames, prompts, fps_batch=None):
-            calls.append([len(f) for f in frames])
-            batch[:] = prompts
-            return ({"input_ids": torch.zeros(len(prompts), 2, dtype=torch.long)},
-                    [dict(mode="images", frames=len(f), grids=[], tokens=0) for f in frames])
-
-        def describe(self):
-            return "fake"
-
-    def generate(input_ids, **kw):
-        if fail_after is not None and len(calls) > fail_after:
-            raise KeyboardInterrupt
-        return torch.cat([input_ids, torch.ones(len(input_ids), 1, dtype=torch.long)], 1)
-
-    vlm = SimpleNamespace(device="cpu", generate=generate, config=SimpleNamespace(model_type="fake"))
-    return vlm, Processor(), calls
-
-
 @pytest.mark.parametrize("bench", ["mmsi", "stibench", "spacevista"])
 def test_resume_and_coverage(tmp_path, capsys, bench):
     rows, root, load = dict(mmsi=(MMSI_ROWS, mmsi_root, mmsi.load), stibench=(STI_ROWS, sti_root, stibench.load),
@@ -294,7 +268,7 @@ def test_resume_and_coverage(tmp_path, capsys, bench):
         rows = [(r[0], *r[2:]) for r in rows]
     answers = {it["prompt"]: r[3] for it, r in zip(items, rows)}
     out = tmp_path / f"{bench}.jsonl"
-    vlm, proc, calls = fake_model(answers, fail_after=1)
+    vlm, proc, calls = fake_model(answers, 1, BENCHMARKS[bench].max_new_tokens)
     with pytest.raises(KeyboardInterrupt):
         E.run_benchmark(bench, items, out, lambda: (vlm, proc), batch_size=2, inputs="train-size")
     done = len(out.read_text().splitlines())
@@ -302,7 +276,7 @@ def test_resume_and_coverage(tmp_path, capsys, bench):
     score = ("score", "--benchmark", bench, "--data", root, "--predictions", out)
     with pytest.raises(SystemExit, match=rf"covers {done} of {len(rows)} {bench} items .*eval.py run --out"):
         cli(capsys, *score)
-    vlm, proc, calls = fake_model(answers)
+    vlm, proc, calls = fake_model(answers, None, BENCHMARKS[bench].max_new_tokens)
     E.run_benchmark(bench, items, out, lambda: (vlm, proc), batch_size=2, inputs="train-size")
     assert sum(len(c) for c in calls) == len(rows) - done  # only what was left
     lines = [json.loads(x) for x in out.read_text().splitlines()]

@@ -363,8 +363,9 @@ def test_vsibench_parquet(tmp_path):
 
 # ----------------------------------------------------------------------------- generation
 
-def fake_model(answers, fail_after=None):
-    """A stand-in (vlm, processor) with the model.load contract, answering `answers[prompt]`."""
+def fake_model(answers, fail_after=None, max_new_tokens=2048):
+    """A stand-in (vlm, processor) with the model.load contract, answering `answers[prompt]`; generation must be
+    greedy with the benchmark's official length (All-Angles' 2048 by default)."""
     calls, batch = [], []
 
     class Processor:
@@ -382,7 +383,7 @@ def fake_model(answers, fail_after=None):
     def generate(input_ids, **kw):
         if fail_after is not None and len(calls) > fail_after:
             raise KeyboardInterrupt  # the run is interrupted mid-way
-        assert kw["do_sample"] is False and kw["max_new_tokens"] == 2048  # All-Angles' official length
+        assert kw["do_sample"] is False and kw["max_new_tokens"] == max_new_tokens
         return torch.cat([input_ids, torch.ones(len(input_ids), 1, dtype=torch.long)], 1)
 
     vlm = SimpleNamespace(device="cpu", generate=generate, config=SimpleNamespace(model_type="fake"))

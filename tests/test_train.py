@@ -216,47 +216,34 @@ def test_two_process_fsdp2_equals_one_process(env, kind, lora):
     assert sum(p.numel() for p in exported.parameters()) == sum(p.numel() for p in stock.parameters())
 
 
-@pytest.mark.slow
-def test_fsdp2_kill_then_resume_gives_the_same_weights_and_log(env):
-    ref, cut = env["tmp"] / "fsdp_ref", env["tmp"] / "fsdp_cut"
-    common = ("--steps", "5", "--save-every", "2", "--engine", "fsdp2", "--accum", "1")
-    train_run(env, ref, *common, nproc=2)
-    proc = train_run(env, cut, *common, nproc=2, wait=False)
-    ckpt = cut / "checkpoint.pt"
+def wait_for_steps(proc, out, steps: int, checkpointed: bool = False):
+    """Wait until the run in `out` has logged `steps` steps (and saved a checkpoint, if asked), or has ended."""
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:  # kill once a step past the first checkpoint is logged
-        if ckpt.exists() and len(open(cut / "log.jsonl").readlines()) >= 3:
-            break
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "log.jsonl").exists() and len(open(out / "log.jsonl").readlines()) >= steps and \
+                (not checkpointed or (out / "checkpoint.pt").exists()):
+            return
         time.sleep(0.02)
-    subprocess.run(["pkill", "-9", "-f", str(cut)])  # torchrun and its workers, whatever their process groups
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["ddp", "fsdp2"])
+def test_kill_then_resume_gives_the_same_weights_and_log(env, engine):
+    """kill -9 of the whole job (torchrun and its workers under FSDP2) one step past a checkpoint, then --resume:
+    the weights and log.jsonl (one record per step) of an uninterrupted run."""
+    ref, cut = env["tmp"] / f"kill_ref_{engine}", env["tmp"] / f"kill_cut_{engine}"
+    common = ("--steps", "6", "--save-every", "2", *(("--lora-rank", "4") if engine == "ddp" else
+                                                    ("--engine", "fsdp2", "--accum", "1")))
+    nproc = 1 if engine == "ddp" else 2
+    train_run(env, ref, *common, nproc=nproc)
+    proc = train_run(env, cut, *common, nproc=nproc, wait=False)
+    wait_for_steps(proc, cut, 3, checkpointed=True)
+    subprocess.run(["pkill", "-9", "-f", str(cut)])  # the run, torchrun's workers too, whatever their process groups
     proc.wait()
     time.sleep(1)
-    step = checkpoint.read(str(ckpt))["step"]
-    assert step < 5, "the run finished before it could be killed"
-    train_run(env, cut, *common, "--resume", nproc=2)
-    assert_same_weights(weights(ref), weights(cut), atol=1e-6, rtol=1e-5)
-    assert [r["step"] for r in log(cut)] == list(range(1, 6))
-    for a, b in zip(log(ref), log(cut)):
-        assert a == pytest.approx(b, rel=1e-5)
-
-
-@pytest.mark.slow
-def test_sigkill_then_resume_gives_the_same_weights_and_log(env):
-    ref, cut = env["tmp"] / "ref", env["tmp"] / "cut"
-    common = ("--steps", "6", "--save-every", "2", "--lora-rank", "4")
-    train_run(env, ref, *common)
-    proc = train_run(env, cut, *common, wait=False)
-    ckpt = cut / "checkpoint.pt"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:  # kill once a step past the first checkpoint is logged
-        if ckpt.exists() and len(open(cut / "log.jsonl").readlines()) >= 3:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    step = checkpoint.read(str(ckpt))["step"]
+    step = checkpoint.read(str(cut))["step"]
     assert step < 6, "the run finished before it could be killed"
-    out = train_run(env, cut, *common, "--resume")
+    out = train_run(env, cut, *common, "--resume", nproc=nproc)
     assert f"resumed from {cut}/checkpoint.pt at step {step}" in out
     assert_same_weights(weights(ref), weights(cut), atol=1e-6, rtol=1e-5)
     assert [r["step"] for r in log(cut)] == list(range(1, 7))  # one record per step, none twice
@@ -387,11 +374,7 @@ def test_a_signal_saves_the_step_and_resume_continues_exactly(env, sig):
     common = ("--steps", "6", "--save-every", "100", "--lora-rank", "4")
     train_run(env, ref, *common)
     proc = train_run(env, cut, *common, wait=False)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:  # signal once two steps are logged
-        if (cut / "log.jsonl").exists() and len(open(cut / "log.jsonl").readlines()) >= 2:
-            break
-        time.sleep(0.02)
+    wait_for_steps(proc, cut, 2)
     proc.send_signal(sig)
     out = proc.communicate()[0].decode()
     assert proc.returncode == 128 + sig, out[-2000:]
