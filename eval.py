@@ -365,7 +365,8 @@ def heatmap(pairs: list[tuple[str, Path, Path]], allow_partial: bool = False) ->
     return models, [BENCHMARKS[b].title for b in benches], changes, "\n".join(table)
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
+    """eval.py's command line: run, score, table, heatmap."""
     p = argparse.ArgumentParser(prog="eval.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
@@ -376,7 +377,8 @@ def main(argv=None):
                         "bench_all_clean_corrected.json + frame folders")
     common.add_argument("--categories", nargs="+", help="only these categories (question types / subtasks)")
     r = sub.add_parser("run", parents=[common], help="generate answers, write JSONL as it goes, print the summary")
-    r.add_argument("--model", required=True, help="checkpoint folder or HF id (train.py's export/, or a training checkpoint.pt) that model.load reads")
+    r.add_argument("--model", required=True, help="checkpoint folder or HF id (train.py's export/, or a training "
+                   "checkpoint.pt) that model.load reads")
     r.add_argument("--out", required=True, type=Path, help="predictions JSONL; an existing one is resumed if it "
                    "was made with the same weights, settings and items (settings in <stem>.settings.json, summary "
                    "in <stem>.summary.json)")
@@ -422,18 +424,61 @@ def main(argv=None):
         q.add_argument("--allow-partial", action="store_true", help="score a file that lacks items, has a "
                        "truncated last line, non-prediction lines or non-string predictions (counted in the "
                        "coverage or scored wrong, not refused)")
-    args = p.parse_args(argv)
-    if args.cmd == "heatmap":
-        from figures.heatmap import heatmap as draw_heatmap
-        try:
-            models, benches, changes, table = heatmap(heatmap_pairs(args.pair, args.manifest), args.allow_partial)
-            draw_heatmap(models, benches, changes, args.title).save(args.out)
-        except (ValueError, OSError) as e:
-            sys.exit(f"eval.py heatmap: error: {e}")
-        print(table)
-        print(f"eval.py heatmap: wrote {args.out}", file=sys.stderr)
+    return p
+
+
+def cmd_heatmap(args):
+    from figures.heatmap import heatmap as draw_heatmap
+    models, benches, changes, table = heatmap(heatmap_pairs(args.pair, args.manifest), args.allow_partial)
+    draw_heatmap(models, benches, changes, args.title).save(args.out)
+    print(table)
+    print(f"eval.py heatmap: wrote {args.out}", file=sys.stderr)
+
+
+def cmd_run(args, items: list[dict]):
+    """Generate (data-parallel under torchrun), then score what was written, partial runs included."""
+    import model
+    if args.frame_size and args.inputs == "official":
+        raise ValueError("--frame-size applies to --inputs train-size only; official inputs take each "
+                         "harness's own sizes")
+    env = distributed.init()  # torchrun: one process per GPU, the items split between them
+    distributed.check_device_map(args.device_map, env)
+    device = distributed.process_device(args.device, env)
+    dtype_name = args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
+    load = {"device": device, "dtype": dtype_name, "device_map": args.device_map}
+    if args.frame_size:
+        load["size"] = (args.frame_size, args.frame_size)
+    # the fingerprint is read by rank 0 alone, which checks the resume
+    settings = dict(model=str(args.model), weights_fingerprint=weights_fingerprint(args.model) if env.master
+                    else None, dtype=dtype_name, frame_size=args.frame_size, processes=env.world,
+                    device=f"device map {args.device_map}" if args.device_map else str(device))
+    if env.master:
+        print(f"eval.py run: {args.benchmark}, inputs {args.inputs}, dtype {dtype_name}, batch size "
+              f"{args.batch_size}, frames {args.frames}, {env.world} process(es)", file=sys.stderr)
+    run_benchmark(args.benchmark, select(args.benchmark, items, args.categories, args.limit), args.out,
+                  lambda: model.load(args.model, **load)[:2], args.batch_size, args.max_new_tokens, args.frames,
+                  args.inputs, settings, env)
+    if not env.master:
         return
-    try:
+    # --limit / --categories make a partial run on purpose: scored as it is, with its coverage
+    summary = score_file(args.benchmark, items, args.out, args.categories, allow_partial=True)
+    write_summary(args.out, summary)
+    print(markdown_table(args.benchmark, {args.out.stem: summary}), file=sys.stderr)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_table(args, items: list[dict]):
+    names = [f.stem for f in args.predictions]
+    names = names if len(set(names)) == len(names) else [str(f) for f in args.predictions]
+    print(markdown_table(args.benchmark, {n: score_file(args.benchmark, items, f, args.categories, args.allow_partial)
+                                          for n, f in zip(names, args.predictions)}))
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:  # OSError: a missing, unreadable or folder path
+        if args.cmd == "heatmap":
+            return cmd_heatmap(args)
         items = BENCHMARKS[args.benchmark].load(args.data, media=args.cmd == "run")
         dup = [k for k, n in Counter(str(it["id"]) for it in items).items() if n > 1]
         if dup:  # predictions are matched to items by id
@@ -441,45 +486,14 @@ def main(argv=None):
                              "use the benchmark files as released")
         select(args.benchmark, items, args.categories)  # fail early on an unknown category
         if args.cmd == "run":
-            import model
-            if args.frame_size and args.inputs == "official":
-                raise ValueError("--frame-size applies to --inputs train-size only; official inputs take each "
-                                 "harness's own sizes")
-            env = distributed.init()  # torchrun: one process per GPU, the items split between them
-            distributed.check_device_map(args.device_map, env)
-            device = distributed.process_device(args.device, env)
-            dtype_name = args.dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
-            load = {"device": device, "dtype": dtype_name, "device_map": args.device_map}
-            if args.frame_size:
-                load["size"] = (args.frame_size, args.frame_size)
-            # the fingerprint is read by rank 0 alone, which checks the resume
-            settings = dict(model=str(args.model), weights_fingerprint=weights_fingerprint(args.model) if env.master
-                            else None, dtype=dtype_name, frame_size=args.frame_size, processes=env.world,
-                            device=f"device map {args.device_map}" if args.device_map else str(device))
-            if env.master:
-                print(f"eval.py run: {args.benchmark}, inputs {args.inputs}, dtype {dtype_name}, batch size "
-                      f"{args.batch_size}, frames {args.frames}, {env.world} process(es)", file=sys.stderr)
-            run_benchmark(args.benchmark, select(args.benchmark, items, args.categories, args.limit), args.out,
-                lambda: model.load(args.model, **load)[:2], args.batch_size, args.max_new_tokens, args.frames,
-                args.inputs, settings, env)
-            if not env.master:
-                return
-            # --limit / --categories make a partial run on purpose: scored as it is, with its coverage
-            summary = score_file(args.benchmark, items, args.out, args.categories, allow_partial=True)
-            write_summary(args.out, summary)
-            print(markdown_table(args.benchmark, {args.out.stem: summary}), file=sys.stderr)
-            print(json.dumps(summary, indent=2))
+            cmd_run(args, items)
         elif args.cmd == "score":
             summary = score_file(args.benchmark, items, args.predictions, args.categories, args.allow_partial)
             write_summary(args.predictions, summary)
             print(json.dumps(summary, indent=2))
         else:
-            names = [f.stem for f in args.predictions]
-            names = names if len(set(names)) == len(names) else [str(f) for f in args.predictions]
-            print(markdown_table(args.benchmark, {n: score_file(args.benchmark, items, f, args.categories,
-                                                                args.allow_partial)
-                                                  for n, f in zip(names, args.predictions)}))
-    except (ValueError, OSError, ImportError) as e:  # OSError: a missing, unreadable or folder path
+            cmd_table(args, items)
+    except (ValueError, OSError, ImportError) as e:
         sys.exit(f"eval.py {args.cmd}: error: {e}")
 
 

@@ -525,7 +525,8 @@ def video_figure(res: dict, blocks: list[Image.Image]) -> Image.Image:
                         + blocks)
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
+    """probe.py's command line: the scene probe (G8-G10), or --video."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", help="stock model (HF id or folder, an export too) or training "
                    "checkpoint (checkpoint.pt or its run folder, any objective); repeat to compare "
@@ -562,7 +563,11 @@ def main():
                    "middle and last)")
     p.add_argument("--size", type=int, help="--video: frame side in px instead of the model's own, rounded to whole "
                    "tokens (LLaVA: fixed by its vision tower)")
-    args = p.parse_args()
+    return p
+
+
+def check(p: argparse.ArgumentParser, args):
+    """Flag combinations argparse cannot express: a usage error naming the fix."""
     if not args.video and (args.points or args.layers or args.size):
         p.error("--points, --layers and --size belong to --video")
     if args.video and (args.no_rotary or args.sharpen != 1.0):
@@ -577,6 +582,12 @@ def main():
         p.error(f"--sharpen {args.sharpen}: must be a finite number > 0")
     if args.frames < 2 or args.limit < 1:
         p.error(f"--frames {args.frames} --limit {args.limit}: need at least 2 frames and 1 sample")
+
+
+def main(argv=None):
+    p = parser()
+    args = p.parse_args(argv)
+    check(p, args)
     env = distributed.init()  # torchrun: one model copy per process, the samples split between them
     if args.video and env.distributed:
         p.error("--video draws one clip in one process: run it with python, not torchrun")
