@@ -115,4 +115,5 @@ LLAVA_ONEVISION = Family(
     special=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"], tiny=_llava_onevision_tiny,
     image_processor=_llava_onevision_image_processor, newline=1,
     official={"vsibench": Feed("video", "square", harness="thinking-in-space llava_onevision (SigLIP squash)")},
-    official_gap="its anyres_max_9 image processor is not rebuilt here")
+    official_gap={b: "its anyres_max_9 image processor is not rebuilt here"
+                  for b in ("allangles", "blink", "mmsi", "spacevista")})

@@ -110,12 +110,12 @@ def _qwen_image_processor(mean, std):
     return make
 
 
-def _qwen(name, template, tiny, mean_std, video: bool, seconds_per_frame=None, official=None, gap=""):
+def _qwen(name, template, tiny, mean_std, video: bool, seconds_per_frame=None, official=None, gap=None):
     return Family(name=name, layout="video" if video else "images", image_token="image_token_id",
                   video_token="video_token_id", token_grid=_qwen_grid, token_px=_qwen_px, frame_size=_qwen_size,
                   mean_std=mean_std, template=template, tokenizer="byte_level", special=QWEN_SPECIAL, tiny=tiny,
                   image_processor=_qwen_image_processor(*mean_std), patches=True,
-                  seconds_per_frame=seconds_per_frame, official=official or {}, official_gap=gap)
+                  seconds_per_frame=seconds_per_frame, official=official or {}, official_gap=gap or {})
 
 
 # Assumption: frames of unknown rate are 0.5 s apart (Qwen2.5-VL's default 2 fps sampling): one M-RoPE temporal
