@@ -33,6 +33,7 @@ class Feed:
     pixels: tuple[int, int] | None = None  # (min, max) pixels per image or frame for "smart"
     merge_frames: bool = False  # Qwen video: consecutive frames share a temporal patch (else each is repeated)
     linear_rope: bool = False  # thinking-in-space: linear RoPE scaling so that the frames fit the context
+    system: str | None = None  # a system turn the harness writes before the question (lmms-eval qwen3_vl)
     harness: str = "training inputs (fixed squares)"  # the code this mode follows (run log)
 
 

@@ -207,6 +207,8 @@ class Processor:
         prompt; up to the assistant turn (answer None: ready for generate()), else with the answer turn."""
         visual = [{"type": "video"}] if self.medium == "video" else [{"type": "image"}] * n
         messages = [{"role": "user", "content": visual + [{"type": "text", "text": prompt}]}]
+        if self.feed.system is not None:  # the harness's own system turn (else the template's default, if any)
+            messages.insert(0, {"role": "system", "content": self.feed.system})
         if answer is not None:
             messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=answer is None, tokenize=False,

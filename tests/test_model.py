@@ -380,7 +380,7 @@ def test_prompt_layout_follows_the_stock_processors_rule_metaspace_and_byte_leve
 
 
 def test_bf16_weights_train_fp32_lora_and_heads_under_autocast(tiny):
-    vlm, proc = _load(tiny, "qwen3_vl", dtype=torch.bfloat16)
+    vlm, proc = _load(tiny, "qwen3_vl", dtype="bfloat16")  # model.load takes the dtype by name
     with pytest.raises(ValueError, match="lora_rank"):
         M.freeze_and_lora(vlm, lora_rank=-1)
     net = M.GASP(M.freeze_and_lora(vlm.train(), lora_rank=4), r=16)
