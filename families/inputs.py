@@ -7,7 +7,9 @@ evaluation.
             feeds the family, as the family's `official` entry says (video or image mode, resize rule, pixel
             bounds, frames per temporal patch): Qwen2/2.5-VL smart_resize within the harness's min/max pixels
             (VIDEO mode with two frames per temporal patch on VSI-Bench), LLaVA-NeXT-Video anyres images and
-            shortest-edge + centre-crop video frames, LLaVA-OneVision video frames squashed to the SigLIP size.
+            shortest-edge + centre-crop video frames, LLaVA-OneVision video frames squashed to the SigLIP size,
+            Qwen3-VL images as lmms-eval's qwen3_vl feeds them, InternVL crop_to_patches tiles (images) and one
+            tile per frame (video), as its stock processor builds them.
 Both modes render the conversation with the checkpoint's own chat template (one placeholder per image, or one
 for the video), expand each placeholder to as many tokens as the stock processor does, pad the batch and
 patchify Qwen frames with the stock pillow image processor. The placeholders are the tokens the checkpoint's
