@@ -9,6 +9,13 @@ from typing import Callable
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)  # SigLIP / Qwen3-VL normalisation
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # InternViT
+
+
+def repeat_token(tokens: dict, medium: str, count: int, runs: list[int]) -> str:
+    """The stock processors' rule of Qwen and LLaVA: a placeholder becomes its visual token `count` times (one per
+    visual token of the image, or of the whole video with its trailing newline)."""
+    return tokens["visual"] * count
 
 
 @dataclass(frozen=True)
@@ -18,12 +25,15 @@ class Feed:
     resize: "square": squashed to the Processor's size (training; LLaVA-OneVision's SigLIP frames at the tower
             size) | "smart": Qwen's smart_resize, aspect kept, sides multiples of the token pitch, within `pixels`
             | "crop": shortest edge to the tower size, then a centre crop (CLIP) | "anyres": LLaVA-NeXT's tiles
-            (a base view plus crops, the stock LlavaNextProcessor's token count per image)."""
+            (a base view plus crops, the stock LlavaNextProcessor's token count per image) | "tiles": InternVL's
+            crop_to_patches (448-px tiles of the closest aspect ratio within min..max tiles, plus a thumbnail when
+            there are several), the stock GotOcr2 image processor with the checkpoint's min / max patches."""
     mode: str  # "images": one placeholder per frame | "video": one placeholder for all frames
     resize: str = "square"
     pixels: tuple[int, int] | None = None  # (min, max) pixels per image or frame for "smart"
     merge_frames: bool = False  # Qwen video: consecutive frames share a temporal patch (else each is repeated)
     linear_rope: bool = False  # thinking-in-space: linear RoPE scaling so that the frames fit the context
+    system: str | None = None  # a system turn the harness writes before the question (lmms-eval qwen3_vl)
     harness: str = "training inputs (fixed squares)"  # the code this mode follows (run log)
 
 
@@ -43,7 +53,11 @@ class Family:
     tiny: Callable  # (text dict, tokenizer, vision_layers, vision_hidden) -> config of the real class
     image_processor: Callable  # config -> the stock pillow image processor its checkpoints ship
     newline: int = 0  # video placeholder positions after the last frame that carry no frame token
+    video_mark: str = ""  # tokenizer attribute naming the video placeholder where the config names none (InternVL)
+    named_tokens: dict = field(default_factory=dict)  # tokenizer attribute -> token text its expansion writes
+    expand: Callable = repeat_token  # (tokens, medium, count, runs per frame) -> the text replacing a placeholder
+    flat_tiles: bool = False  # frames / tiles as one flat pixel_values (tiles, 3, S, S) (InternVL)
     patches: bool = False  # frames patchified by Qwen's image processor, with a (t, h, w) grid per image / video
     seconds_per_frame: float | None = None  # M-RoPE time of frames of unknown rate (Qwen2.5-VL's second_per_grid_ts)
     official: dict = field(default_factory=dict)  # benchmark -> Feed of its official harness
-    official_gap: str = ""  # why the benchmarks without an entry have no official inputs
+    official_gap: dict = field(default_factory=dict)  # benchmark -> what is missing for its official inputs

@@ -7,7 +7,9 @@ evaluation.
             feeds the family, as the family's `official` entry says (video or image mode, resize rule, pixel
             bounds, frames per temporal patch): Qwen2/2.5-VL smart_resize within the harness's min/max pixels
             (VIDEO mode with two frames per temporal patch on VSI-Bench), LLaVA-NeXT-Video anyres images and
-            shortest-edge + centre-crop video frames, LLaVA-OneVision video frames squashed to the SigLIP size.
+            shortest-edge + centre-crop video frames, LLaVA-OneVision video frames squashed to the SigLIP size,
+            Qwen3-VL images as lmms-eval's qwen3_vl feeds them, InternVL crop_to_patches tiles (images) and one
+            tile per frame (video), as its stock processor builds them.
 Both modes render the conversation with the checkpoint's own chat template (one placeholder per image, or one
 for the video), expand each placeholder to as many tokens as the stock processor does, pad the batch and
 patchify Qwen frames with the stock pillow image processor. The placeholders are the tokens the checkpoint's
@@ -36,7 +38,8 @@ PROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json",
                    "chat_template.json", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
                    "generation_config.json")
-BENCHMARKS = {"vsibench": "VSI-Bench", "allangles": "All-Angles Bench", "blink": "BLINK"}  # names in messages
+BENCHMARKS = {"vsibench": "VSI-Bench", "allangles": "All-Angles Bench", "blink": "BLINK", "mmsi": "MMSI-Bench",
+              "stibench": "STI-Bench", "spacevista": "SpaceVista-Bench"}  # names in messages
 
 
 def check_supported(config) -> str:
@@ -66,8 +69,10 @@ def official_feed(config, benchmark: str) -> Feed:
                          "run it with --inputs train-size")
     if benchmark not in fam.official:
         have = ", ".join(f"{BENCHMARKS.get(b, b)} ({f.mode})" for b, f in fam.official.items())
-        raise ValueError(f"--inputs official builds {fam.name} inputs for {have} only: {fam.official_gap}; "
-                         "use --inputs train-size")
+        gap = fam.official_gap.get(benchmark, f"no harness setting for {BENCHMARKS.get(benchmark, benchmark)} is "
+                                              "pinned here")
+        raise ValueError(f"--inputs official builds {fam.name} inputs for {have} only; "
+                         f"{BENCHMARKS.get(benchmark, benchmark)}: {gap}; use --inputs train-size")
     return fam.official[benchmark]
 
 
@@ -129,12 +134,17 @@ class Processor:
             (json.loads(read_file(folder, "chat_template.json") or "{}").get("chat_template"), "chat_template.json"),
             (fam.template, "no chat template in the tokenizer: the family's documented template text")) if text)
         mean, std = fam.mean_std
-        pre = json.loads(read_file(folder, "preprocessor_config.json") or "{}")
-        self.mean, self.std = pre.get("image_mean", mean), pre.get("image_std", std)
+        self.preprocessor = json.loads(read_file(folder, "preprocessor_config.json") or "{}")
+        self.mean, self.std = self.preprocessor.get("image_mean", mean), self.preprocessor.get("image_std", std)
         self.token_ids = {"image": getattr(config, fam.image_token, None), "video": getattr(config, fam.video_token, None)}
         self.medium = "video" if self.feed.mode == "video" else "image"  # what one placeholder stands for
-        self.vis_id = self.token_ids[self.medium]
-        self.placeholder = self._placeholder()
+        self.vis_id = self.token_ids[self.medium]  # the token at every visual position
+        self.visual_token = self._placeholder()
+        self.named = self._named_tokens()  # the other tokens the family's expansion writes (InternVL's <img> ...)
+        # The placeholder the chat template writes: the visual token itself, or (InternVL video) a token of its
+        # own that the expansion replaces by one run of visual tokens per frame.
+        self.placeholder = self.named[fam.video_mark] if self.medium == "video" and fam.video_mark else self.visual_token
+        self.mark_id = tokenizer.convert_tokens_to_ids(self.placeholder)
         self._check_template()
         self._frame_processors()
 
@@ -160,18 +170,34 @@ class Processor:
                              f"(as the stock {self.family.name} ones), or set {attr} in config.json to that token's id")
         return text
 
+    def _named_tokens(self) -> dict:
+        """The tokenizer's own names for the extra tokens the family's expansion writes (InternVL: <img>, </img>,
+        <video>), each a token of its own; refused at load time otherwise."""
+        tok, named = self.tokenizer, {"visual": self.visual_token}
+        for attr in self.family.named_tokens:
+            text = getattr(tok, attr, None)
+            if not isinstance(text, str) or text not in tok.get_added_vocab() or \
+                    tok(text, add_special_tokens=False)["input_ids"] != [tok.convert_tokens_to_ids(text)]:
+                raise ValueError(f"{self._where()}: the tokenizer names no token {attr} (it has {text!r}); the stock "
+                                 f"{self.family.name} processor writes it; use a checkpoint whose tokenizer_config.json "
+                                 f"names {attr} (extra_special_tokens, as the stock {self.family.name} ones)")
+            named[attr] = text
+        return named
+
     def _check_template(self):
         """One frame in a conversation must give one placeholder: a chat template without the branch of this mode
         writes none, and the model would find no visual tokens."""
-        found = self._tokenize(self.text(1, ""))[0].count(self.vis_id)
+        found = self._tokenize(self.text(1, ""))[0].count(self.mark_id)
         if found != 1:
             self._wrong_placeholders(found, 1)
 
     def _wrong_placeholders(self, found: int, want: int):
         mode, attr = self.medium, getattr(self.family, f"{self.medium}_token")
+        origin = f"the tokenizer's {self.family.video_mark}" if self.mark_id != self.vis_id else \
+            f"config.{attr} = {self.vis_id}"
         branch = f" (it has no {mode} branch)" if found == 0 else ""
         raise ValueError(f"{self._where()}: the conversation text ({self.template_origin}) holds {found} {mode} "
-                         f"placeholder(s) {self.placeholder!r} (config.{attr} = {self.vis_id}) for {want} "
+                         f"placeholder(s) {self.placeholder!r} ({origin}) for {want} "
                          f"{mode}(s){branch}; fix the tokenizer's chat "
                          f"template: a {mode} branch writing {self.placeholder!r} once per {mode} (chat_template.jinja, "
                          f"or chat_template in tokenizer_config.json), and no {self.placeholder!r} in the prompt")
@@ -183,6 +209,8 @@ class Processor:
         prompt; up to the assistant turn (answer None: ready for generate()), else with the answer turn."""
         visual = [{"type": "video"}] if self.medium == "video" else [{"type": "image"}] * n
         messages = [{"role": "user", "content": visual + [{"type": "text", "text": prompt}]}]
+        if self.feed.system is not None:  # the harness's own system turn (else the template's default, if any)
+            messages.insert(0, {"role": "system", "content": self.feed.system})
         if answer is not None:
             messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=answer is None, tokenize=False,
@@ -195,14 +223,14 @@ class Processor:
         start = len(text) if start is None else start
         return enc["input_ids"], [i if end > start else -100 for i, (_, end) in zip(enc["input_ids"], enc["offset_mapping"])]
 
-    def _conversation(self, n: int, prompt: str, answer: str | None) -> tuple[list[int], list[int]]:
-        """Token ids and labels (-100 outside the answer) of one conversation, placeholders not yet expanded."""
+    def _conversation(self, n: int, prompt: str, answer: str | None, item: dict) -> tuple[list[int], list[int]]:
+        """Token ids and labels (-100 outside the answer) of one conversation, placeholders expanded for `item`."""
         if answer is None:
-            return self._tokenize(self.text(n, prompt))
+            return self._tokenize(self._expand(self.text(n, prompt), item))
         # The training text is the conversation with the answer turn as the template writes it (which need not
         # extend the generation prompt: LLaVA-OneVision's writes "assistant \n" vs "assistant\n").
         mark = "\ue000"  # a private-use character standing in for the answer, to find where it starts
-        text = self.text(n, prompt, mark)
+        text = self._expand(self.text(n, prompt, mark), item)
         if text.count(mark) != 1:
             raise ValueError(f"{self.kind} chat template: cannot find the answer in the assistant turn")
         ids, labels = self._tokenize(text.replace(mark, answer), text.index(mark))
@@ -211,19 +239,19 @@ class Processor:
             ids, labels = ids + [self.tokenizer.eos_token_id], labels + [self.tokenizer.eos_token_id]
         return ids, labels
 
-    def _expand(self, ids: list[int], labels: list[int], counts: list[int]) -> tuple[list[int], list[int]]:
-        """The stock processors' rule: the k-th placeholder becomes counts[k] placeholder tokens (one per visual
-        token of the k-th image, or of the whole video with its trailing newline)."""
-        found = ids.count(self.vis_id)
-        if found != len(counts):
-            self._wrong_placeholders(found, len(counts))
-        counts = iter(counts)
-        out_ids, out_labels = [], []
-        for i, lab in zip(ids, labels):
-            n = next(counts) if i == self.vis_id else 1
-            out_ids += [i] * n
-            out_labels += [lab] * n
-        return out_ids, out_labels
+    def _expand(self, text: str, item: dict) -> str:
+        """The stock processors' rule, on the text before it is tokenized in one piece: the k-th placeholder becomes
+        the family's expansion of the k-th image or video (Qwen, LLaVA: its visual token counts[k] times, one per
+        visual token with a video's trailing newline; InternVL: <img>...</img> runs, one per frame of a video
+        after its "Frame{i}: ")."""
+        pieces, counts = text.split(self.placeholder), item["counts"]
+        if len(pieces) - 1 != len(counts):
+            self._wrong_placeholders(len(pieces) - 1, len(counts))
+        runs = item.get("runs") or [[c] for c in counts]
+        out = [pieces[0]]
+        for count, run, piece in zip(counts, runs, pieces[1:]):
+            out += [self.family.expand(self.named, self.medium, count, run), piece]
+        return "".join(out)
 
     # ------------------------------------------------------------------ pixels
 
@@ -259,6 +287,13 @@ class Processor:
                 tokenizer=self.tokenizer, patch_size=v.patch_size, num_additional_image_tokens=1,
                 vision_feature_select_strategy=self.config.vision_feature_select_strategy,
                 image_token=self.placeholder)
+        elif feed.resize == "tiles":  # InternVL's crop_to_patches, as its stock processor turns it on for images
+            from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+            side, pre = fam.frame_size(self.config, 0)[0], self.preprocessor
+            self.tile_range = pre.get("min_patches", 1), pre.get("max_patches", 12)
+            self.tiler = GotOcr2ImageProcessorPil(size={"height": side, "width": side}, crop_to_patches=True,
+                                                  min_patches=self.tile_range[0], max_patches=self.tile_range[1],
+                                                  image_mean=self.mean, image_std=self.std)
         elif feed.resize != "square":
             raise ValueError(f"{self.kind}: no frame path for resize {feed.resize!r}")
 
@@ -310,7 +345,13 @@ class Processor:
                 per_grid = self.temporal if feed.merge_frames else 1  # frames per temporal patch
                 item["second_per_grid"] = per_grid / fps if fps else per_grid * fam.seconds_per_frame
             return item
-        p, side = self.config.vision_config.patch_size, self.config.vision_config.image_size
+        p, side = _first(self.config.vision_config.patch_size), _first(self.config.vision_config.image_size)
+        if feed.resize == "tiles":  # every image: its tiles (and thumbnail) as one <img>...</img> run
+            out = self.tiler(images=list(clip), return_tensors="pt")
+            per_tile = int(np.prod(fam.token_grid(self.config, fam.frame_size(self.config, 0))))
+            tiles = [int(n) for n in out["num_patches"]]
+            return dict(pixels=out["pixel_values"], grids=[[n, side // p, side // p] for n in tiles],
+                        counts=[per_tile * n for n in tiles])
         if feed.resize == "anyres":  # the stock LLaVA-NeXT processor: tiles per image, its token count
             from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
             item = dict(pixels=[], grids=[], counts=[], image_sizes=[])
@@ -328,8 +369,11 @@ class Processor:
         else:  # the frames as they are, the model pools its own patches
             x = torch.from_numpy(np.stack([self.resize(f) for f in clip])).permute(0, 3, 1, 2).float() / 255
             x = (x - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]  # (F, 3, H, W)
-        return dict(pixels=x, grids=[[len(clip), x.shape[-2] // p, x.shape[-1] // p]],
-                    counts=[self.frame_tokens * len(clip) + fam.newline])
+        grid = [x.shape[-2] // p, x.shape[-1] // p]
+        if feed.mode == "images":
+            return dict(pixels=x, grids=[[1, *grid]] * len(clip), counts=[self.frame_tokens] * len(clip))
+        return dict(pixels=x, grids=[[len(clip), *grid]], counts=[self.frame_tokens * len(clip) + fam.newline],
+                    runs=[[self.frame_tokens] * len(clip)])
 
     # ------------------------------------------------------------------ batches
 
@@ -344,8 +388,7 @@ class Processor:
         visual_ids = {i for i in self.token_ids.values() if i is not None}
         for i, (clip, prompt) in enumerate(zip(frames, prompts)):
             item = self._visual(clip, fps_batch[i] if fps_batch else None)
-            ids, lab = self._expand(*self._conversation(len(clip), prompt, None if answers is None else answers[i]),
-                                    item["counts"])
+            ids, lab = self._conversation(len(clip), prompt, None if answers is None else answers[i], item)
             seqs.append(ids)
             labels.append(lab)
             items.append(item)
@@ -375,6 +418,8 @@ class Processor:
             batch["pixel_values"] = torch.stack([torch.cat([p, p.new_zeros(tiles - len(p), *p.shape[1:])])
                                                  for p in pixels])  # (images, tiles, 3, S, S), tiles zero-padded
             batch["image_sizes"] = torch.cat([s for it in items for s in it["image_sizes"]])
+        elif self.family.flat_tiles:  # InternVL: every tile or frame of the batch one row, in text order
+            batch["pixel_values"] = torch.cat([it["pixels"] for it in items])  # (tiles, 3, S, S)
         else:
             if len({it["pixels"].shape for it in items}) > 1:
                 raise ValueError(f"{self.kind} batches need the same number of frames per item")
@@ -391,7 +436,9 @@ class Processor:
         how = {"square": lambda: f"{self.size[0]}x{self.size[1]} px frames (squashed)",
                "smart": lambda: f"{f.pixels[0]}..{f.pixels[1]} px (smart_resize)",
                "crop": lambda: f"{self.size[0]}px crop",
-               "anyres": lambda: f"anyres tiles of {self.config.vision_config.image_size}px"}[f.resize]()
+               "anyres": lambda: f"anyres tiles of {self.config.vision_config.image_size}px",
+               "tiles": lambda: f"crop_to_patches: {self.tile_range[0]}..{self.tile_range[1]} tiles of "
+                                f"{frame_size(self.config)[0]}px (+ a thumbnail)"}[f.resize]()
         mode = f"video, frames in groups of {self.temporal}" if f.merge_frames else f.mode
         tokens = f", {self.frame_tokens} tokens/frame" if self.frame_tokens else ""
         return f"{self.kind}: {mode}, {how}{tokens}, {f.harness}, {self.template_origin}"
@@ -420,6 +467,11 @@ class Processor:
         self.tokenizer.chat_template = self.tokenizer.chat_template or self.template
         self.tokenizer.save_pretrained(path)
         self.family.image_processor(self.config).save_pretrained(path)
+
+
+def _first(size):
+    """A vision config's patch / image size as one int (InternViT keeps (h, w) pairs)."""
+    return size[0] if isinstance(size, (list, tuple)) else size
 
 
 def answer_logits_only(inputs: dict) -> dict:

@@ -96,6 +96,9 @@ def _llava_onevision_image_processor(config):
                                            image_mean=list(HALF), image_std=list(HALF))
 
 
+NO_HARNESS = {"stibench": "STI-Bench's opensource_test.py @082810f runs Qwen2.5-VL only",
+              "spacevista": "its harness (SpaceVista eval/evaluate_api.py @920a9b7) sends the frames to a served "
+                            "model through an API and pins no image size"}
 # Assumption: the video crop size is the CLIP input size (336 for llava-hf/LLaVA-NeXT-Video-7B-hf, whose processor
 # config says shortest_edge 336, crop 336); one CLS token that the "default" feature strategy drops.
 LLAVA_NEXT_IMAGES = Feed("images", "anyres", harness="the stock LLaVA-NeXT image path (LlavaNextProcessor)")
@@ -105,7 +108,8 @@ LLAVA_NEXT_VIDEO = Family(
     template=LLAVA_VIDEO_TEMPLATE, tokenizer="metaspace", special=["<unk>", "<s>", "</s>", "<image>", "<video>"],
     tiny=_llava_next_video_tiny, image_processor=_llava_next_image_processor,
     official={"vsibench": Feed("video", "crop", linear_rope=True, harness="thinking-in-space llava_vid"),
-              "allangles": LLAVA_NEXT_IMAGES, "blink": LLAVA_NEXT_IMAGES})
+              "allangles": LLAVA_NEXT_IMAGES, "blink": LLAVA_NEXT_IMAGES},
+    official_gap=dict(NO_HARNESS, mmsi="no harness setting of LLaVA-NeXT-Video on MMSI-Bench is pinned here"))
 # thinking-in-space llava_onevision: each frame through the SigLIP image processor (squashed to S x S, mean = std
 # = 0.5), 2x2 bilinear pooling -> ceil(27 / 2)^2 = 196 tokens per 384 px frame, one newline after the last frame.
 LLAVA_ONEVISION = Family(
@@ -115,4 +119,6 @@ LLAVA_ONEVISION = Family(
     special=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"], tiny=_llava_onevision_tiny,
     image_processor=_llava_onevision_image_processor, newline=1,
     official={"vsibench": Feed("video", "square", harness="thinking-in-space llava_onevision (SigLIP squash)")},
-    official_gap="its anyres_max_9 image processor is not rebuilt here")
+    official_gap=dict({b: "lmms-eval llava_onevision's anyres_max_9 image path is not rebuilt here (the stock "
+                          "LlavaOnevisionProcessor that counts its tokens cannot be built without torchvision)"
+                       for b in ("allangles", "blink", "mmsi")}, **NO_HARNESS))

@@ -2,12 +2,15 @@
 
 Training: Qwen2-VL and Qwen2.5-VL take the frames as one video of repeated frames, Qwen3-VL as an image list
 (families/__init__.py says why). Official inputs: every image aspect-kept by smart_resize within the harness's
-min/max pixels, one <|vision_start|><|image_pad|><|vision_end|> per image; VSI-Bench in VIDEO mode, two
-consecutive frames per temporal patch, one <|video_pad|> block of t*h*w / merge^2 tokens.
+min/max pixels, one <|vision_start|><|image_pad|><|vision_end|> per image; VSI-Bench and STI-Bench in VIDEO
+mode, two consecutive frames per temporal patch, one <|video_pad|> block of t*h*w / merge^2 tokens. Qwen3-VL:
+lmms-eval's qwen3_vl image settings (BLINK, MMSI-Bench); where no harness setting is pinned, official_gap says
+what is missing.
 
 Run: no entry point; `python -m pytest tests/test_model.py -q`.
 References: Qwen2-VL arXiv 2409.12191, Qwen2.5-VL arXiv 2502.13923, Qwen3-VL (github.com/QwenLM/Qwen3-VL);
-thinking-in-space @51e089c lmms_eval/models/qwen2_5_vl.py; All-Angles-Bench @0e1d210 VLMEvalkit/vlmeval/config.py.
+thinking-in-space @51e089c lmms_eval/models/qwen2_5_vl.py; All-Angles-Bench @0e1d210 VLMEvalkit/vlmeval/config.py;
+lmms-eval @0e1f330 lmms_eval/models/simple/qwen3_vl.py; STI-Bench @082810f opensource_test.py.
 """
 
 import transformers
@@ -31,13 +34,36 @@ QWEN3_TEMPLATE = QWEN_TEMPLATE.replace(
     "{% endif %}", "")  # Qwen3-VL has no default system turn
 
 # The official harnesses' Qwen2/2.5-VL inputs: (min_pixels, max_pixels) per image, or per frame of a video.
+LMMS_QWEN2_5 = Feed("images", "smart", (256 * 28 * 28, 1605632),
+                    harness="lmms-eval qwen2_5_vl defaults (min_pixels 256*28*28, max_pixels 1605632)")
 QWEN_OFFICIAL = {
     "vsibench": Feed("video", "smart", (256 * 28 * 28, 602112), merge_frames=True,
                      harness="thinking-in-space / lmms-eval qwen2_5_vl"),
     "allangles": Feed("images", "smart", (1280 * 28 * 28, 16384 * 28 * 28),
-                      harness="All-Angles VLMEvalKit fork, vlmeval/config.py"),
-    "blink": Feed("images", "smart", (256 * 28 * 28, 1605632), harness="lmms-eval qwen2_5_vl defaults"),
+                      harness="All-Angles VLMEvalKit fork @0e1d210, vlmeval/config.py"),
+    "blink": LMMS_QWEN2_5,
+    "mmsi": LMMS_QWEN2_5,  # lmms-eval's mmsi_bench task through the same wrapper
+    # opensource_test.py: qwen-vl-utils video, max_pixels 360*420 per frame, its default VIDEO_MIN_PIXELS
+    "stibench": Feed("video", "smart", (128 * 28 * 28, 360 * 420), merge_frames=True,
+                     harness="STI-Bench opensource_test.py @082810f (qwen-vl-utils video, max_pixels 360*420)"),
 }
+# SpaceVista's harness sends its 16 frames to a served model: the model side's pixel bounds are not in it.
+SPACEVISTA_GAP = ("its harness (SpaceVista eval/evaluate_api.py @920a9b7) sends the frames to a served model through "
+                  "an API and pins no image size or pixel bounds")
+QWEN_GAPS = {"spacevista": SPACEVISTA_GAP}
+
+# Qwen3-VL: lmms-eval qwen3_vl @0e1f330 (lmms_eval/models/simple/qwen3_vl.py): min_pixels 256*28*28, max_pixels
+# 1605632 per image, smart_resize to multiples of 32 (process_vision_info image_patch_size=16), and a system turn
+# "You are a helpful assistant." (Qwen3-VL's template has no default one).
+LMMS_QWEN3 = Feed("images", "smart", (256 * 28 * 28, 1605632), system="You are a helpful assistant.",
+                  harness="lmms-eval qwen3_vl @0e1f330 defaults (min_pixels 256*28*28, max_pixels 1605632, system "
+                          "turn)")
+QWEN3_OFFICIAL = {"blink": LMMS_QWEN3, "mmsi": LMMS_QWEN3}
+QWEN3_GAPS = {
+    "vsibench": "lmms-eval qwen3_vl's video path (fps metadata, timestamp text between frames) is not rebuilt here",
+    "allangles": "the All-Angles VLMEvalKit fork @0e1d210 has no Qwen3-VL setting (it predates the model)",
+    "stibench": "STI-Bench's opensource_test.py @082810f runs Qwen2.5-VL only",
+    "spacevista": SPACEVISTA_GAP}
 
 
 def _qwen_px(config) -> int:
@@ -110,18 +136,19 @@ def _qwen_image_processor(mean, std):
     return make
 
 
-def _qwen(name, template, tiny, mean_std, video: bool, seconds_per_frame=None, official=None, gap=""):
+def _qwen(name, template, tiny, mean_std, video: bool, seconds_per_frame=None, official=None, gap=None):
     return Family(name=name, layout="video" if video else "images", image_token="image_token_id",
                   video_token="video_token_id", token_grid=_qwen_grid, token_px=_qwen_px, frame_size=_qwen_size,
                   mean_std=mean_std, template=template, tokenizer="byte_level", special=QWEN_SPECIAL, tiny=tiny,
                   image_processor=_qwen_image_processor(*mean_std), patches=True,
-                  seconds_per_frame=seconds_per_frame, official=official or {}, official_gap=gap)
+                  seconds_per_frame=seconds_per_frame, official=official or {}, official_gap=gap or {})
 
 
 # Assumption: frames of unknown rate are 0.5 s apart (Qwen2.5-VL's default 2 fps sampling): one M-RoPE temporal
 # step per frame at the released checkpoints' tokens_per_second = 2; a temporal patch of two frames is 1 s.
 QWEN2_5_VL = _qwen("Qwen2.5-VL", QWEN_TEMPLATE, _qwen2_5_vl_tiny, (CLIP_MEAN, CLIP_STD), video=True,
-                   seconds_per_frame=0.5, official=QWEN_OFFICIAL)
+                   seconds_per_frame=0.5, official=QWEN_OFFICIAL, gap=QWEN_GAPS)
 QWEN2_VL = _qwen("Qwen2-VL", QWEN_TEMPLATE, _qwen2_vl_tiny, (CLIP_MEAN, CLIP_STD), video=True,
-                 official=QWEN_OFFICIAL)
-QWEN3_VL = _qwen("Qwen3-VL", QWEN3_TEMPLATE, _qwen3_vl_tiny, (HALF, HALF), video=False)
+                 official=QWEN_OFFICIAL, gap=QWEN_GAPS)
+QWEN3_VL = _qwen("Qwen3-VL", QWEN3_TEMPLATE, _qwen3_vl_tiny, (HALF, HALF), video=False, official=QWEN3_OFFICIAL,
+                 gap=QWEN3_GAPS)

@@ -4,11 +4,12 @@ Run: no entry point; `python -m pytest tests/test_model.py -q`.
 """
 
 from .family import Family
+from .internvl import INTERNVL
 from .llava import LLAVA_NEXT_VIDEO, LLAVA_ONEVISION
 from .qwen import QWEN2_5_VL, QWEN2_VL, QWEN3_VL
 
 FAMILIES = {"qwen2_5_vl": QWEN2_5_VL, "qwen2_vl": QWEN2_VL, "qwen3_vl": QWEN3_VL,
-            "llava_next_video": LLAVA_NEXT_VIDEO, "llava_onevision": LLAVA_ONEVISION}
+            "llava_next_video": LLAVA_NEXT_VIDEO, "llava_onevision": LLAVA_ONEVISION, "internvl": INTERNVL}
 SUPPORTED = tuple(FAMILIES)
 
 

@@ -37,7 +37,9 @@ def build_tokenizer(kind: str, vocab_size: int = 512):
         names = dict(unk_token="<unk>", bos_token="<s>", eos_token="</s>")
     else:
         names = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
-    out = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, **names)
+    # extra_special_tokens: the tokenizer attributes a family's processor reads (InternVL's start_image_token ...)
+    out = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, extra_special_tokens=dict(fam.named_tokens),
+                                               **names)
     out.chat_template = fam.template
     return out
 

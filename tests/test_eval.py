@@ -1153,3 +1153,63 @@ def test_two_processes_write_the_one_process_file_and_resume_it(tmp_path):
     res = launch(2, *run, "--out", broken, ok=False)
     assert re.search(r"item 2: image \S*cam01/00002.jpg not found", res.stdout + res.stderr)
     assert not broken.exists() or broken.read_text() == ""
+
+
+@pytest.mark.parametrize("bench", sorted(BENCHMARKS))
+def test_every_family_has_official_inputs_or_a_named_gap(bench):
+    """`--inputs official` on any benchmark eval.py knows, for every family: the Feed of a named harness, or one
+    ValueError naming the family, the benchmark, what is missing and the fix (never a bare KeyError)."""
+    from families import FAMILIES, official_feed
+    for kind, fam in FAMILIES.items():
+        if bench in fam.official:
+            feed = official_feed(kind, bench)
+            assert feed.harness and feed.harness != "training inputs (fixed squares)"
+            continue
+        with pytest.raises(ValueError) as err:
+            official_feed(kind, bench)
+        message = str(err.value)
+        assert fam.name in message and BENCHMARKS[bench].title.split()[0] in message and "--inputs train-size" in message
+        assert fam.official_gap.get(bench), f"{kind} on {bench}: no Feed and no reason given in official_gap"
+
+
+def test_qwen3_vl_official_image_inputs_follow_lmms_eval(tiny):
+    """Qwen3-VL on BLINK / MMSI-Bench as lmms-eval's qwen3_vl wrapper feeds it: smart_resize to multiples of 32 px
+    within 256*28^2..1605632 pixels (640x480 -> 640x480 = 20x15 tokens; 8x8 -> up to 200704 px: 448x448 = 14x14),
+    and the wrapper's system turn before the question."""
+    vlm, tok, _ = tiny("qwen3_vl")
+    for bench in ("blink", "mmsi"):
+        b = Processor(vlm.config, tok, benchmark=bench)
+        batch, (record,) = b.build([[Image.fromarray(rgb()), Image.fromarray(rgb(8, 8))]], ["Which?"])
+        assert record["grids"] == [[1, 30, 40], [1, 28, 28]] and record["tokens"] == 15 * 20 + 14 * 14
+        text = tok.decode(batch["input_ids"][0])
+        assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
+        assert "lmms-eval qwen3_vl" in b.describe()
+    train = Processor(vlm.config, tok)  # training inputs: no system turn (Qwen3-VL's template has none)
+    assert "system" not in tok.decode(train([np.zeros((1, 224, 224, 3), np.uint8)], ["Q?"])["input_ids"][0])
+
+
+def test_stibench_official_inputs_qwen_video(tiny):
+    """STI-Bench's opensource_test.py: Qwen2.5-VL video through qwen-vl-utils, max_pixels 360*420 per frame
+    (640x480: scaled by sqrt(307200 / 151200), floored to multiples of 28 -> 336x448 = 12x16 tokens per group of
+    2 frames), its default min 128*28^2."""
+    vlm, tok, _ = tiny("qwen2_5_vl")
+    b = Processor(vlm.config, tok, benchmark="stibench")
+    batch, (record,) = b.build([[rgb()] * 4], ["From 0 s to 1 s. Which?"], [2.0])
+    assert record["mode"] == "video" and record["grids"] == [[2, 24, 32]] and record["tokens"] == 2 * 12 * 16
+    assert b.feed.pixels == (128 * 28 * 28, 360 * 420) and "opensource_test.py" in b.describe()
+
+
+def test_internvl_official_inputs(tiny):
+    """InternVL as its own processor feeds it: images as crop_to_patches tiles plus a thumbnail (a 640x480 image
+    at 224-px tiles: 4x3 = 12 tiles + thumbnail, 64 tokens each), VSI-Bench frames one tile each."""
+    vlm, tok, _ = tiny("internvl")
+    b = Processor(vlm.config, tok, benchmark="blink")
+    batch, (record,) = b.build([[Image.fromarray(rgb())]], ["Which?"])
+    assert record["grids"] == [[13, 16, 16]] and record["tokens"] == 13 * 64 == int((batch["input_ids"] == vlm.config.image_token_id).sum())
+    assert batch["pixel_values"].shape == (13, 3, 224, 224)
+    v = Processor(vlm.config, tok, benchmark="vsibench")
+    batch, (record,) = v.build([[rgb()] * 4], ["How many?"])
+    assert record == dict(mode="video", frames=4, grids=[[4, 16, 16]], tokens=4 * 64)
+    assert tok.decode(batch["input_ids"][0]).count("Frame") == 4
+    with torch.no_grad():
+        assert vlm.generate(**batch, max_new_tokens=2, do_sample=False).shape[1] == batch["input_ids"].shape[1] + 2

@@ -17,15 +17,17 @@ import model as M
 from losses import attention_loss, gasp_losses, pair_targets, total_loss
 
 KINDS = list(M.SUPPORTED)
+# Attention heads, KV heads and head size of each tiny model: GQA 2:1 as the 7B models; head size 32, or 16 !=
+# hidden / heads where the family's attention allows it (Qwen2/2.5-VL's takes hidden / heads); InternVL an odd
+# number of heads, GQA 3:1 and head size 24 (3 x 24 != 128), shapes no other family has.
+SHAPES = {k: (4, 2, 16 if k in ("qwen3_vl", "llava_next_video", "llava_onevision") else None) for k in KINDS}
+SHAPES["internvl"] = (3, 1, 24)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    # GQA 2:1 as the 7B models; head size 32, or 16 != hidden / heads where the family's attention allows it
-    # (Qwen2/2.5-VL's takes hidden / heads).
-    free = ("qwen3_vl", "llava_next_video", "llava_onevision")
-    return {k: M.build_tiny(str(root / k), k, heads=4, kv_heads=2, head_dim=16 if k in free else None) for k in KINDS}
+    return {k: M.build_tiny(str(root / k), k, heads=h, kv_heads=kv, head_dim=d) for k, (h, kv, d) in SHAPES.items()}
 
 
 def _load(tiny, kind, **kw):
@@ -82,8 +84,9 @@ def test_wrapped_logits_equal_stock_and_token_map(tiny, kind):
 def test_native_qk_matches_the_attention_the_model_computes(tiny, kind):
     """G8's input is what the attention itself computes: softmax(q k^T / sqrt(d_h)) of the later frame's tokens
     over the earlier frame's tokens equals the model's eager attention probabilities restricted to those keys
-    and renormalised, head by head (GQA 2:1, head sizes 32 and 16). Under sdpa the same q and k."""
-    free = ("qwen3_vl", "llava_next_video", "llava_onevision")
+    and renormalised, head by head (GQA 2:1, head sizes 32 and 16; InternVL 3 heads, GQA 3:1, head size 24).
+    Under sdpa the same q and k."""
+    heads, _, d_h = SHAPES[kind]
     vlm, proc = _load(tiny, kind, attn_implementation="eager")
     _, inp, tmap = _inputs(proc, answer=None)
     got = {}
@@ -94,7 +97,7 @@ def test_native_qk_matches_the_attention_the_model_computes(tiny, kind):
     assert M.text_config(vlm)._attn_implementation == "eager" and not M._READERS  # the model's own again
     a, b = 2, 0  # later frame attends to the earlier one
     for l, (q, k) in got.items():
-        assert q.shape == k.shape == (3, proc.grid[0] * proc.grid[1], 4, 16 if kind in free else 32)
+        assert q.shape == k.shape == (3, proc.grid[0] * proc.grid[1], heads, d_h or 32)
         ours = torch.softmax(torch.einsum("thd,shd->hts", q[a], k[b]) / q.shape[-1] ** 0.5, -1)  # (H, T, T)
         theirs = attn[l][0][:, tmap[a].flatten()][:, :, tmap[b].flatten()]
         theirs = theirs / theirs.sum(-1, keepdim=True)
@@ -246,7 +249,7 @@ def test_unsupported_model_lists_supported():
     for call in (M.frame_size, lambda c: M.Processor(c, None)):
         with pytest.raises(ValueError, match=", ".join(M.SUPPORTED)):
             call(cfg)
-    assert len(M.SUPPORTED) == 5
+    assert len(M.SUPPORTED) == 6
 
 
 def test_frame_size_gives_whole_tokens(tiny):
@@ -254,6 +257,10 @@ def test_frame_size_gives_whole_tokens(tiny):
     assert M.frame_size(cfg, 336) == (336, 336) and M.frame_size(cfg, 440) == (448, 448)
     cfg = transformers.AutoConfig.from_pretrained(tiny["qwen3_vl"])
     assert M.frame_size(cfg, 440) == (448, 448) and M.token_px(cfg) == 32
+    cfg = transformers.AutoConfig.from_pretrained(tiny["internvl"])  # one tile, pixel shuffle: 2x2 patches of 14
+    assert M.frame_size(cfg, 999) == (224, 224) and M.token_px(cfg) == 28
+    with pytest.raises(ValueError, match="one tile"):
+        M.Processor(cfg, transformers.AutoTokenizer.from_pretrained(tiny["internvl"]), size=(448, 448))
     for kind in ("llava_next_video", "llava_onevision"):  # the vision tower's input size, pooled 2x2
         cfg = transformers.AutoConfig.from_pretrained(tiny[kind])
         assert M.frame_size(cfg, 999) == (224, 224) and M.token_px(cfg) == 28
@@ -373,7 +380,7 @@ def test_prompt_layout_follows_the_stock_processors_rule_metaspace_and_byte_leve
 
 
 def test_bf16_weights_train_fp32_lora_and_heads_under_autocast(tiny):
-    vlm, proc = _load(tiny, "qwen3_vl", dtype=torch.bfloat16)
+    vlm, proc = _load(tiny, "qwen3_vl", dtype="bfloat16")  # model.load takes the dtype by name
     with pytest.raises(ValueError, match="lora_rank"):
         M.freeze_and_lora(vlm, lora_rank=-1)
     net = M.GASP(M.freeze_and_lora(vlm.train(), lora_rank=4), r=16)
@@ -541,3 +548,73 @@ def test_a_chat_template_without_the_frames_branch_is_named_at_load(tiny, tmp_pa
         blink = M.Processor(cfg, transformers.AutoTokenizer.from_pretrained(path), folder=str(path), benchmark="blink")
         batch, (record,) = blink.build([[np.zeros((56, 56, 3), np.uint8)]], ["Q?"])
         assert record["mode"] == "images" and record["tokens"] == int((batch["mm_token_type_ids"] == 1).sum()) > 0
+
+
+def _stock_internvl_processor(tokenizer, image_processor, image_seq_length: int):
+    """transformers' own InternVLProcessor without its video processor (that one needs torchvision, which its
+    __init__ checks for): the stock __call__, replace_image_token and replace_video_token on the attributes its
+    __init__ would set from the tokenizer."""
+    import re
+    stock = object.__new__(transformers.InternVLProcessor)
+    stock.image_processor, stock.tokenizer, stock.video_processor = image_processor, tokenizer, None
+    stock.chat_template, stock.image_seq_length = tokenizer.chat_template, image_seq_length
+    stock.start_image_token, stock.end_image_token = tokenizer.start_image_token, tokenizer.end_image_token
+    stock.image_token, stock.video_token = tokenizer.context_image_token, tokenizer.video_token
+    stock.image_token_id = tokenizer.context_image_token_id
+    stock.multimodal_pattern = re.compile(f"(?P<image>{re.escape(stock.image_token)})|"
+                                          f"(?P<video>{re.escape(stock.video_token)})")
+    return stock
+
+
+def test_internvl_layout_equals_the_stock_processor(tiny):
+    """InternVL's inputs are the stock InternVLProcessor's: images (official BLINK) through crop_to_patches, tiles
+    plus a thumbnail, `<img>` + `<IMG_CONTEXT>` x 64 (224-px tiles: 16 x 16 patches, pixel shuffle 0.5) x tiles +
+    `</img>`, the same ids and pixels as the stock processor's own __call__; frames (training, official VSI-Bench)
+    one tile each, as the stock video path writes them: "Frame{i}: <img>...</img>" lines joined by newlines."""
+    path = tiny["internvl"]
+    cfg = transformers.AutoConfig.from_pretrained(path)
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    stock = _stock_internvl_processor(tok, transformers.AutoImageProcessor.from_pretrained(path), 64)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (300, 700, 3), dtype=np.uint8), rng.integers(0, 255, (90, 80, 3), dtype=np.uint8)]
+    text = tok.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "image"},
+                                                                 {"type": "text", "text": "Which?"}]}],
+                                   add_generation_prompt=True, tokenize=False)
+    want = stock(images=images, text=[text], return_tensors="pt")
+    blink = M.Processor(cfg, tok, folder=path, benchmark="blink")
+    batch, (record,) = blink.build([images], ["Which?"])
+    assert torch.equal(batch["input_ids"], want["input_ids"]) and torch.equal(batch["pixel_values"], want["pixel_values"])
+    tiles = [g[0] for g in record["grids"]]
+    assert tiles[0] > 2 and tiles[1] == 1 and len(batch["pixel_values"]) == sum(tiles)  # thumbnail only when tiled
+    assert record["tokens"] == 64 * sum(tiles) == int((batch["input_ids"] == cfg.image_token_id).sum())
+    ids = batch["input_ids"][0].tolist()
+    assert ids.count(tok.convert_tokens_to_ids("<img>")) == ids.count(tok.convert_tokens_to_ids("</img>")) == 2
+    # Frames: the stock video text for F frames, its <video> placeholder replaced as the stock processor does.
+    for benchmark in (None, "vsibench"):
+        proc = M.Processor(cfg, tok, folder=path, benchmark=benchmark)
+        frames = rng.integers(0, 255, (3, 224, 224, 3), dtype=np.uint8)
+        video = transformers.InternVLProcessor.replace_video_token(stock, {"pixel_values_videos": [frames]}, 0)
+        assert video.startswith("Frame1: <img><IMG_CONTEXT>") and "</img>\nFrame2: <img>" in video
+        text = tok.apply_chat_template([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Q?"}]}],
+                                       add_generation_prompt=True, tokenize=False)
+        batch, (record,) = proc.build([frames], ["Q?"])
+        assert batch["input_ids"][0].tolist() == tok(text.replace("<video>", video))["input_ids"]
+        assert batch["pixel_values"].shape == (3, 3, 224, 224) and record["tokens"] == 3 * 64
+        assert proc.token_map(batch["input_ids"][0], 3).shape == (3, 8, 8)
+    labelled = proc([frames], ["Q?"], ["B"])["labels"][0]
+    assert tok.decode(labelled[labelled != -100]) == "B<|im_end|>\n"
+
+
+def test_internvl_without_its_named_tokens_is_refused_at_load(tiny, tmp_path):
+    """A tokenizer that does not name <img> / </img> / <video> (tokenizer_config.json extra_special_tokens) cannot
+    write InternVL's layout: refused when the Processor is built, naming the attribute and the fix."""
+    path = tmp_path / "internvl"
+    import shutil
+    shutil.copytree(tiny["internvl"], path)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config.pop("start_image_token")  # transformers 5 writes the extra special tokens as top-level keys
+    assert "start_image_token" not in json.dumps(config.get("extra_special_tokens"))
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="start_image_token.*tokenizer_config.json") as err:
+        M.load(str(path))
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
