@@ -656,9 +656,10 @@ def shard_worker(name: str, spec: dict, scene_dir: str, out: str):
     torch.distributed.destroy_process_group()
 
 
-def bench_sharding(name: str, spec: dict, scene_dir: str, world: int = 2) -> dict:
+def bench_sharding(name: str, spec: dict, scene_dir: str, world: int = 2, layers: int | None = None) -> dict:
     """Per-process memory of DDP and FSDP2 at `world` processes (gloo on CPU), full fine-tuning, one GASP step of
-    a PAPER config: runs shard_worker under torchrun for each engine."""
+    a PAPER config (with `layers` LLM layers instead of its own, if given): runs shard_worker under torchrun for
+    each engine."""
     import socket
     import subprocess
     import sys
@@ -670,7 +671,8 @@ def bench_sharding(name: str, spec: dict, scene_dir: str, world: int = 2) -> dic
             sock.close()
             out = str(Path(tmp) / "shard.json")
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port",
-                   str(port), __file__, "--configs", name, "--scene", scene_dir, "--shard-worker", engine, "--out", out]
+                   str(port), __file__, "--configs", name, "--scene", scene_dir, "--shard-worker", engine, "--out", out,
+                   *(("--shard-layers", str(layers)) if layers else ())]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(f"{engine} worker failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
@@ -681,6 +683,7 @@ def bench_sharding(name: str, spec: dict, scene_dir: str, world: int = 2) -> dic
                                                           f"({r['state_mb']:.0f} state + {r['step_mb']:.0f} step)"
                                                           for r in ranks))
     res["fsdp2_over_ddp_peak"] = res["fsdp2_peak_mb"] / res["ddp_peak_mb"]
+    res["llm_layers"] = layers or spec["model"]["layers"]
     return {f"{name}+shard{world}": res}
 
 
@@ -725,14 +728,18 @@ def main():
     p.add_argument("--scene", default="", help="scene folder for the data measures and the batch "
                    "(default: data/synthetic/train/scene_0000, rendered if absent)")
     p.add_argument("--out", default="bench.json", help="where to write the results")
-    p.add_argument("--sharding", action="store_true", help="with paper configs: also the per-process memory of "
-                   "DDP and FSDP2 at 2 processes (full fine-tuning, one GASP step each, under torchrun)")
+    p.add_argument("--sharding", action="store_true", help="with paper configs: instead of the step ratios, the "
+                   "per-process memory of DDP and FSDP2 (2 processes on CPU, every GPU on CUDA; full fine-tuning, "
+                   "one GASP step each, under torchrun)")
     p.add_argument("--shard-worker", choices=distributed.ENGINES, help=argparse.SUPPRESS)  # set by bench_sharding
+    p.add_argument("--shard-layers", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.shard_worker:  # one torchrun process of bench_sharding, or `torchrun ... bench.py --configs paper_gpu
         name = args.configs  # --shard-worker fsdp2` on GPUs
-        return shard_worker(name, {**CONFIGS[name], "engine": args.shard_worker, "grad_ckpt_on": True}, args.scene,
-                            args.out)
+        spec = {**CONFIGS[name], "engine": args.shard_worker, "grad_ckpt_on": True}
+        if args.shard_layers:
+            spec["model"] = {**spec["model"], "layers": args.shard_layers}
+        return shard_worker(name, spec, args.scene, args.out)
     if args.repeats < 1:
         raise SystemExit("--repeats must be at least 1")
     names = args.configs.split(",")
@@ -751,9 +758,12 @@ def main():
         print("data: " + ", ".join(f"{k} {v:.1f}" for k, v in sample_ms.items()))
     for n in names:
         if "kind" in CONFIGS[n] and args.sharding:
-            world = torch.cuda.device_count() if CONFIGS[n]["device"] == "cuda" else 2
-            results.update(bench_sharding(n, CONFIGS[n], scene, world))
-        if n in PAPER:
+            # On the CPU one LLM layer of the 7B shape: two DDP processes with full copies of two such layers and
+            # their AdamW states do not fit this project's 24 GB machines.
+            cpu = CONFIGS[n]["device"] == "cpu"
+            world = 2 if cpu else torch.cuda.device_count()
+            results.update(bench_sharding(n, CONFIGS[n], scene, world, 1 if cpu and n in PAPER else None))
+        elif n in PAPER:
             results.update(bench_paper(n, CONFIGS[n], scene, args.repeats))
         elif "kind" in CONFIGS[n]:
             continue
@@ -763,7 +773,8 @@ def main():
     paper = {n: r for n, r in results.items() if n.split("+")[0] in PAPER and n not in shard}
     other = {n: r for n, r in results.items() if n not in paper and n not in shard}
     for n, r in shard.items():
-        print(f"{n}: peak MB per process, DDP {r['ddp_peak_mb']:.0f} ({r['ddp_state_mb']:.0f} weights + AdamW), "
+        print(f"{n} ({r['llm_layers']} LLM layers): peak MB per process, DDP {r['ddp_peak_mb']:.0f} "
+              f"({r['ddp_state_mb']:.0f} weights + AdamW), "
               f"FSDP2 {r['fsdp2_peak_mb']:.0f} ({r['fsdp2_state_mb']:.0f}); ratio {r['fsdp2_over_ddp_peak']:.2f}")
     if paper:
         extra = PAPER_EXTRA + (("sft_max_frames", "gasp_max_frames") if "paper_gpu" in names else ())
