@@ -235,7 +235,8 @@ def run_benchmark(benchmark: str, items: list[dict], out: Path, vlm_loader, batc
     text_config = getattr(vlm.config, "text_config", vlm.config)
     context = getattr(text_config, "max_position_embeddings", None)
     if inputs == "official":  # the same Processor class, fed as the benchmark's harness feeds this family
-        processor = Processor(vlm.config, processor.tokenizer, folder=processor.folder, benchmark=benchmark)
+        if processor.benchmark != benchmark:  # model.load(benchmark=...) builds it so already
+            processor = Processor(vlm.config, processor.tokenizer, folder=processor.folder, benchmark=benchmark)
         if processor.feed.linear_rope:
             factor = rope_factor(n_frames, processor.frame_tokens, context)
             settings["rope"] = set_linear_rope(vlm, factor)
@@ -448,6 +449,8 @@ def cmd_run(args, items: list[dict]):
     load = {"device": device, "dtype": dtype_name, "device_map": args.device_map}
     if args.frame_size:
         load["size"] = (args.frame_size, args.frame_size)
+    if args.inputs == "official":  # only what this benchmark's inputs need is checked at load time
+        load["benchmark"] = args.benchmark
     # the fingerprint is read by rank 0 alone, which checks the resume
     settings = dict(model=str(args.model), weights_fingerprint=weights_fingerprint(args.model) if env.master
                     else None, dtype=dtype_name, frame_size=args.frame_size, processes=env.world,

@@ -54,7 +54,7 @@ def as_dtype(dtype) -> torch.dtype:
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
-def _stock(path: str, device, dtype, size, attn_implementation, device_map=None):
+def _stock(path: str, device, dtype, size, attn_implementation, device_map=None, benchmark=None):
     """A stock checkpoint (HF id or folder, read offline if cached) -> (model in eval mode, Processor).
     device_map "auto": the layers spread over the visible GPUs by accelerate (inference only; `device` unused)."""
     config = transformers.AutoConfig.from_pretrained(path)
@@ -66,7 +66,7 @@ def _stock(path: str, device, dtype, size, attn_implementation, device_map=None)
         path, dtype=dtype, attn_implementation=attn_implementation, device_map=device_map)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     vlm = vlm if device_map is not None else vlm.to(device)
-    return vlm.eval(), Processor(vlm.config, tokenizer, size, folder=path)
+    return vlm.eval(), Processor(vlm.config, tokenizer, size, folder=path, benchmark=benchmark)
 
 
 def build(model: str, device="cpu", dtype: str = "float32", attn_implementation: str | None = None, size: int = 448,
@@ -91,7 +91,7 @@ def build(model: str, device="cpu", dtype: str = "float32", attn_implementation:
 
 
 def load(path: str, device="cpu", dtype: str | None = None, attn_implementation: str | None = None, size=None,
-         device_map: str | None = None):
+         device_map: str | None = None, benchmark: str | None = None):
     """The one loader of models: a stock model (HF id or folder; train.py's export/ is one) or a training checkpoint
     (checkpoint.pt, or the run folder holding it, any objective, LoRA or not) -> (vlm, processor, gasp, config).
     A checkpoint is rebuilt exactly as training built it (build, with the run's saved settings) with its trained
@@ -101,10 +101,13 @@ def load(path: str, device="cpu", dtype: str | None = None, attn_implementation:
     attn_implementation: sdpa | eager | flash_attention_2 (None: transformers' default, or the run's own);
     size: (H, W) of the frames (None: the family's default, or the run's training size);
     device_map: "auto" spreads a stock model too large for one GPU over the visible GPUs (transformers'
-    from_pretrained through accelerate; inference only, `device` unused), None puts it whole on `device`. Eval mode."""
+    from_pretrained through accelerate; inference only, `device` unused), None puts it whole on `device`;
+    benchmark: the processor builds that benchmark's official inputs (eval.py), so only what they need (e.g. an image
+    branch in the chat template) is checked, not the training layout. Eval mode."""
     file = runtime.checkpoint.find(path)
     if file is None:
-        vlm, proc = _stock(path, device, as_dtype(dtype or "float32"), size, attn_implementation, device_map)
+        vlm, proc = _stock(path, device, as_dtype(dtype or "float32"), size, attn_implementation, device_map,
+                           benchmark)
         return vlm, proc, None, {"model": path}
     if device_map is not None:  # build() wraps LoRA and the heads around a model on one device
         raise ValueError(f"{file}: device_map {device_map!r} loads stock models only (an HF id or folder); a "

@@ -34,7 +34,7 @@ def table_places() -> set[str]:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## What we had to guess", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.split("\n") if line.startswith("| `")]
-    return {re.match(r"\| `([^`]+)`", row).group(1) for row in rows}
+    return {place for row in rows for place in re.findall(r"`([^`]+\.py(?::[\w.]+)?)`", row.split(" | ")[0])}
 
 
 def test_every_marker_has_a_row_and_every_row_a_marker():
