@@ -1,6 +1,7 @@
 """data.py against geometry worked by hand: closed-form plane tracks, round trips, occlusion, the
 OpenGL -> OpenCV conversion, COLMAP's depth format, bad inputs, the sample contract, synthetic scenes."""
 import json
+import os
 import pickle
 import re
 import shutil
@@ -802,3 +803,15 @@ def test_keep_tracks_visible_longest(tmp_path):
     assert half["visible"].sum(0).min() >= np.sort(counts)[::-1][31]  # the 32 visible longest, in query order
     kept = [int(np.flatnonzero((full["tracks"][0] == t).all(-1))[0]) for t in half["tracks"][0]]
     assert kept == sorted(kept)
+
+
+def test_a_depth_file_holding_a_pickled_object_is_refused_and_runs_nothing(tmp_path):
+    """depths/*.npy are read without pickle: an object array (whose unpickling could run code) is a named error."""
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    np.save(tmp_path / "d.npy", np.array([Payload()], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="d.npy: cannot read depth"):
+        data.read_depth(tmp_path / "d.npy")
+    assert not (tmp_path / "ran").exists()
