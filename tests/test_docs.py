@@ -46,3 +46,23 @@ def test_every_marker_has_a_row_and_every_row_a_marker():
 
 def test_readme_is_a_page_a_reader_finishes():
     assert len((ROOT / "README.md").read_text(encoding="utf-8").split("\n")) <= 250
+
+
+def test_every_code_reference_in_the_readme_exists():
+    """`file.py:name` in the README (paper -> code map, guess table) names a function, class, method or constant that
+    is in that file: the map a reader follows does not drift from the code."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = []
+    for path, name in sorted(set(re.findall(r"`([\w/]+\.py):([\w.]+)", readme))):
+        tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            if isinstance(node, ast.ClassDef):
+                names |= {f"{node.name}.{m.name}" for m in node.body if isinstance(m, ast.FunctionDef)}
+            if isinstance(node, ast.Assign):
+                names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        if name not in names:
+            missing.append(f"{path}:{name}")
+    assert not missing, f"README names code that is not there: {missing}"
