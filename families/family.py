@@ -27,13 +27,18 @@ class Feed:
             | "crop": shortest edge to the tower size, then a centre crop (CLIP) | "anyres": LLaVA-NeXT's tiles
             (a base view plus crops, the stock LlavaNextProcessor's token count per image) | "tiles": InternVL's
             crop_to_patches (448-px tiles of the closest aspect ratio within min..max tiles, plus a thumbnail when
-            there are several), the stock GotOcr2 image processor with the checkpoint's min / max patches."""
+            there are several), the stock GotOcr2 image processor with the checkpoint's min / max patches
+            | "anyres_max_9": LLaVA-OneVision's images, the stock LlavaOnevisionProcessor's rule (a lone image as
+            anyres tiles, its unpadded grid downsampled to at most 9 tiles' worth, a newline per row; each of
+            several images of one question padded to a square in the mean colour, one tile + one newline)."""
     mode: str  # "images": one placeholder per frame | "video": one placeholder for all frames
     resize: str = "square"
     pixels: tuple[int, int] | None = None  # (min, max) pixels per image or frame for "smart"
     merge_frames: bool = False  # Qwen video: consecutive frames share a temporal patch (else each is repeated)
     linear_rope: bool = False  # thinking-in-space: linear RoPE scaling so that the frames fit the context
     system: str | None = None  # a system turn the harness writes before the question (lmms-eval qwen3_vl)
+    template: str | None = None  # the harness's own conversation text (a chat template), not the checkpoint's
+    tile_every_image: bool = False  # "anyres_max_9": several images of a question tiled too (VLMEvalKit), not padded
     harness: str = "training inputs (fixed squares)"  # the code this mode follows (run log)
 
 

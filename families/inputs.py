@@ -128,7 +128,9 @@ class Processor:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         # The chat template: the tokenizer's, else the checkpoint's processor template (llava-hf ships it in
         # chat_template.json), else the family's documented one.
+        # A harness that writes its own conversation text (LLaVA's conv templates) overrides them all.
         self.template, self.template_origin = next((text, origin) for text, origin in (
+            (self.feed.template, "the harness's conversation text"),
             (tokenizer.chat_template, "chat template"),
             (read_file(folder, "chat_template.jinja"), "chat_template.jinja"),
             (json.loads(read_file(folder, "chat_template.json") or "{}").get("chat_template"), "chat_template.json"),
@@ -287,6 +289,8 @@ class Processor:
                 tokenizer=self.tokenizer, patch_size=v.patch_size, num_additional_image_tokens=1,
                 vision_feature_select_strategy=self.config.vision_feature_select_strategy,
                 image_token=self.placeholder)
+        elif feed.resize == "anyres_max_9":
+            self.onevision = onevision_processor(self.config, self.tokenizer, self.placeholder, self.mean, self.std)
         elif feed.resize == "tiles":  # InternVL's crop_to_patches, as its stock processor turns it on for images
             from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
             side, pre = fam.frame_size(self.config, 0)[0], self.preprocessor
@@ -364,6 +368,18 @@ class Processor:
                 tiles = image_size_to_num_patches(out["image_sizes"][0].tolist(), self.config.image_grid_pinpoints, side)
                 item["grids"].append([tiles, side // p, side // p])
             return item
+        if feed.resize == "anyres_max_9":  # the stock LLaVA-OneVision rule, through its own code
+            from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+            # Several images as one question's list (padded squares), or each its own list (tiled, VLMEvalKit).
+            images = [[im] for im in clip] if feed.tile_every_image else [list(clip)]
+            out = self.onevision.image_processor(images=images, return_tensors="pt")
+            counts = [self.onevision.replace_image_token(out, i).count(self.placeholder) for i in range(len(clip))]
+            tiled = [n == 1 for n in out["batch_num_images"].tolist() for _ in range(n)]
+            tiles = [image_size_to_num_patches(size.tolist(), self.config.image_grid_pinpoints, side) if t else 1
+                     for size, t in zip(out["image_sizes"], tiled)]
+            return dict(pixels=[x[:n] for x, n in zip(out["pixel_values"], tiles)], counts=counts,
+                        grids=[[n, side // p, side // p] for n in tiles], image_sizes=[out["image_sizes"]],
+                        num_images=out["batch_num_images"])
         if feed.resize == "crop":
             x = self.frame_processor(images=list(clip), return_tensors="pt")["pixel_values"]  # (F, 3, S, S)
         else:  # the frames as they are, the model pools its own patches
@@ -412,12 +428,14 @@ class Processor:
             ids = batch["input_ids"]  # M-RoPE reads the modality of each position: 1 image, 2 video
             batch["mm_token_type_ids"] = ((ids == self.token_ids["image"]).int()
                                           + 2 * (ids == self.token_ids["video"]).int())
-        elif self.feed.resize == "anyres":
+        elif self.feed.resize in ("anyres", "anyres_max_9"):
             pixels = [p for it in items for p in it["pixels"]]
             tiles = max(len(p) for p in pixels)
             batch["pixel_values"] = torch.stack([torch.cat([p, p.new_zeros(tiles - len(p), *p.shape[1:])])
                                                  for p in pixels])  # (images, tiles, 3, S, S), tiles zero-padded
             batch["image_sizes"] = torch.cat([s for it in items for s in it["image_sizes"]])
+            if self.feed.resize == "anyres_max_9":  # which images the model tiles: those alone in their list
+                batch["batch_num_images"] = torch.cat([it["num_images"] for it in items])
         elif self.family.flat_tiles:  # InternVL: every tile or frame of the batch one row, in text order
             batch["pixel_values"] = torch.cat([it["pixels"] for it in items])  # (tiles, 3, S, S)
         else:
@@ -437,6 +455,9 @@ class Processor:
                "smart": lambda: f"{f.pixels[0]}..{f.pixels[1]} px (smart_resize)",
                "crop": lambda: f"{self.size[0]}px crop",
                "anyres": lambda: f"anyres tiles of {self.config.vision_config.image_size}px",
+               "anyres_max_9": lambda: f"{self.config.vision_aspect_ratio} tiles of "
+                                       f"{self.config.vision_config.image_size}px" + (
+                                           "" if f.tile_every_image else " (several images: padded squares)"),
                "tiles": lambda: f"crop_to_patches: {self.tile_range[0]}..{self.tile_range[1]} tiles of "
                                 f"{frame_size(self.config)[0]}px (+ a thumbnail)"}[f.resize]()
         mode = f"video, frames in groups of {self.temporal}" if f.merge_frames else f.mode
@@ -467,6 +488,30 @@ class Processor:
         self.tokenizer.chat_template = self.tokenizer.chat_template or self.template
         self.tokenizer.save_pretrained(path)
         self.family.image_processor(self.config).save_pretrained(path)
+
+
+def onevision_processor(config, tokenizer, placeholder: str, mean, std):
+    """transformers' own LlavaOnevisionProcessor without its video processor (its __init__ requires one, and that
+    one needs torchvision): the attributes its __init__ sets, for its image rule (replace_image_token,
+    _get_number_of_features) and its PIL image processor at the model's tile size and grid pinpoints."""
+    from transformers import LlavaOnevisionProcessor
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
+    v = config.vision_config
+    odd = [q for q in config.image_grid_pinpoints if q[0] % v.image_size or q[1] % v.image_size]
+    if odd:  # the processor would cut other tiles than the model unpacks
+        raise ValueError(f"config image_grid_pinpoints {odd} are not multiples of the vision tower's image_size "
+                         f"{v.image_size}; anyres tiles would not line up: fix the model's config.json")
+    stock = object.__new__(LlavaOnevisionProcessor)
+    stock.image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": v.image_size, "width": v.image_size}, image_grid_pinpoints=config.image_grid_pinpoints,
+        image_mean=list(mean), image_std=list(std))
+    stock.tokenizer, stock.video_processor, stock.chat_template = tokenizer, None, None
+    stock.num_image_tokens = (v.image_size // v.patch_size) ** 2  # patches per tile (729 at 384 px)
+    stock.vision_feature_select_strategy = config.vision_feature_select_strategy
+    stock.vision_aspect_ratio = config.vision_aspect_ratio
+    stock.image_token, stock.image_token_id = placeholder, tokenizer.convert_tokens_to_ids(placeholder)
+    stock.video_token = stock.video_token_id = None
+    return stock
 
 
 def _first(size):

@@ -3,11 +3,14 @@
 Training: every frame squashed to the vision tower's input size. Official inputs (thinking-in-space's llava_vid
 and llava_onevision models): LLaVA-NeXT-Video video frames resized on the shortest edge and centre-cropped, with
 linear RoPE scaling to fit 32 frames, images through the stock LLaVA-NeXT anyres path; LLaVA-OneVision video
-frames squashed to the SigLIP size (its images are not rebuilt here).
+frames squashed to the SigLIP size, its images through the stock LlavaOnevisionProcessor's anyres_max_9 rule with
+the conversation text of the harness (lmms-eval for BLINK and MMSI-Bench, VLMEvalKit for All-Angles).
 
 Run: no entry point; `python -m pytest tests/test_model.py -q`.
 References: LLaVA-NeXT-Video (llava-vl.github.io/blog/2024-04-30-llava-next-video), LLaVA-OneVision
-arXiv 2408.03326; thinking-in-space @51e089c lmms_eval/models/llava_vid.py, llava_onevision.py.
+arXiv 2408.03326; thinking-in-space @51e089c lmms_eval/models/llava_vid.py, llava_onevision.py; lmms-eval @077faa1
+lmms_eval/models/simple/llava_onevision.py; LLaVA-NeXT llava/conversation.py (conv_qwen); VLMEvalKit @006aa29
+vlmeval/vlm/llava/llava.py; transformers 5.24 models/llava_onevision/processing_llava_onevision.py.
 """
 
 import math
@@ -110,6 +113,35 @@ LLAVA_NEXT_VIDEO = Family(
     official={"vsibench": Feed("video", "crop", linear_rope=True, harness="thinking-in-space llava_vid"),
               "allangles": LLAVA_NEXT_IMAGES, "blink": LLAVA_NEXT_IMAGES},
     official_gap=dict(NO_HARNESS, mmsi="no harness setting of LLaVA-NeXT-Video on MMSI-Bench is pinned here"))
+# lmms-eval llava_onevision @077faa1 (lmms_eval/models/simple/llava_onevision.py, generate_until): the question's
+# images through LLaVA-NeXT's process_images with the checkpoint's image_aspect_ratio (anyres_max_9) when there is one
+# image, "pad" when there are several; "<image> <image>\n" + question in conv_templates["qwen_1_5"] (LLaVA-NeXT
+# llava/conversation.py conv_qwen: ChatML with the system turn "You are a helpful assistant."). The stock
+# LlavaOnevisionProcessor (transformers 5.24) follows the same image rule (batch_num_images: only a lone image is
+# tiled; several are padded to squares in the mean colour, 729 + 1 newline tokens each).
+LMMS_QWEN_1_5 = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% set images = m['content'] | selectattr('type', 'equalto', 'image') | list %}"
+    "{% for c in images %}<image>{% if not loop.last %} {% endif %}{% endfor %}"
+    "{% if images %}{{ '\\n' }}{% endif %}"  # not a bare newline: trim_blocks drops one after a tag
+    "{% for c in m['content'] if c['type'] == 'text' %}{{ c['text'] }}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# VLMEvalKit LLaVA_OneVision (vlmeval/vlm/llava/llava.py, open-compass/VLMEvalKit @006aa29, generate_inner_image), the
+# harness All-Angles Bench's VLMEvalKit fork runs: every image through process_images with the checkpoint's
+# anyres_max_9 (several images tiled too), "<image>\n" per image before the question, conv qwen_1_5.
+VLMEVAL_QWEN_1_5 = LMMS_QWEN_1_5.replace(
+    "{% for c in images %}<image>{% if not loop.last %} {% endif %}{% endfor %}"
+    "{% if images %}{{ '\\n' }}{% endif %}",
+    "{% for c in images %}<image>\n{% endfor %}")
+ONEVISION_LMMS_IMAGES = Feed("images", "anyres_max_9", template=LMMS_QWEN_1_5,
+                             harness="lmms-eval llava_onevision @077faa1 (anyres_max_9 for a lone image, pad for "
+                                     "several, conv qwen_1_5)")
+# Assumption: the All-Angles fork (@0e1d210) keeps upstream VLMEvalKit's LLaVA_OneVision class unchanged; the fork's
+# own vlm/llava/llava.py is not in the reference index.
+ONEVISION_VLMEVAL_IMAGES = Feed("images", "anyres_max_9", template=VLMEVAL_QWEN_1_5, tile_every_image=True,
+                                harness="VLMEvalKit LLaVA_OneVision @006aa29 (All-Angles fork; anyres_max_9 for "
+                                        "every image, conv qwen_1_5)")
 # thinking-in-space llava_onevision: each frame through the SigLIP image processor (squashed to S x S, mean = std
 # = 0.5), 2x2 bilinear pooling -> ceil(27 / 2)^2 = 196 tokens per 384 px frame, one newline after the last frame.
 LLAVA_ONEVISION = Family(
@@ -118,7 +150,6 @@ LLAVA_ONEVISION = Family(
     template=ONEVISION_TEMPLATE, tokenizer="byte_level",
     special=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"], tiny=_llava_onevision_tiny,
     image_processor=_llava_onevision_image_processor, newline=1,
-    official={"vsibench": Feed("video", "square", harness="thinking-in-space llava_onevision (SigLIP squash)")},
-    official_gap=dict({b: "lmms-eval llava_onevision's anyres_max_9 image path is not rebuilt here (the stock "
-                          "LlavaOnevisionProcessor that counts its tokens cannot be built without torchvision)"
-                       for b in ("allangles", "blink", "mmsi")}, **NO_HARNESS))
+    official={"vsibench": Feed("video", "square", harness="thinking-in-space llava_onevision (SigLIP squash)"),
+              "allangles": ONEVISION_VLMEVAL_IMAGES, "blink": ONEVISION_LMMS_IMAGES, "mmsi": ONEVISION_LMMS_IMAGES},
+    official_gap=NO_HARNESS)

@@ -715,8 +715,8 @@ def test_llava_onevision_video_inputs(tiny):
     assert record == dict(mode="video", frames=32, grids=[[32, 27, 27]], tokens=32 * 196 + 1)
     x = batch["pixel_values_videos"]
     assert x.shape == (1, 32, 3, 384, 384) and x[0, 0, 0, 192, 50] < 0 < x[0, 0, 0, 192, 70]
-    with pytest.raises(ValueError, match="LLaVA-OneVision inputs for VSI-Bench .video. only.*train-size"):
-        Processor(config, tok, benchmark="blink")
+    with pytest.raises(ValueError, match="LLaVA-OneVision inputs for VSI-Bench .video.*STI-Bench.*train-size"):
+        Processor(config, tok, benchmark="stibench")
 
 
 @pytest.mark.slow

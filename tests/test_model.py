@@ -617,3 +617,45 @@ def test_internvl_without_its_named_tokens_is_refused_at_load(tiny, tmp_path):
     with pytest.raises(ValueError, match="start_image_token.*tokenizer_config.json") as err:
         M.load(str(path))
     assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_llava_onevision_image_inputs_equal_the_stock_processor(tiny):
+    """LLaVA-OneVision's official image inputs are the stock LlavaOnevisionProcessor's (its own __call__ on the
+    attributes its __init__ sets, its video processor left out: that one needs torchvision): the same ids and
+    pixel_values for a lone image of a few sizes (anyres tiles, unpadded grid, a newline per row, the max_9
+    downsampling past 9 tiles' worth) and for several images of one question (padded squares, 16 x 16 + 1 tokens
+    each at 224 px);
+    the batch runs through the tiny model's forward without a feature / token mismatch."""
+    from families.inputs import onevision_processor
+    path = tiny["llava_onevision"]
+    cfg = transformers.AutoConfig.from_pretrained(path)
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    vlm = transformers.AutoModelForImageTextToText.from_pretrained(path).eval()
+    rng = np.random.default_rng(0)
+    sizes = [[(300, 700)], [(224, 224)], [(90, 80)], [(1000, 1200)], [(300, 700), (90, 80)]]
+    proc = M.Processor(cfg, tok, folder=path, benchmark="blink")
+    counts = []
+    for shapes in sizes:
+        images = [Image.fromarray(rng.integers(0, 255, (*s, 3), dtype=np.uint8)) for s in shapes]
+        batch, (record,) = proc.build([images], ["Which?"])
+        stock = onevision_processor(cfg, tok, "<image>", proc.mean, proc.std)
+        want = stock(images=[images], text=[proc.text(len(images), "Which?")], return_tensors="pt")
+        assert torch.equal(batch["input_ids"], want["input_ids"])
+        assert torch.equal(batch["pixel_values"], want["pixel_values"].float())
+        assert batch["batch_num_images"].tolist() == want["batch_num_images"].tolist() == [len(images)]
+        counts.append(record["tokens"])
+        with torch.no_grad():
+            assert vlm(**batch).logits.shape[1] == batch["input_ids"].shape[1]
+    assert counts[-1] == 2 * (16 * 16 + 1) and counts[1] < counts[0]  # several images: one padded tile + newline each
+    assert counts[3] > counts[0]  # a larger image: more tiles, up to the max_9 downsampling
+    # The harness's conversation text (lmms-eval conv qwen_1_5), not the checkpoint's chat template.
+    assert proc.text(2, "Which?") == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                                      "<image> <image>\nWhich?<|im_end|>\n<|im_start|>assistant\n")
+    # All-Angles (VLMEvalKit): every image tiled, "<image>\n" per image.
+    allangles = M.Processor(cfg, tok, folder=path, benchmark="allangles")
+    images = [Image.fromarray(rng.integers(0, 255, (300, 700, 3), dtype=np.uint8))] * 2
+    batch, (record,) = allangles.build([images], ["Which?"])
+    assert record["tokens"] == 2 * counts[0] and batch["batch_num_images"].tolist() == [1, 1]
+    assert "<image>\n<image>\nWhich?" in allangles.text(2, "Which?")
+    with torch.no_grad():
+        assert vlm(**batch).logits.shape[1] == batch["input_ids"].shape[1]
