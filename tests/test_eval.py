@@ -676,6 +676,23 @@ def test_end_to_end_official_inputs(tmp_path, capsys, tiny, kind):
 
 
 @pytest.mark.slow
+def test_end_to_end_llava_onevision_official_image_inputs(tmp_path, capsys, tiny):
+    """LLaVA-OneVision's official image inputs (anyres_max_9 for a lone image, one padded tile each for several, its
+    harness's conversation text) run through generate() to the end on All-Angles and BLINK."""
+    _, _, ckpt = tiny("llava_onevision")
+    for bench, root in {"allangles": aa_root(tmp_path), "blink": blink_root(tmp_path)}.items():
+        out = tmp_path / f"{bench}.jsonl"
+        cap = cli(capsys, "run", "--benchmark", bench, "--data", root, "--model", ckpt, "--out", out, "--limit", 1,
+                  "--batch-size", 2, "--max-new-tokens", 2, "--device", "cpu", "--categories", *E2E_CATEGORIES[bench])
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert json.loads(cap.out)["n"] == len(lines) > 0
+        assert "llava_onevision" in json.loads(E.settings_path(out).read_text())["harness"]
+        n_visual = {str(it["id"]): len(it["images"]) for it in BENCHMARKS[bench].load(root)}
+        assert all(x["inputs"]["mode"] == "images" and x["inputs"]["frames"] == n_visual[str(x["id"])]
+                   and x["inputs"]["tokens"] > 0 for x in lines)
+
+
+@pytest.mark.slow
 def test_llava_32_frames_gets_linear_rope(tmp_path, capsys, tiny):
     """32 frames x 64 tokens + 1000 overflow a 2048-position context: factor ceil(3048 / 2048) = 2, set and logged."""
     import shutil
