@@ -276,11 +276,7 @@ class Processor:
         elif feed.resize == "anyres":
             from transformers import LlavaNextProcessor
             from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-            side = v.image_size
-            odd = [p for p in self.config.image_grid_pinpoints if p[0] % side or p[1] % side]
-            if odd:  # the processor would cut other tiles than the model unpacks
-                raise ValueError(f"config image_grid_pinpoints {odd} are not multiples of the vision tower's "
-                                 f"image_size {side}; anyres tiles would not line up: fix the model's config.json")
+            side = check_pinpoints(self.config)
             size, crop = {"shortest_edge": side}, {"height": side, "width": side}
             self.llava_next = LlavaNextProcessor(
                 image_processor=LlavaNextImageProcessorPil(size=size, crop_size=crop, image_mean=self.mean,
@@ -490,6 +486,17 @@ class Processor:
         self.family.image_processor(self.config).save_pretrained(path)
 
 
+def check_pinpoints(config) -> int:
+    """The anyres tile side (the vision tower's image_size), once the config's grid pinpoints are checked to be
+    multiples of it: otherwise the processor would cut other tiles than the model unpacks."""
+    side = config.vision_config.image_size
+    odd = [q for q in config.image_grid_pinpoints if q[0] % side or q[1] % side]
+    if odd:
+        raise ValueError(f"config image_grid_pinpoints {odd} are not multiples of the vision tower's image_size "
+                         f"{side}; anyres tiles would not line up: fix the model's config.json")
+    return side
+
+
 def onevision_processor(config, tokenizer, placeholder: str, mean, std):
     """transformers' own LlavaOnevisionProcessor without its video processor (its __init__ requires one, and that
     one needs torchvision): the attributes its __init__ sets, for its image rule (replace_image_token,
@@ -497,10 +504,7 @@ def onevision_processor(config, tokenizer, placeholder: str, mean, std):
     from transformers import LlavaOnevisionProcessor
     from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
     v = config.vision_config
-    odd = [q for q in config.image_grid_pinpoints if q[0] % v.image_size or q[1] % v.image_size]
-    if odd:  # the processor would cut other tiles than the model unpacks
-        raise ValueError(f"config image_grid_pinpoints {odd} are not multiples of the vision tower's image_size "
-                         f"{v.image_size}; anyres tiles would not line up: fix the model's config.json")
+    check_pinpoints(config)
     stock = object.__new__(LlavaOnevisionProcessor)
     stock.image_processor = LlavaOnevisionImageProcessorPil(
         size={"height": v.image_size, "width": v.image_size}, image_grid_pinpoints=config.image_grid_pinpoints,
