@@ -7,8 +7,10 @@
 What lives here:
   * `Processor` (from families/inputs.py, the one input builder of training, the probe and evaluation):
     frames + text -> model inputs, with the per-family layout (image list or video, pooling, trailing newline,
-    token pitch) read from families/ (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-NeXT-Video, LLaVA-OneVision),
-    and its per-frame visual-token map: sequence positions of every frame's (h, w) token grid;
+    token pitch) read from families/ (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-NeXT-Video, LLaVA-OneVision,
+    InternVL), and its per-frame visual-token map: sequence positions of every frame's (h, w) token grid;
+  * `build` (the model as training builds it) and `load`, the one loader: a stock model or a training checkpoint
+    (runtime/checkpoint.py reads it), rebuilt with the run's own settings;
   * `GASP`: wraps the stock model without changing its forward; forward hooks on each supervised layer's
     q_proj / k_proj (q_norm / k_norm where the family has them; input_layernorm for head_input="hidden") read
     the visual tokens' q and k in the one training forward pass and run that layer's head and loss at once
