@@ -12,6 +12,8 @@ Run:
     python bench.py --configs paper,paper_llava       # CPU, 7B layer shapes (judged)
     python bench.py --configs paper_gpu               # one GPU: the whole 7B-shaped model, most frames per sample
     python bench.py --configs wide,wide_r64           # how the overhead scales with the head size r
+    python bench.py --configs paper --sharding        # DDP against FSDP2: memory per process, 2 gloo processes
+    python bench.py --configs paper_gpu --sharding    # the same over every visible GPU, the whole 7B-shaped model
 Results go to bench.json (--out) and a table of measures x configs with each target (`report_table`).
 References: GASP arXiv 2605.30231; torch.profiler memory events (pytorch.org/docs/stable/profiler.html).
 """
