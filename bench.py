@@ -653,8 +653,7 @@ def shard_worker(name: str, spec: dict, scene_dir: str, out: str):
                                                    if torch.is_tensor(t))
     step_mb = peak_mb(step, device.split(":")[0])
     mine = dict(rank=env.rank, state_mb=state, step_mb=step_mb, peak_mb=state + step_mb)
-    gathered = [None] * env.world
-    torch.distributed.all_gather_object(gathered, mine)
+    gathered = distributed.gather(mine, env)
     if env.master:
         Path(out).write_text(json.dumps(dict(config=name, engine=spec["engine"], world=env.world, ranks=gathered)))
     torch.distributed.barrier()
@@ -669,17 +668,13 @@ def bench_sharding(name: str, spec: dict, scene_dir: str, world: int = 2, layers
     """Per-process memory of DDP and FSDP2 at `world` processes (gloo on CPU), full fine-tuning, one GASP step of
     a PAPER config (with `layers` LLM layers instead of its own, if given): runs shard_worker under torchrun for
     each engine."""
-    import socket
     import subprocess
     res = {}
     for engine in distributed.ENGINES:
-        with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-            sock.close()
+        with tempfile.TemporaryDirectory() as tmp:
             out = str(Path(tmp) / "shard.json")
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port",
-                   str(port), __file__, "--configs", name, "--scene", scene_dir, "--shard-worker", engine, "--out", out,
+                   str(distributed.free_port()), __file__, "--configs", name, "--scene", scene_dir, "--shard-worker", engine, "--out", out,
                    *(("--shard-layers", str(layers)) if layers else ())]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:

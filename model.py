@@ -117,14 +117,23 @@ def load(path: str, device="cpu", dtype: str | None = None, attn_implementation:
                          "--device-map")
     ckpt = runtime.checkpoint.read(file)
     dtype = str(as_dtype(dtype)).removeprefix("torch.") if dtype else ckpt["config"]["dtype"]
-    saved = dict(ckpt["config"], dtype=dtype,
-                 attn_implementation=attn_implementation or ckpt["config"].get("attn_implementation"))
+    ckpt["config"] = dict(ckpt["config"], dtype=dtype,
+                          attn_implementation=attn_implementation or ckpt["config"].get("attn_implementation"))
+    vlm, proc, net = rebuild(ckpt, file, device)
+    return vlm.eval(), proc, net.eval() if isinstance(net, GASP) else None, ckpt["config"]
+
+
+def rebuild(ckpt: dict, where: str, device="cpu"):
+    """A read training checkpoint -> (vlm, processor, net) as training built them (build, with the run's saved
+    settings; heads where the run trained them), its trained weights restored. net is what the optimizer trained:
+    GASP, the peft model, or the VLM (export() takes it)."""
+    saved = ckpt["config"]
     has_heads = any(n.startswith("heads.") for n in ckpt["weights"])
     vlm, proc, net = build(saved["model"], device, saved["dtype"], saved["attn_implementation"], saved["size"],
                            saved["layers"], saved["lora_rank"], saved["train_vision"], has_heads,
                            saved["head_input"], saved["embed_dim"])
-    runtime.checkpoint.restore_weights(net, ckpt["weights"], file)
-    return vlm.eval(), proc, net.eval() if has_heads else None, saved
+    runtime.checkpoint.restore_weights(net, ckpt["weights"], where)
+    return vlm, proc, net
 
 
 # ----------------------------------------------------------------------------- layers, hooks, heads

@@ -462,9 +462,8 @@ def save(cfg: Config, env: Env, net, opt, sched, step: int, probe_before):
     """checkpoint.pt (runtime/checkpoint.py): whole tensors whatever the engine, written by rank 0."""
     state, optim = distributed.full_state(net, opt, env)
     if env.master:
-        trained = {n for n, p in net.named_parameters() if p.requires_grad}
         checkpoint.save(os.path.join(cfg.out, checkpoint.NAME), config=dataclasses.asdict(cfg), step=step,
-                        weights={n: t for n, t in state.items() if n in trained}, optimizer=optim,
+                        weights=checkpoint.trained_weights(net, state), optimizer=optim,
                         scheduler=sched.state_dict(), rng=torch.get_rng_state(), probe_before=probe_before)
     env.barrier()
 
@@ -474,9 +473,7 @@ def export(cfg: Config, env: Env, net, proc):
     CPU from the final checkpoint."""
     if env.master and cfg.export:
         if env.sharded:
-            _, proc, net = M.build(cfg.model, "cpu", cfg.dtype, None, cfg.size, cfg.layers, cfg.lora_rank,
-                                   cfg.train_vision, cfg.objective in GEOMETRY, cfg.head_input, cfg.embed_dim)
-            checkpoint.restore_weights(net, checkpoint.read(cfg.out)["weights"], cfg.out)
+            _, proc, net = M.rebuild(checkpoint.read(cfg.out), cfg.out)
         M.export(net, proc, os.path.join(cfg.out, "export"))
         print(f"exported a stock checkpoint to {cfg.out}/export")
     env.barrier()

@@ -65,10 +65,11 @@ def read(path: str) -> dict:
     return ckpt
 
 
-def trained_weights(net: torch.nn.Module) -> dict:
-    """{name: tensor} of the parameters the optimizer trains."""
+def trained_weights(net: torch.nn.Module, state: dict) -> dict:
+    """{name: tensor} of the parameters the optimizer trains, taken from `state` (net's state dict, whole tensors
+    however the parameters are held)."""
     trained = {n for n, p in net.named_parameters() if p.requires_grad}
-    return {n: t for n, t in net.state_dict().items() if n in trained}
+    return {n: t for n, t in state.items() if n in trained}
 
 
 def restore_weights(net: torch.nn.Module, weights: dict, where: str):

@@ -13,6 +13,7 @@ References: PyTorch FSDP2 (pytorch.org/docs/stable/distributed.fsdp.fully_shard.
 """
 
 import os
+import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -42,6 +43,13 @@ class Env:
     def barrier(self):
         if self.distributed:
             dist.barrier()
+
+
+def free_port() -> int:
+    """A free TCP port on this host, for a one-node torchrun's rendezvous (`--master_port`) in tests and bench.py."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def init(engine: str = "ddp") -> Env:

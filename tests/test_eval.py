@@ -5,7 +5,6 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -21,6 +20,7 @@ from PIL import Image
 import eval as E
 from benchmarks import BENCHMARKS, allangles, blink, media, scoring, vsibench
 from families import Processor
+from runtime import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -1128,11 +1128,8 @@ def test_resume_after_retraining_in_place_is_refused(tmp_path, capsys):
 
 def launch(nproc: int, *argv, ok: bool = True) -> subprocess.CompletedProcess:
     """`python eval.py ...` (nproc 1) or `torchrun --nproc_per_node nproc eval.py ...` on the CPU (gloo)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    head = [sys.executable] if nproc == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port)]
+    head = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                                                str(nproc), "--master_port", str(distributed.free_port())]
     res = subprocess.run([*head, "eval.py", *map(str, argv)], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                          capture_output=True, text=True, timeout=300)
     assert (res.returncode == 0) == ok, res.stdout[-3000:] + res.stderr[-3000:]

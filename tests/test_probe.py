@@ -13,7 +13,7 @@ from PIL import Image
 
 from figures import charts, correspondence
 import model as M
-from runtime import checkpoint
+from runtime import checkpoint, distributed
 import probe
 from scenes import synth
 
@@ -574,10 +574,7 @@ def test_video_flags_need_video(monkeypatch, capsys, tmp_path):
 def test_two_processes_write_the_one_process_probe_json(runs, tmp_path):
     """torchrun --nproc_per_node 2: each rank matches its samples, rank 0 pools them in sample order, so probe.json
     (the native Q-K and the GASP heads' numbers, of a stock model and a checkpoint) is the one process's."""
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = distributed.free_port()
     args = ["--model", runs["tiny"], "--model", runs["corr"], "--scenes", runs["scenes"], "--frames", "3",
             "--limit", "3"]  # samples 0, 2 on rank 0, sample 1 on rank 1
     got = {}

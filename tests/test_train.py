@@ -5,7 +5,6 @@ same weights and log, the --out rules, the checkpoint read back, bf16 and the st
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from PIL import Image
 
 import model as M
 import train
-from runtime import checkpoint
+from runtime import checkpoint, distributed
 from scenes import synth
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,17 +118,11 @@ def env(tmp_path_factory):
     return {"tmp": tmp, "scenes": str(scenes), "tiny": tiny, "sft": str(sft)}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train_run(env, out, *extra, nproc=1, wait=True, ok=True, model=None):
     args = ["--model", model or env["tiny"], "--data", env["scenes"], "--out", str(out), "--no-probe", "--size", "112",
             "--frames", "3", "--lattices", "8", "--embed-dim", "16", "--window", "4", "--log-every", "1", *extra]
     cmd = [sys.executable, "train.py", *args] if nproc == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(distributed.free_port()),
          "train.py", *args]
     envvars = {**os.environ, "OMP_NUM_THREADS": "1"}
     if not wait:
