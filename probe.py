@@ -155,6 +155,25 @@ def layer_metrics(records: list[list[dict]]) -> dict:
     return res
 
 
+def static_pck(samples: list[dict], token_px: int, grid, delta: float = 2.0) -> dict:
+    """The zero-motion reference: PCK@δ of answering every query with its own token in the later frame (as if
+    the point had not moved), over the same (pair, track)s `match` scores: {"pck2": pooled, "by_gap": {Δt: PCK}}.
+    On slow footage it is high at small gaps, so a layer that attends to the same position scores well there
+    without matching anything; read PCK(Δt) and Y(Δt) beside it."""
+    h, w = grid
+    hits, gaps = [], []
+    for s in samples:
+        tok = np.floor(np.asarray(s["tracks"], np.float64) / token_px).clip(0, [w - 1, h - 1])  # (F, N, 2)
+        visible, fidx = np.asarray(s["visible"]), np.asarray(s["frame_index"])
+        for a in range(1, len(tok)):
+            ok = visible[a][None] & visible[:a]  # (a, N)
+            hits.append((np.linalg.norm(tok[a][None] - tok[:a], axis=-1) <= delta)[ok])
+            gaps.append(np.broadcast_to((fidx[a] - fidx[:a])[:, None], ok.shape)[ok])
+    hit, gap = (np.concatenate(v) if v else np.zeros(0) for v in (hits, gaps))
+    return {"pck2": float(hit.mean()) if len(hit) else 0.0,
+            "by_gap": {int(g): float(hit[gap == g].mean()) for g in np.unique(gap)}}
+
+
 def chance_pck(grid, delta: float = 2.0) -> float:
     """G9 at chance: the PCK@δ of a prediction drawn uniformly over the frame's h*w tokens, i.e. the mean over
     ground-truth tokens of the fraction of tokens within δ of it (the disc of radius δ, clipped at the border)."""
@@ -195,7 +214,7 @@ def default_names(paths: list[str]) -> list[str]:
 def run_probe(vlm, proc, samples, gasp=None, tau: float = 0.07, device="cpu", desc="probe",
               rotary: bool = True, sharpen: float = 1.0, env: distributed.Env | None = None) -> dict | None:
     """Native Q-K metrics for every layer (and GASP head metrics with temperature tau when gasp is given), pooled
-    over samples, plus the grid and the chance PCK. Diagnostics, not G8: rotary=False reads q and k before the
+    over samples, plus the grid, the chance PCK and the zero-motion reference (static_pck). Diagnostics, not G8: rotary=False reads q and k before the
     rotary embedding; sharpen multiplies the attention's logits (a sharper softmax, the same q and k).
     q/k and embeddings are compared in float32 whatever the model's dtype.
     Data-parallel under torchrun (`env`, runtime.distributed): rank k matches samples k, k + world, ...; rank 0
@@ -231,16 +250,31 @@ def run_probe(vlm, proc, samples, gasp=None, tau: float = 0.07, device="cpu", de
     native = [[m for nat, _ in records for m in nat[l]] for l in range(n_layers)]
     heads = [[m for _, hd in records for m in hd[j]] for j in range(len(gasp.layer_ids))] if gasp is not None else None
     out = {"native": layer_metrics(native), "grid": list(proc.grid),
-           "chance_pck1": chance_pck(proc.grid, 1), "chance_pck2": chance_pck(proc.grid, 2)}
+           "chance_pck1": chance_pck(proc.grid, 1), "chance_pck2": chance_pck(proc.grid, 2),
+           "static": static_pck(samples, proc.token_px, proc.grid)}
     if heads is not None:
         out.update(heads=layer_metrics(heads), head_layers=gasp.layer_ids, tau=tau)
     return out
 
 
 def probe_samples(scenes: str, size, frames: int, limit: int, seed: int = 0) -> list[dict]:
-    """Held-out samples with consecutive frames, so frame gaps run 1 .. frames-1."""
-    ds = data.SceneDataset(scenes, size=size, num_frames=frames, seed=seed, contiguous=True, length=limit)
-    samples = [ds[i] for i in range(len(ds))]
+    """Up to `limit` held-out samples of consecutive frames (frame gaps 1 .. frames-1), no clip twice: scenes of
+    few frames hold few distinct clips (a 24-frame scene one 24-frame clip), and a repeated clip would count its
+    points twice and pass for another sequence. Fewer than asked are probed, with a note, when no more exist."""
+    ds = data.SceneDataset(scenes, size=size, num_frames=frames, seed=seed, contiguous=True, length=10 * limit)
+    exist = sum(max(0, len(sc.frame_index) - frames + 1) for sc in ds.scenes)
+    samples, seen = [], set()
+    for k in range(len(ds)):
+        if len(samples) == min(limit, exist):
+            break
+        s = ds[k]
+        clip = (s["scene"], int(s["frame_index"][0]))
+        if clip not in seen:
+            seen.add(clip)
+            samples.append(s)
+    if len(samples) < limit:
+        print(f"note: {scenes}: {len(samples)} distinct {frames}-frame clips probed of the {limit} asked "
+              f"({len(ds.scenes)} scenes hold {exist}); add scenes or lower --frames for more")
     if not any(s["visible"].sum(0).max() > 1 for s in samples):
         raise ValueError(f"{scenes}: no track is visible in two frames; check depth and poses (python data.py show)")
     return samples
@@ -360,6 +394,9 @@ def pck_table(results: dict) -> str:
                                for r in results.values()]))
     if any("chance_pck2" in r for r in results.values()):
         lines.append(row("chance", [(fmt(r.get("chance_pck2")), "") for r in results.values()]))
+    if any("static" in r for r in results.values()):
+        lines.append(row("static", [(fmt(r["static"]["pck2"] if "static" in r else None), "")
+                                    for r in results.values()]))
     return "\n".join(lines)
 
 

@@ -98,6 +98,31 @@ def test_chance_pck_worked_by_hand():
     assert probe.chance_pck((400, 400), 2) == pytest.approx(13 / 400**2, rel=0.02)  # the full disc, borders negligible
 
 
+def test_static_reference_worked_by_hand():
+    # 8 px tokens on a 6x6 grid; track 0 moves 1 token right a frame, track 1 jumps 3 tokens down at frame 2,
+    # track 2 is hidden in frame 1. Pairs (later, earlier): (1,0) gap 1, (2,0) gap 3, (2,1) gap 2.
+    tracks = np.array([[[4, 4], [12, 20], [44, 4]],
+                       [[12, 4], [12, 20], [0, 0]],
+                       [[20, 4], [12, 28 + 16], [44, 12]]], np.float32)  # (F, N, 2) pixels
+    visible = np.array([[1, 1, 1], [1, 1, 0], [1, 1, 1]], bool)
+    sample = {"tracks": tracks, "visible": visible, "frame_index": np.array([0, 1, 3])}
+    out = probe.static_pck([sample], 8, (6, 6))
+    # gap 1: tracks 0 (1 token), 1 (0) -> 2/2; gap 2: tracks 0 (1), 1 (3 tokens, beyond 2) -> 1/2 (track 2 hidden
+    # in frame 1); gap 3: track 0 (2 tokens), 1 (3), 2 (1) -> 2/3; pooled 5/7
+    assert out["by_gap"] == pytest.approx({1: 1.0, 2: 0.5, 3: 2 / 3})
+    assert out["pck2"] == pytest.approx(5 / 7)
+
+
+def test_static_reference_is_match_with_every_query_attending_to_its_own_token():
+    sample = _shift_sample(shift=2)  # pairs 2 tokens apart (hits) and 4 tokens apart (misses)
+    F = sample["tracks"].shape[0]
+    own = torch.eye(H * W)[None, :, None].repeat(F, 1, 1, 1)  # (F, T, 1, T): token t's q and k point along axis t
+    rec = probe.match(own, own, sample, PX, (H, W), scale=50.0)  # a query attends to its own position
+    out = probe.static_pck([sample], PX, (H, W))
+    assert 0 < out["pck2"] < 1 and out["pck2"] == pytest.approx(rec["hit2"].mean())
+    assert out["by_gap"] == pytest.approx({int(g): rec["hit2"][rec["gap"] == g].mean() for g in np.unique(rec["gap"])})
+
+
 def test_rho_is_numpy_corrcoef():
     rng = np.random.default_rng(0)
     conf, hit = rng.random(200), (rng.random(200) > 0.5).astype(float)
@@ -319,6 +344,7 @@ def test_sharpen_scales_the_logits_of_the_same_q_and_k(tiny_probe):
 def test_figure_renders_one_colour_per_model(tiny_probe, tmp_path, n_models):
     vlm, proc, samples, res = tiny_probe
     assert res["chance_pck2"] == probe.chance_pck(proc.grid, 2) and res["grid"] == list(proc.grid)
+    assert res["static"] == probe.static_pck(samples, proc.token_px, proc.grid)
     results = {"stock": res}
     if n_models == 3:  # a trained model with heads, and one with a value above (c)'s axis
         results["gasp"] = {**res, "heads": res["native"], "head_layers": [0, 1], "tau": 0.07}
