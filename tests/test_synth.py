@@ -12,7 +12,7 @@ import pytest
 import data
 from scenes import layout, synth
 
-DEFAULT_SEEDS = list(range(24)) + [10_000 + k for k in range(4)]  # ensure_synthetic's train and val scenes
+DEFAULT_SEEDS = list(range(24)) + [10_000 + k for k in range(8)]  # ensure_synthetic's train and val scenes
 
 
 def _objects(meta):
