@@ -307,8 +307,9 @@ def correspondence_figure(vlm, proc, sample, layer: int, device="cpu", name: str
 
 
 def figure(results: dict, extra: list[Image.Image]) -> Image.Image:
-    """A header saying what is measured, panels (a) PCK@2 per layer with the chance line, (b) ρ per layer and
-    its twin (b') AUROC per layer, (c) Y(Δt) at the peak layer, one colour per model (its GASP head: the same
+    """A header saying what is measured, panels (a) PCK@2 per layer with the chance and zero-motion lines, (b) ρ per
+    layer and its twin (b') AUROC per layer, (c) Y(Δt) at the peak layer with the zero-motion curve, one colour per
+    model (its GASP head: the same
     colour, hatched / dashed); then the rows of (d) in `extra`."""
     undefined = lambda xs: [np.nan if x is None else x for x in xs]  # noqa: E731  (AUROC None: not drawn)
     a, b, b2, c = [], [], [], []
@@ -331,6 +332,13 @@ def figure(results: dict, extra: list[Image.Image]) -> Image.Image:
     grids = {tuple(res["grid"]): res["chance_pck2"] for res in results.values()}
     chance = [(v, f"chance {v:.3f} ({g[0]}x{g[1]} grid)" if len(grids) > 1 else f"chance {v:.3f} (a random token)",
                charts.GREY) for g, v in grids.items()]
+    static = next((res["static"] for res in results.values() if "static" in res), None)  # the same samples for all
+    if static:  # the zero-motion reference: (a) its PCK@2, (c) its Y(dt)
+        by_gap = {int(g): v for g, v in static["by_gap"].items()}
+        gaps, zero_color = sorted(by_gap), charts.tint(charts.GREY, 0.6)
+        chance.append((static["pck2"], f"zero motion {static['pck2']:.3f} (own token)", zero_color))
+        c.append(dict(label="zero motion (own token)", xs=gaps, color=zero_color, style="dashed",
+                      ys=[by_gap[g] / by_gap[gaps[0]] if by_gap[gaps[0]] else 0.0 for g in gaps]))
     panels = [charts.chart(a, "(a) PCK@2: share of tracks whose best-attended earlier-frame token is within 2 "
                               "tokens of the truth", "LLM layer", "PCK@2", bars=True, hlines=chance),
               charts.chart(b, "(b) rho: Pearson of match confidence (max attention) and hit@2; line: all tracks, "

@@ -359,6 +359,11 @@ def test_figure_renders_one_colour_per_model(tiny_probe, tmp_path, n_models):
     for m in range(n_models):  # each model's colour in the charts and on its row of (d)
         assert _has(panels, charts.model_color(m), 200) and _has(rows_img, charts.model_color(m))
     assert _has(panels, charts.GREY)  # the chance line
+    # the zero-motion line (a) and curve (c); a probe.json from before it has none (counted: text antialiasing
+    # draws a few pixels of every grey)
+    without = probe.figure({name: {k: v for k, v in r.items() if k != "static"} for name, r in results.items()}, rows)
+    count = lambda im: int((np.asarray(im.convert("RGB")) == charts.tint(charts.GREY, 0.6)).all(-1).sum())  # noqa: E731
+    assert count(panels) > count(without.crop((0, 0, without.width, without.height - (img.height - bottom)))) + 200
 
 
 # ----------------------------------------------------------------------------- every checkpoint kind (slow)
