@@ -221,8 +221,8 @@ def _scene_geometry(rng, n, path):
 
 def _lighting(rng, n):
     """Per-frame light direction (n, 3), ambient share, exposure gain (n,), gamma (n,) and colour cast (n, 3):
-    smooth and small (gain ±12 %, gamma ±8 %, cast ±4 %, the light turning 0.5-1.5° per frame), so a surface
-    stays recognisable across the ±8 frames a sample spans while its brightness does change."""
+    smooth and small (gain ±12 %, gamma ±8 %, cast ±4 %, the light turning 0.5-1.5° per frame: 12-35° over the
+    probe's 23-frame gaps), so a surface stays recognisable across a sample's frames while its brightness changes."""
     # Demo choice: these sizes (a guess): enough that exact colour constancy across frames cannot be relied on,
     # small enough that colours at a track agree far better than at random point pairs (tests/test_synth.py).
     k = np.arange(n)[:, None]
