@@ -214,8 +214,9 @@ def default_names(paths: list[str]) -> list[str]:
 def run_probe(vlm, proc, samples, gasp=None, tau: float = 0.07, device="cpu", desc="probe",
               rotary: bool = True, sharpen: float = 1.0, env: distributed.Env | None = None) -> dict | None:
     """Native Q-K metrics for every layer (and GASP head metrics with temperature tau when gasp is given), pooled
-    over samples, plus the grid, the chance PCK and the zero-motion reference (static_pck). Diagnostics, not G8: rotary=False reads q and k before the
-    rotary embedding; sharpen multiplies the attention's logits (a sharper softmax, the same q and k).
+    over samples, plus the grid, the chance PCK and the zero-motion reference (static_pck). Diagnostics, not G8:
+    rotary=False reads q and k before the rotary embedding; sharpen multiplies the attention's logits (a sharper
+    softmax, the same q and k).
     q/k and embeddings are compared in float32 whatever the model's dtype.
     Data-parallel under torchrun (`env`, runtime.distributed): rank k matches samples k, k + world, ...; rank 0
     gathers the per-sample records, puts them back in sample order and returns what one process returns (the
@@ -309,8 +310,7 @@ def correspondence_figure(vlm, proc, sample, layer: int, device="cpu", name: str
 def figure(results: dict, extra: list[Image.Image]) -> Image.Image:
     """A header saying what is measured, panels (a) PCK@2 per layer with the chance and zero-motion lines, (b) ρ per
     layer and its twin (b') AUROC per layer, (c) Y(Δt) at the peak layer with the zero-motion curve, one colour per
-    model (its GASP head: the same
-    colour, hatched / dashed); then the rows of (d) in `extra`."""
+    model (its GASP head: the same colour, hatched / dashed); then the rows of (d) in `extra`."""
     undefined = lambda xs: [np.nan if x is None else x for x in xs]  # noqa: E731  (AUROC None: not drawn)
     a, b, b2, c = [], [], [], []
     for m, (name, res) in enumerate(results.items()):

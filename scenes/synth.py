@@ -395,8 +395,8 @@ def ensure_synthetic(root="data/synthetic", n_train=24, n_val=8, size=448, frame
     across rooms rather than fit a handful of rooms (with a few long scenes, held-out matching falls while the
     training loss keeps falling); training scenes twice the probe's 24 frames, so that most anchors' +-24-frame
     window is full and long gaps are drawn nearly as often as short ones (a gap of 20 or more in 15 % of the
-    pairs, against 4 % in 24-frame scenes; 21 % if uniform); held-out scenes of exactly 24 frames, so that the 24-frame probe reads each whole
-    scene once, 8 scenes for its 8 samples."""
+    pairs, against 4 % in 24-frame scenes; 21 % if uniform); held-out scenes of exactly 24 frames, so that the
+    24-frame probe reads each whole scene once, 8 scenes for its 8 samples."""
     root = Path(root)
     return (make_synthetic(root / "train", n_train, 0, frames, size),
             make_synthetic(root / "val", n_val, 10_000, val_frames, size))
