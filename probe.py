@@ -60,6 +60,16 @@ DTYPES = ("bfloat16", "float16", "float32")
 ATTN = ("sdpa", "eager", "flash_attention_2")
 
 
+def track_tokens(tracks, token_px: int, grid, device=None) -> torch.Tensor:
+    """(F, N, 2) long: the token (x, y) holding each track point (pixels / token size, floored, clamped to the
+    h x w grid); the one rule by which the probe and its zero-motion reference place points on tokens."""
+    h, w = grid
+    tok = (torch.as_tensor(tracks, device=device).float() / token_px).floor().long()
+    tok[..., 0].clamp_(0, w - 1)
+    tok[..., 1].clamp_(0, h - 1)
+    return tok
+
+
 def match(q: torch.Tensor, k: torch.Tensor, sample: dict, token_px: int, grid, scale: float) -> dict:
     """G8-G9 for one layer and one sample, every pair a > b (later frame queries the earlier one).
     q, k (F, T, H, d). Returns flat arrays over valid (pair, track): hit1, hit2, conf, gap.
@@ -67,12 +77,9 @@ def match(q: torch.Tensor, k: torch.Tensor, sample: dict, token_px: int, grid, s
     heads are pooled by averaging their distributions, and a track's query is the q of the token holding it in
     the later frame; the paper gives PCK@2patch and the confidence, not these details."""
     h, w = grid
-    tracks = torch.as_tensor(sample["tracks"], device=q.device).float()  # (F, N, 2), on the layer's device
     visible = torch.as_tensor(sample["visible"], device=q.device)
     fidx = torch.as_tensor(sample["frame_index"], device=q.device)
-    tok = (tracks / token_px).floor().long()  # (F, N, 2) token (x, y) of every track
-    tok[..., 0].clamp_(0, w - 1)
-    tok[..., 1].clamp_(0, h - 1)
+    tok = track_tokens(sample["tracks"], token_px, grid, q.device)  # (F, N, 2), on the layer's device
     out = {key: [] for key in ("hit1", "hit2", "conf", "gap")}
     for a in range(1, q.shape[0]):
         ok = visible[a][None] & visible[:a]  # (a, N): visible in both
@@ -160,10 +167,9 @@ def static_pck(samples: list[dict], token_px: int, grid, delta: float = 2.0) -> 
     the point had not moved), over the same (pair, track)s `match` scores: {"pck2": pooled, "by_gap": {Δt: PCK}}.
     On slow footage it is high at small gaps, so a layer that attends to the same position scores well there
     without matching anything; read PCK(Δt) and Y(Δt) beside it."""
-    h, w = grid
     hits, gaps = [], []
     for s in samples:
-        tok = np.floor(np.asarray(s["tracks"], np.float64) / token_px).clip(0, [w - 1, h - 1])  # (F, N, 2)
+        tok = track_tokens(s["tracks"], token_px, grid).float().numpy()  # (F, N, 2)
         visible, fidx = np.asarray(s["visible"]), np.asarray(s["frame_index"])
         for a in range(1, len(tok)):
             ok = visible[a][None] & visible[:a]  # (a, N)
